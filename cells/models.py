@@ -1,0 +1,258 @@
+"""The cell model: regions → reefs → pools → shares, and the instances and operations placed on them.
+
+Rules that must hold whatever code writes the rows are database constraints here (checks, partial
+unique indexes) or triggers (migration 0002: a share's slot is below its pool's capacity and its
+pool is a storage pool). State changes go through ``cells.states``, never through ``save()``.
+"""
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from cells import choices
+from cells.validators import validate_instance_name
+from cells.choices import (
+    PROVIDERS_BY_KIND,
+    InstanceState,
+    OperationKind,
+    OperationState,
+    PoolKind,
+    PoolStatus,
+    ShareStatus,
+)
+
+
+class Region(models.Model):
+    """One cloud region; only an active region takes signups."""
+
+    slug = models.SlugField(max_length=50, unique=True)
+    name = models.CharField(max_length=100)
+    cloud = models.CharField(max_length=10, choices=choices.Cloud.choices, default=choices.Cloud.LOCAL)
+    location = models.CharField(
+        max_length=50, blank=True, help_text="The provider's own location code, e.g. westus2 or us-east-1."
+    )
+    status = models.CharField(
+        max_length=10, choices=choices.RegionStatus.choices, default=choices.RegionStatus.ACTIVE, db_index=True
+    )
+
+    class Meta:
+        ordering = ["slug"]
+        constraints = [
+            models.CheckConstraint(condition=Q(cloud__in=choices.Cloud.values), name="region_cloud_valid"),
+            models.CheckConstraint(condition=Q(status__in=choices.RegionStatus.values), name="region_status_valid"),
+        ]
+
+    def __str__(self):
+        return self.slug
+
+
+class Reef(models.Model):
+    """A set of shared pools inside a region; reefs share nothing, so one reef's outage stays its own."""
+
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="reefs")
+    slug = models.SlugField(max_length=50)
+    status = models.CharField(
+        max_length=12, choices=choices.ReefStatus.choices, default=choices.ReefStatus.PROVISIONING, db_index=True
+    )
+    max_instances = models.PositiveIntegerField(default=500)
+    rollout_ring = models.PositiveSmallIntegerField(default=1, help_text="0 is the canary ring, upgraded first.")
+    ingress_address = models.CharField(max_length=255, blank=True, help_text="IP or hostname DNS records point to.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["region__slug", "slug"]
+        constraints = [
+            models.UniqueConstraint(fields=["region", "slug"], name="reef_slug_unique_in_region"),
+            models.CheckConstraint(condition=Q(status__in=choices.ReefStatus.values), name="reef_status_valid"),
+            models.CheckConstraint(condition=Q(max_instances__gte=1), name="reef_max_instances_positive"),
+        ]
+
+    def __str__(self):
+        return f"{self.region.slug}/{self.slug}" if "region" in self._state.fields_cache else self.slug
+
+
+def _provider_matches_kind() -> Q:
+    condition = Q()
+    for kind, providers in PROVIDERS_BY_KIND.items():
+        condition |= Q(kind=kind, provider__in=[str(p) for p in providers])
+    return condition
+
+
+class Pool(models.Model):
+    """One unit of capacity of one kind inside a reef, counted in slots.
+
+    ``config`` holds the provider's non-secret settings (server address, account name, cluster
+    context); credentials come from the environment or the provider's credential chain.
+    """
+
+    reef = models.ForeignKey(Reef, on_delete=models.PROTECT, related_name="pools")
+    name = models.SlugField(max_length=63)
+    kind = models.CharField(max_length=10, choices=PoolKind.choices)
+    provider = models.CharField(max_length=30, choices=choices.Provider.choices)
+    external_id = models.CharField(max_length=500, blank=True, help_text="The provider's id of the pool's resource.")
+    capacity = models.PositiveIntegerField(help_text="Slots: databases, shares or deployments the pool holds.")
+    status = models.CharField(max_length=12, choices=PoolStatus.choices, default=PoolStatus.PROVISIONING, db_index=True)
+    dedicated = models.BooleanField(default=False, help_text="Reserved for a single instance.")
+    config = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["reef_id", "kind", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["reef", "name"], name="pool_name_unique_in_reef"),
+            models.CheckConstraint(condition=Q(kind__in=PoolKind.values), name="pool_kind_valid"),
+            models.CheckConstraint(condition=_provider_matches_kind(), name="pool_provider_matches_kind"),
+            models.CheckConstraint(condition=Q(status__in=PoolStatus.values), name="pool_status_valid"),
+            models.CheckConstraint(condition=Q(capacity__gte=1), name="pool_capacity_positive"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class Share(models.Model):
+    """One slot of a storage pool: a share endpoint backed by its own bucket or file share.
+
+    An assigned share has exactly one instance, and only an assigned share has one.
+    """
+
+    pool = models.ForeignKey(Pool, on_delete=models.PROTECT, related_name="shares")
+    slot = models.PositiveIntegerField()
+    name = models.CharField(max_length=255, help_text="Bucket or file-share name.")
+    endpoint = models.CharField(max_length=500, blank=True)
+    status = models.CharField(max_length=10, choices=ShareStatus.choices, default=ShareStatus.AVAILABLE, db_index=True)
+    instance = models.OneToOneField(
+        "Instance", null=True, blank=True, on_delete=models.PROTECT, related_name="share"
+    )
+    firewall_address = models.CharField(max_length=64, blank=True, help_text="The only address allowed in.")
+
+    class Meta:
+        ordering = ["pool_id", "slot"]
+        constraints = [
+            models.UniqueConstraint(fields=["pool", "slot"], name="share_slot_unique_in_pool"),
+            models.CheckConstraint(condition=Q(status__in=ShareStatus.values), name="share_status_valid"),
+            models.CheckConstraint(
+                condition=(Q(status=ShareStatus.ASSIGNED) & Q(instance__isnull=False))
+                | (~Q(status=ShareStatus.ASSIGNED) & Q(instance__isnull=True)),
+                name="share_assigned_iff_instance",
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class Instance(models.Model):
+    """One customer's hosted server: its own database, share, deployment and DNS name."""
+
+    name = models.CharField(
+        max_length=choices.INSTANCE_NAME_MAX_LENGTH, unique=True, validators=[validate_instance_name]
+    )
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="instances")
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="instances")
+    reef = models.ForeignKey(Reef, null=True, blank=True, on_delete=models.PROTECT, related_name="instances")
+    database_pool = models.ForeignKey(
+        Pool, null=True, blank=True, on_delete=models.PROTECT, related_name="database_instances"
+    )
+    compute_pool = models.ForeignKey(
+        Pool, null=True, blank=True, on_delete=models.PROTECT, related_name="compute_instances"
+    )
+    server_version = models.CharField(max_length=50)
+    state = models.CharField(max_length=16, choices=InstanceState.choices, default=InstanceState.PENDING, db_index=True)
+    tier = models.CharField(max_length=10, choices=choices.Tier.choices, default=choices.Tier.SHARED)
+    cpu_millicores = models.PositiveIntegerField(default=500)
+    memory_mib = models.PositiveIntegerField(default=1024)
+    hostname = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(name__regex=choices.INSTANCE_NAME_REGEX), name="instance_name_dns_label"
+            ),
+            models.CheckConstraint(
+                condition=~Q(name__in=choices.RESERVED_INSTANCE_NAMES), name="instance_name_not_reserved"
+            ),
+            models.CheckConstraint(condition=Q(state__in=InstanceState.values), name="instance_state_valid"),
+            models.CheckConstraint(condition=Q(tier__in=choices.Tier.values), name="instance_tier_valid"),
+            models.CheckConstraint(condition=Q(cpu_millicores__gte=50), name="instance_cpu_minimum"),
+            models.CheckConstraint(condition=Q(memory_mib__gte=128), name="instance_memory_minimum"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+_ACTIVE = [str(s) for s in choices.OPERATION_ACTIVE_STATES]
+OPERATION_TARGETS = ("instance", "reef", "pool", "share")
+
+
+class Operation(models.Model):
+    """A long action on one target, the record staff read, customers watch and retries resume from.
+
+    ``steps`` is a list of ``{"name", "started_at", "finished_at"}`` for the steps finished so far;
+    a re-run skips them. At most one queued or running operation of a kind exists per target.
+    """
+
+    kind = models.CharField(max_length=16, choices=OperationKind.choices)
+    state = models.CharField(
+        max_length=10, choices=OperationState.choices, default=OperationState.QUEUED, db_index=True
+    )
+    instance = models.ForeignKey(Instance, null=True, blank=True, on_delete=models.CASCADE, related_name="operations")
+    reef = models.ForeignKey(Reef, null=True, blank=True, on_delete=models.CASCADE, related_name="operations")
+    pool = models.ForeignKey(Pool, null=True, blank=True, on_delete=models.CASCADE, related_name="operations")
+    share = models.ForeignKey(Share, null=True, blank=True, on_delete=models.CASCADE, related_name="operations")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations"
+    )
+    params = models.JSONField(default=dict, blank=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    steps = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(kind__in=OperationKind.values), name="operation_kind_valid"),
+            models.CheckConstraint(condition=Q(state__in=OperationState.values), name="operation_state_valid"),
+            # Exactly one target.
+            models.CheckConstraint(
+                condition=(
+                    Q(instance__isnull=False, reef__isnull=True, pool__isnull=True, share__isnull=True)
+                    | Q(instance__isnull=True, reef__isnull=False, pool__isnull=True, share__isnull=True)
+                    | Q(instance__isnull=True, reef__isnull=True, pool__isnull=False, share__isnull=True)
+                    | Q(instance__isnull=True, reef__isnull=True, pool__isnull=True, share__isnull=False)
+                ),
+                name="operation_has_one_target",
+            ),
+            *[
+                models.UniqueConstraint(
+                    fields=["kind", target],
+                    condition=Q(state__in=_ACTIVE),
+                    name=f"operation_one_active_per_{target}",
+                )
+                for target in OPERATION_TARGETS
+            ],
+        ]
+        indexes = [models.Index(fields=["state", "kind"], name="operation_state_kind")]
+
+    def __str__(self):
+        return f"{self.kind} #{self.pk}"
+
+    @property
+    def target(self):
+        """The one object this operation acts on."""
+        for field in OPERATION_TARGETS:
+            if getattr(self, f"{field}_id") is not None:
+                return getattr(self, field)
+        return None
+
+    @property
+    def done_step_names(self) -> list[str]:
+        return [step["name"] for step in self.steps]

@@ -1,0 +1,139 @@
+"""The one place that owns legal state changes.
+
+Each stateful model has a table of legal transitions. A change is a compare-and-swap: a single
+``UPDATE … WHERE pk = %s AND state IN (legal sources)``; when no row changes, the change was illegal
+(or another worker won) and ``IllegalTransition`` names the state the row is in now.
+"""
+from django.db import models
+from django.utils import timezone
+
+from cells.choices import InstanceState, OperationState, PoolStatus, ReefStatus, RegionStatus, ShareStatus
+from cells.models import Instance, Operation, Pool, Reef, Region, Share
+
+
+class IllegalTransition(Exception):
+    """A state change that the current state does not allow."""
+
+    def __init__(self, obj: models.Model, current: str | None, target: str):
+        self.obj = obj
+        self.current = current
+        self.target = target
+        label = obj._meta.verbose_name
+        if current is None:
+            message = f"{label} {obj.pk} no longer exists"
+        else:
+            message = f"{label} {obj} is {current}; it cannot become {target}"
+        super().__init__(message)
+
+
+class StateMachine:
+    """Legal transitions of one model's state field, applied as conditional updates."""
+
+    def __init__(self, model: type[models.Model], field: str, transitions: dict[str, set[str]]):
+        self.model = model
+        self.field = field
+        self.transitions = {str(k): {str(v) for v in vs} for k, vs in transitions.items()}
+
+    def sources_of(self, target: str) -> list[str]:
+        """The states from which ``target`` may be reached."""
+        return [source for source, targets in self.transitions.items() if str(target) in targets]
+
+    def can(self, current: str, target: str) -> bool:
+        return str(target) in self.transitions.get(str(current), set())
+
+    def change(self, obj: models.Model, target: str, *, only_from: set[str] | None = None, **updates) -> None:
+        """Move ``obj`` to ``target`` if its current database state allows it; update ``obj`` in memory too.
+
+        ``only_from`` narrows the legal sources (e.g. a retry that must start from ``failed``).
+        ``updates`` are written in the same UPDATE. Raises ``IllegalTransition`` naming the current
+        state when no row changed; safe against concurrent writers (exactly one wins).
+        """
+        sources = self.sources_of(target)
+        if only_from is not None:
+            sources = [s for s in sources if s in {str(x) for x in only_from}]
+        values = {self.field: str(target), **updates}
+        if any(f.name == "updated_at" for f in self.model._meta.concrete_fields):
+            values.setdefault("updated_at", timezone.now())
+        changed = self.model.objects.filter(pk=obj.pk, **{f"{self.field}__in": sources}).update(**values)
+        if changed != 1:
+            current = self.model.objects.filter(pk=obj.pk).values_list(self.field, flat=True).first()
+            raise IllegalTransition(obj, current, str(target))
+        for name, value in values.items():
+            setattr(obj, name, value)
+
+
+S = InstanceState
+INSTANCE = StateMachine(
+    Instance,
+    "state",
+    {
+        S.PENDING: {S.PROVISIONING, S.FAILED},
+        S.PROVISIONING: {S.RUNNING, S.FAILED},
+        S.RUNNING: {S.UPGRADING, S.STOPPED, S.DECOMMISSIONING, S.FAILED},
+        S.UPGRADING: {S.RUNNING, S.FAILED},
+        S.STOPPED: {S.RUNNING, S.UPGRADING, S.DECOMMISSIONING},
+        S.FAILED: {S.PROVISIONING, S.RUNNING, S.DECOMMISSIONING},
+        S.DECOMMISSIONING: {S.DECOMMISSIONED, S.FAILED},
+        S.DECOMMISSIONED: set(),
+    },
+)
+
+O = OperationState
+OPERATION = StateMachine(
+    Operation,
+    "state",
+    {
+        O.QUEUED: {O.RUNNING, O.FAILED},
+        # running → queued is a requeue after a crash or a transient error.
+        O.RUNNING: {O.SUCCEEDED, O.FAILED, O.QUEUED},
+        O.FAILED: {O.QUEUED},  # a retry
+        O.SUCCEEDED: set(),
+    },
+)
+
+P = PoolStatus
+POOL = StateMachine(
+    Pool,
+    "status",
+    {
+        P.PROVISIONING: {P.AVAILABLE, P.FAILED},
+        P.AVAILABLE: {P.DRAINING, P.FAILED},
+        P.DRAINING: {P.AVAILABLE, P.RETIRED, P.FAILED},
+        P.FAILED: {P.PROVISIONING, P.RETIRED},
+        P.RETIRED: set(),
+    },
+)
+
+SH = ShareStatus
+SHARE = StateMachine(
+    Share,
+    "status",
+    {
+        SH.AVAILABLE: {SH.ASSIGNED, SH.FAILED, SH.RETIRED},
+        SH.ASSIGNED: {SH.AVAILABLE, SH.ARCHIVING, SH.FAILED},
+        SH.ARCHIVING: {SH.SCRUBBING, SH.FAILED},
+        SH.SCRUBBING: {SH.AVAILABLE, SH.FAILED},
+        SH.FAILED: {SH.SCRUBBING, SH.AVAILABLE, SH.RETIRED},
+        SH.RETIRED: set(),
+    },
+)
+
+R = ReefStatus
+REEF = StateMachine(
+    Reef,
+    "status",
+    {
+        R.PROVISIONING: {R.ACTIVE, R.BROKEN},
+        R.ACTIVE: {R.DRAINING, R.BROKEN},
+        R.DRAINING: {R.ACTIVE, R.RETIRED, R.BROKEN},
+        R.BROKEN: {R.ACTIVE, R.DRAINING, R.RETIRED},
+        R.RETIRED: set(),
+    },
+)
+
+RG = RegionStatus
+REGION = StateMachine(
+    Region,
+    "status",
+    {RG.ACTIVE: {RG.DRAINING, RG.OFFLINE}, RG.DRAINING: {RG.ACTIVE, RG.OFFLINE}, RG.OFFLINE: {RG.ACTIVE}},
+)

@@ -1,0 +1,21 @@
+"""The hub's URL map; these top-level paths are fixed from the start."""
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from portal import health
+
+admin.site.site_header = "Cell Hub — support"
+admin.site.site_title = "Cell Hub"
+admin.site.index_title = "Fleet"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("cells.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", health.metrics, name="metrics"),
+    path("", include("portal.site.urls")),
+]
