@@ -9,7 +9,6 @@ from django.db import models
 from django.db.models import Q
 
 from cells import choices
-from cells.validators import validate_instance_name
 from cells.choices import (
     PROVIDERS_BY_KIND,
     InstanceState,
@@ -19,6 +18,7 @@ from cells.choices import (
     PoolStatus,
     ShareStatus,
 )
+from cells.validators import validate_instance_name
 
 
 class Region(models.Model):
@@ -184,7 +184,7 @@ class Instance(models.Model):
         return self.name
 
 
-_ACTIVE = [str(s) for s in choices.OPERATION_ACTIVE_STATES]
+_ACTIVE = sorted(str(s) for s in choices.OPERATION_ACTIVE_STATES)  # sorted: a stable migration
 OPERATION_TARGETS = ("instance", "reef", "pool", "share")
 
 

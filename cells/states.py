@@ -78,16 +78,16 @@ INSTANCE = StateMachine(
     },
 )
 
-O = OperationState
+OP = OperationState
 OPERATION = StateMachine(
     Operation,
     "state",
     {
-        O.QUEUED: {O.RUNNING, O.FAILED},
+        OP.QUEUED: {OP.RUNNING, OP.FAILED},
         # running → queued is a requeue after a crash or a transient error.
-        O.RUNNING: {O.SUCCEEDED, O.FAILED, O.QUEUED},
-        O.FAILED: {O.QUEUED},  # a retry
-        O.SUCCEEDED: set(),
+        OP.RUNNING: {OP.SUCCEEDED, OP.FAILED, OP.QUEUED},
+        OP.FAILED: {OP.QUEUED},  # a retry
+        OP.SUCCEEDED: set(),
     },
 )
 

@@ -12,7 +12,7 @@ def _tests_run_on_postgresql(django_db_setup, django_db_blocker):
     if os.environ.get("CELLHUB_ALLOW_SQLITE_TESTS"):
         return
     with django_db_blocker.unblock():
-        assert connection.vendor == "postgresql", "run the tests with DATABASE_URL pointing at PostgreSQL (scripts/test)"
+        assert connection.vendor == "postgresql", "run the tests with DATABASE_URL on PostgreSQL (scripts/test)"
 
 
 @pytest.fixture

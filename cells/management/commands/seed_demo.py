@@ -18,7 +18,7 @@ DEMO_POOLS = [
 
 
 class Command(BaseCommand):
-    help = "Create the demo topology (a local region, two reefs with database, storage and compute pools) and a staff login."
+    help = "Create the demo topology (a local region, two reefs with three pools each) and a staff login."
 
     def add_arguments(self, parser):
         parser.add_argument("--username", default="admin")

@@ -1,0 +1,117 @@
+"""The support staff's admin: every page renders for staff, refuses others, and list pages stay cheap."""
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from cells.models import Instance, Operation, Pool, Reef, Region, Share
+from tests.factories import make_cell, make_instance, make_user
+
+pytestmark = pytest.mark.django_db
+MODELS = [Region, Reef, Pool, Share, Instance, Operation]
+
+
+def _url(model, view, *args):
+    return reverse(f"admin:cells_{model._meta.model_name}_{view}", args=args)
+
+
+@pytest.fixture
+def fleet(staff_user):
+    cell = make_cell(capacity=3)
+    instance = make_instance(reef=cell["reef"], database_pool=cell["database"], compute_pool=cell["compute"])
+    operation = Operation.objects.create(
+        kind="provision", instance=instance,
+        steps=[{"name": "place", "started_at": "2026-11-22T00:00:00Z", "finished_at": "2026-11-22T00:00:01Z"}],
+    )
+    return {
+        Region: cell["reef"].region, Reef: cell["reef"], Pool: cell["storage"],
+        Share: cell["storage"].shares.first(), Instance: instance, Operation: operation,
+    }
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+def test_staff_see_list_and_change_pages(staff_client, fleet, model):
+    listing = staff_client.get(_url(model, "changelist"))
+    assert listing.status_code == 200
+    expected = f"instance {fleet[Instance]}" if model is Operation else str(fleet[model])
+    assert expected in listing.content.decode()
+    assert staff_client.get(_url(model, "change", fleet[model].pk)).status_code == 200
+
+
+def test_search_and_status_filter(staff_client, fleet):
+    response = staff_client.get(_url(Instance, "changelist"), {"q": fleet[Instance].name, "state__exact": "pending"})
+    assert fleet[Instance].name in response.content.decode()
+    response = staff_client.get(_url(Instance, "changelist"), {"state__exact": "running"})
+    assert fleet[Instance].name not in response.content.decode()
+
+
+def test_operation_log_shows_steps_and_is_read_only(staff_client, fleet):
+    page = staff_client.get(_url(Operation, "change", fleet[Operation].pk)).content.decode()
+    assert "place" in page and "2026-11-22T00:00:01Z" in page
+    assert staff_client.get(reverse("admin:cells_operation_add")).status_code == 403
+
+
+def test_reef_list_shows_free_capacity(staff_client, fleet):
+    response = staff_client.get(_url(Reef, "changelist"))
+    page = response.content.decode().lower()
+    assert "free shares" in page and "can place" in page
+    (reef,) = response.context["cl"].result_list
+    counts = (reef.instance_count, reef.free_storage_slots, reef.free_database_slots, reef.placeable_slots)
+    assert counts == (1, 3, 2, 2)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+def test_non_staff_are_sent_to_login(client, model):
+    client.force_login(make_user())
+    response = client.get(_url(model, "changelist"))
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_anonymous_is_sent_to_login(client):
+    response = client.get("/admin/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def _bulk_instances(count, cell):
+    owner = make_user()
+    Instance.objects.bulk_create(
+        [
+            Instance(
+                name=f"bulk-{i:05d}", owner=owner, region=cell["reef"].region, reef=cell["reef"],
+                database_pool=cell["database"], compute_pool=cell["compute"], server_version="2026.4.1",
+                state="running", hostname=f"bulk-{i:05d}.cells.localhost",
+            )
+            for i in range(count)
+        ],
+        batch_size=2000,
+    )
+
+
+@pytest.mark.slow
+def test_instance_list_of_ten_thousand_runs_a_constant_number_of_queries(
+    staff_client, django_assert_max_num_queries
+):
+    cell = make_cell()
+    _bulk_instances(10_000, cell)
+    assert Instance.objects.count() == 10_000
+    url = _url(Instance, "changelist")
+    staff_client.get(url)  # warm the session and permission caches
+    with django_assert_max_num_queries(12) as ten_thousand:
+        response = staff_client.get(url)
+    assert response.status_code == 200 and "bulk-09999" in response.content.decode()
+    with django_assert_max_num_queries(12) as filtered:
+        assert staff_client.get(url, {"state__exact": "running", "q": "bulk"}).status_code == 200
+    assert len(filtered.captured_queries) <= len(ten_thousand.captured_queries) + 1
+
+
+def test_pool_and_reef_lists_do_not_grow_with_the_fleet(staff_client, django_assert_num_queries):
+    make_cell()
+    staff_client.get(_url(Pool, "changelist"))
+    with CaptureQueriesContext(connection) as few:
+        staff_client.get(_url(Pool, "changelist"))
+        staff_client.get(_url(Reef, "changelist"))
+    for _ in range(5):
+        make_cell()
+    with django_assert_num_queries(len(few.captured_queries)):
+        staff_client.get(_url(Pool, "changelist"))
+        staff_client.get(_url(Reef, "changelist"))
