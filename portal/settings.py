@@ -169,6 +169,18 @@ CELLHUB = {
     "VAR_DIR": VAR_DIR,
     "DEFAULT_SERVER_VERSION": env.str("CELLHUB_DEFAULT_VERSION", default="2026.4.1"),
     "DEFAULT_IMAGE": env.str("CELLHUB_DEFAULT_IMAGE", default="ghcr.io/cellhub/server"),
+    # Every resource the hub creates is named <prefix>-<kind><id>, so ours are told from others'.
+    "RESOURCE_PREFIX": env.str("CELLHUB_RESOURCE_PREFIX", default="cellhub"),
+    # Instance passwords are derived from this key (HMAC), never stored.
+    "CREDENTIAL_KEY": env.str("CELLHUB_CREDENTIAL_KEY", default="") or SECRET_KEY,
+    # DNS provider for every region (local, azure_dns, route53); empty: the region's cloud decides.
+    "DNS_PROVIDER": env.str("CELLHUB_DNS_PROVIDER", default=""),
+    # Transient driver errors: attempts per step and the backoff between them (seconds, doubling).
+    "STEP_ATTEMPTS": env.int("CELLHUB_STEP_ATTEMPTS", default=4),
+    "STEP_BACKOFF": env.float("CELLHUB_STEP_BACKOFF", default=1.0),
+    "STEP_BACKOFF_MAX": env.float("CELLHUB_STEP_BACKOFF_MAX", default=30.0),
+    # A running operation whose heartbeat is older than this may be taken over (its worker died).
+    "OPERATION_LEASE_SECONDS": env.int("CELLHUB_OPERATION_LEASE_SECONDS", default=120),
 }
 
 LOGGING = {

@@ -1,0 +1,235 @@
+"""The interfaces every driver implements, one per kind, and the errors they raise.
+
+Promises common to every driver:
+- every method is idempotent: names derive from ids (``resource_name``), "create" on something that
+  exists returns it, "delete" on something absent does nothing;
+- a failure the caller may retry (a timeout, throttling, a server not answering) raises
+  ``TransientDriverError``; one that a retry cannot fix (bad request, quota, a missing pool) raises
+  ``PermanentDriverError``;
+- nothing secret is read from or written to the hub's database: credentials come from the
+  environment or the provider's credential chain, instance passwords from ``derive_secret``.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+if TYPE_CHECKING:
+    from cells.models import Instance, Pool, Region, Share
+
+
+class DriverError(Exception):
+    """A driver call failed."""
+
+
+class TransientDriverError(DriverError):
+    """A failure that may pass if the same call is repeated later (timeouts, throttling, 5xx)."""
+
+
+class PermanentDriverError(DriverError):
+    """A failure that repeating the call will not fix (bad request, quota, missing resource)."""
+
+
+def resource_prefix() -> str:
+    """Prefix of every resource name the hub creates, so the reconciler can tell ours from others'."""
+    return settings.CELLHUB["RESOURCE_PREFIX"]
+
+
+def resource_name(kind: str, pk: int, *, separator: str = "-") -> str:
+    """The deterministic name of a hub resource, e.g. ``cellhub-i42`` for instance 42."""
+    return f"{resource_prefix()}{separator}{kind}{pk}"
+
+
+def derive_secret(purpose: str, pk: int, length: int = 32) -> str:
+    """A password derived from the hub's credential key: the same on every call, stored nowhere.
+
+    Rotating ``CELLHUB_CREDENTIAL_KEY`` changes every derived password; a re-run of the database step
+    (``create_database``) re-applies the current one.
+    """
+    key = settings.CELLHUB["CREDENTIAL_KEY"].encode()
+    digest = hmac.new(key, f"{purpose}:{pk}".encode(), hashlib.sha256).hexdigest()
+    # Mixed classes so cloud password policies (upper, lower, digit, symbol) accept it.
+    return f"Ch{digest[: length - 4]}!9"
+
+
+@dataclass(frozen=True)
+class DatabaseCredentials:
+    """How an instance reaches its own database. ``url`` carries the password: never persist it."""
+
+    database: str
+    login: str
+    password: str
+    host: str
+    port: int | None
+    url: str
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """Where a backup or archive went and what it is."""
+
+    location: str
+    size_bytes: int
+    checksum: str
+    encrypted_with: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """Everything a compute driver needs to run one instance."""
+
+    name: str
+    namespace: str
+    image: str
+    version: str
+    cpu_millicores: int
+    memory_mib: int
+    hostname: str
+    database_url: str
+    share_endpoint: str
+    share_name: str
+    replicas: int = 1
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    exists: bool
+    ready_replicas: int = 0
+    replicas: int = 0
+    image: str = ""
+
+
+class PoolDriver:
+    """Shared by the pool kinds: a driver is bound to one pool row."""
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+        self.config = pool.config or {}
+
+    def provision_pool(self) -> dict:
+        """Create (or find) the pool's own resource; returns ``{"external_id": ..., "config": {...}}``."""
+        raise NotImplementedError
+
+    def delete_pool(self) -> None:
+        """Delete the pool's own resource; absent is fine."""
+        raise NotImplementedError
+
+
+class DatabaseDriver(PoolDriver):
+    """A database pool: one database and one login per instance, the login allowed on its database only."""
+
+    def database_name(self, instance: Instance) -> str:
+        return resource_name("i", instance.pk, separator="_")
+
+    def login_name(self, instance: Instance) -> str:
+        return resource_name("i", instance.pk, separator="_") + "_login"
+
+    def password(self, instance: Instance) -> str:
+        return derive_secret("database-login", instance.pk)
+
+    def create_database(self, *, instance: Instance) -> DatabaseCredentials:
+        raise NotImplementedError
+
+    def drop_database(self, *, instance: Instance) -> None:
+        raise NotImplementedError
+
+    def database_exists(self, *, instance: Instance) -> bool:
+        raise NotImplementedError
+
+    def list_databases(self) -> list[str]:
+        """Names of the hub's databases in this pool (for the reconciler)."""
+        raise NotImplementedError
+
+    def backup_database(self, *, instance: Instance, label: str) -> BackupResult:
+        raise NotImplementedError
+
+    def restore_database(self, *, instance: Instance, point_in_time: datetime, new_database: str) -> str:
+        """Restore into a NEW database named ``new_database``; return its name or id. Never overwrites."""
+        raise NotImplementedError
+
+
+class StorageDriver(PoolDriver):
+    """A storage pool: shares, each backed by its own bucket / file share, firewalled to one address."""
+
+    def create_share(self, *, share: Share) -> str:
+        """Create (or find) the share; returns its endpoint."""
+        raise NotImplementedError
+
+    def set_firewall(self, *, share: Share, address: str) -> None:
+        """Allow ``address`` only (an empty address allows no one)."""
+        raise NotImplementedError
+
+    def share_exists(self, *, share: Share) -> bool:
+        raise NotImplementedError
+
+    def delete_share(self, *, share: Share) -> None:
+        raise NotImplementedError
+
+    def list_shares(self) -> list[str]:
+        raise NotImplementedError
+
+    def archive_share(self, *, share: Share, label: str) -> BackupResult:
+        """Zip the share's content to deep storage."""
+        raise NotImplementedError
+
+    def scrub_share(self, *, share: Share) -> None:
+        """Remove every file, leaving the share as a fresh one."""
+        raise NotImplementedError
+
+
+class ComputeDriver(PoolDriver):
+    """A compute pool (a Kubernetes cluster or its local stand-in): one deployment per instance."""
+
+    def namespace(self, instance: Instance) -> str:
+        return resource_name("i", instance.pk)
+
+    def egress_address(self, *, instance: Instance) -> str:
+        """The address the instance's traffic comes from (what its share's firewall allows)."""
+        return self.config.get("egress_address", "127.0.0.1")
+
+    def deploy(self, *, spec: DeploymentSpec) -> None:
+        raise NotImplementedError
+
+    def delete(self, *, instance: Instance) -> None:
+        raise NotImplementedError
+
+    def status(self, *, instance: Instance) -> DeploymentStatus:
+        raise NotImplementedError
+
+    def scale(self, *, instance: Instance, replicas: int) -> None:
+        raise NotImplementedError
+
+    def set_image(self, *, instance: Instance, image: str) -> None:
+        raise NotImplementedError
+
+    def list_deployments(self) -> list[str]:
+        raise NotImplementedError
+
+
+class DnsDriver:
+    """The hub's DNS zone: one A (or CNAME) record per instance."""
+
+    def __init__(self, region: Region, zone: str):
+        self.region = region
+        self.zone = zone
+
+    def fqdn(self, name: str) -> str:
+        return f"{name}.{self.zone}"
+
+    def upsert_record(self, *, name: str, address: str) -> None:
+        raise NotImplementedError
+
+    def delete_record(self, *, name: str) -> None:
+        raise NotImplementedError
+
+    def lookup(self, *, name: str) -> str | None:
+        raise NotImplementedError
+
+    def list_records(self) -> dict[str, str]:
+        raise NotImplementedError
