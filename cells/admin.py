@@ -3,11 +3,15 @@
 List pages cost a constant number of queries: related rows come from ``list_select_related`` and
 capacity from the annotations of ``cells.selectors``.
 """
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db import IntegrityError
 from django.utils.html import format_html, format_html_join
 
 from cells import selectors
-from cells.models import Instance, Operation, Pool, Reef, Region, Share
+from cells.choices import OperationKind, OperationState
+from cells.models import CapacityShortfall, Instance, Operation, Pool, Reef, Region, Share
+from cells.states import IllegalTransition
+from provisioning.operations import operation_retry
 
 
 @admin.register(Region)
@@ -136,6 +140,24 @@ class InstanceAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     show_full_result_count = False  # a second COUNT(*) over the whole table buys nothing
     inlines = [OperationInline]
+    actions = ["retry_provision"]
+
+    @admin.action(description="Retry the failed provision of the selected instances")
+    def retry_provision(self, request, queryset):
+        failed = Operation.objects.filter(
+            instance__in=queryset, kind=OperationKind.PROVISION, state=OperationState.FAILED
+        ).select_related("instance")
+        retried = []
+        for operation in failed:
+            try:
+                operation_retry(operation=operation, requested_by=request.user)
+                retried.append(operation.instance.name)
+            except (IllegalTransition, IntegrityError) as refusal:
+                self.message_user(request, f"{operation.instance}: {refusal}", messages.WARNING)
+        if retried:
+            self.message_user(request, f"Provision queued again for {', '.join(retried)}.", messages.SUCCESS)
+        else:
+            self.message_user(request, "None of the selected instances has a failed provision.", messages.WARNING)
 
 
 @admin.register(Operation)
@@ -153,12 +175,30 @@ class OperationAdmin(admin.ModelAdmin):
         "step_log", "error", "created_at", "started_at", "finished_at", "updated_at",
     ]
     readonly_fields = fields
+    actions = ["retry"]
 
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_retry_permission(self, request):
+        return request.user.is_active and request.user.is_staff and request.user.has_perm("cells.change_instance")
+
+    @admin.action(description="Retry the selected failed operations", permissions=["retry"])
+    def retry(self, request, queryset):
+        retried = 0
+        for operation in queryset.filter(state=OperationState.FAILED):
+            try:
+                operation_retry(operation=operation, requested_by=request.user)
+                retried += 1
+            except IllegalTransition as refusal:
+                self.message_user(request, str(refusal), messages.WARNING)
+        skipped = queryset.exclude(state=OperationState.FAILED).count()
+        self.message_user(request, f"Queued {retried} operation(s) again.", messages.SUCCESS)
+        if skipped:
+            self.message_user(request, f"Skipped {skipped} operation(s) that are not failed.", messages.WARNING)
 
     def has_delete_permission(self, request, obj=None):
         return False
@@ -178,3 +218,20 @@ class OperationAdmin(admin.ModelAdmin):
             ((s.get("name"), s.get("started_at", ""), s.get("finished_at", "")) for s in operation.steps),
         )
         return format_html("<table><tr><th>step</th><th>started</th><th>finished</th></tr>{}</table>", rows)
+
+
+@admin.register(CapacityShortfall)
+class CapacityShortfallAdmin(admin.ModelAdmin):
+    """Signups refused for want of capacity: where staff must add pools or reefs."""
+
+    list_display = ["created_at", "region", "instance_name", "reason"]
+    list_filter = ["region"]
+    list_select_related = ["region"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["created_at", "region", "instance_name", "reason"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -104,9 +104,11 @@ class OperationState(models.TextChoices):
 SIGNUP_REGION_STATES = frozenset({RegionStatus.ACTIVE})
 PLACEABLE_REEF_STATES = frozenset({ReefStatus.ACTIVE})
 PLACEABLE_POOL_STATES = frozenset({PoolStatus.AVAILABLE})
-# An instance in these states holds its slots (database, compute, share) and counts against its reef.
+# An instance in these states holds the slots it references (database, compute, share) and counts
+# against its reef. A failed instance whose resources were released references none.
 SLOT_HOLDING_INSTANCE_STATES = frozenset(
     {
+        InstanceState.FAILED,
         InstanceState.PENDING,
         InstanceState.PROVISIONING,
         InstanceState.RUNNING,

@@ -256,3 +256,18 @@ class Operation(models.Model):
     @property
     def done_step_names(self) -> list[str]:
         return [step["name"] for step in self.steps]
+
+
+class CapacityShortfall(models.Model):
+    """A signup the hub had to refuse for want of capacity: what staff must add, and where."""
+
+    region = models.ForeignKey(Region, on_delete=models.CASCADE, related_name="shortfalls")
+    instance_name = models.CharField(max_length=choices.INSTANCE_NAME_MAX_LENGTH)
+    reason = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.region}: {self.reason}"

@@ -136,6 +136,11 @@ class DatabaseDriver(PoolDriver):
     def create_database(self, *, instance: Instance) -> DatabaseCredentials:
         raise NotImplementedError
 
+    def credentials(self, instance: Instance) -> DatabaseCredentials:
+        """How the instance connects to its existing database. Drivers where ``create_database`` is costly
+        compute this without calling the provider."""
+        return self.create_database(instance=instance)
+
     def drop_database(self, *, instance: Instance) -> None:
         raise NotImplementedError
 

@@ -1,0 +1,52 @@
+"""Customer forms: every refusal is a message on the field at fault."""
+from django import forms
+from django.contrib.auth.password_validation import validate_password
+
+from cells.models import Instance, Region
+from cells.placement import region_takes_signups
+from cells.validators import validate_instance_name
+
+
+class RegionChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, region):
+        suffix = "" if region_takes_signups(region) else " (not taking new instances)"
+        return f"{region.name}{suffix}"
+
+
+class InstanceForm(forms.Form):
+    """A new instance for a signed-in customer."""
+
+    name = forms.CharField(
+        max_length=40,
+        validators=[validate_instance_name],
+        help_text="3–40 lowercase letters, digits or hyphens; it becomes your instance's address.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    region = RegionChoiceField(queryset=Region.objects.order_by("name"), empty_label=None)
+
+    def clean_name(self):
+        name = self.cleaned_data["name"]
+        if Instance.objects.filter(name=name).exists():
+            raise forms.ValidationError(f"The name “{name}” is taken; choose another.", code="taken")
+        return name
+
+    def clean_region(self):
+        region = self.cleaned_data["region"]
+        if not region_takes_signups(region):
+            raise forms.ValidationError(
+                f"{region.name} is not taking new instances right now; choose another region.", code="closed"
+            )
+        return region
+
+
+class SignupForm(InstanceForm):
+    """A new customer account and its first instance."""
+
+    email = forms.EmailField(widget=forms.EmailInput(attrs={"autocomplete": "email"}))
+    password = forms.CharField(widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+    field_order = ["email", "password", "name", "region"]
+
+    def clean_password(self):
+        password = self.cleaned_data["password"]
+        validate_password(password)
+        return password

@@ -1,0 +1,190 @@
+"""Operation plans, registered by kind: the steps of each long action.
+
+Provision (DESIGN.md): place → database → share → compute → dns → running. Every step is idempotent
+(drivers derive names from ids), so a re-run after a crash repeats at most the step it died in.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+
+from cells.choices import InstanceState, OperationKind, ShareStatus
+from cells.models import Instance, Operation, Share
+from cells.placement import instance_place
+from cells.states import INSTANCE, SHARE
+from provisioning import drivers
+from provisioning.drivers.base import DeploymentSpec
+from provisioning.operations import Plan, register_plan
+
+logger = logging.getLogger(__name__)
+
+
+def instance_hostname(instance: Instance) -> str:
+    return f"{instance.name}.{settings.CELLHUB['HUB_DOMAIN']}"
+
+
+def deployment_spec(instance: Instance, *, database_url: str, share: Share) -> DeploymentSpec:
+    compute = drivers.for_pool(instance.compute_pool)
+    return DeploymentSpec(
+        name=instance.name,
+        namespace=compute.namespace(instance),
+        image=settings.CELLHUB["DEFAULT_IMAGE"],
+        version=instance.server_version,
+        cpu_millicores=instance.cpu_millicores,
+        memory_mib=instance.memory_mib,
+        hostname=instance.hostname or instance_hostname(instance),
+        database_url=database_url,
+        share_endpoint=share.endpoint,
+        share_name=share.name,
+    )
+
+
+def _instance(operation: Operation) -> Instance:
+    return Instance.objects.select_related("region", "reef", "database_pool", "compute_pool", "share__pool").get(
+        pk=operation.instance_id
+    )
+
+
+# ---- provision -------------------------------------------------------------------------------------------
+
+
+def provision_begin(operation: Operation) -> None:
+    """pending or failed → provisioning; a provision taken over after a crash is already provisioning."""
+    instance = operation.instance
+    if instance.state != InstanceState.PROVISIONING:
+        INSTANCE.change(instance, InstanceState.PROVISIONING)
+
+
+def provision_place(operation: Operation) -> None:
+    instance_place(instance=_instance(operation))
+
+
+def provision_database(operation: Operation) -> None:
+    instance = _instance(operation)
+    drivers.for_pool(instance.database_pool).create_database(instance=instance)
+
+
+def provision_share(operation: Operation) -> None:
+    """Create the share's bucket / folder and firewall it to the instance's compute address only."""
+    instance = _instance(operation)
+    share = instance.share
+    storage = drivers.for_pool(share.pool)
+    endpoint = storage.create_share(share=share)
+    address = drivers.for_pool(instance.compute_pool).egress_address(instance=instance)
+    storage.set_firewall(share=share, address=address)
+    Share.objects.filter(pk=share.pk).update(endpoint=endpoint, firewall_address=address)
+
+
+def provision_compute(operation: Operation) -> None:
+    instance = _instance(operation)
+    credentials = drivers.for_pool(instance.database_pool).credentials(instance)
+    spec = deployment_spec(instance, database_url=credentials.url, share=instance.share)
+    drivers.for_pool(instance.compute_pool).deploy(spec=spec)
+
+
+def provision_dns(operation: Operation) -> None:
+    instance = _instance(operation)
+    address = instance.reef.ingress_address or "127.0.0.1"
+    drivers.for_dns(instance.region).upsert_record(name=instance.name, address=address)
+
+
+def provision_succeed(operation: Operation) -> None:
+    instance = operation.instance
+    with transaction.atomic():
+        INSTANCE.change(instance, InstanceState.RUNNING, hostname=instance.hostname or instance_hostname(instance))
+        transaction.on_commit(lambda: instance_send_welcome(instance_id=instance.pk))
+
+
+def instance_send_welcome(*, instance_id: int) -> None:
+    """Tell the owner their instance is running and where; a mail failure never fails the provision."""
+    instance = Instance.objects.select_related("owner").get(pk=instance_id)
+    if not instance.owner.email:
+        return
+    try:
+        send_mail(
+            subject=f"Your instance {instance.name} is running",
+            message=(
+                f"Hello,\n\nyour instance {instance.name} is up and running at https://{instance.hostname}/\n"
+                f"Version {instance.server_version}, region {instance.region.name}.\n\n— Cell Hub"
+            ),
+            from_email=None,
+            recipient_list=[instance.owner.email],
+        )
+    except Exception:
+        logger.exception("welcome mail to %s for %s not sent", instance.owner.email, instance.name)
+
+
+def instance_release(instance: Instance) -> list[str]:
+    """Give back what a provision took: deployment, DNS record, share (scrubbed, unfirewalled), database.
+
+    Each part is released on its own. A part that fails to release stays referenced by the instance
+    (never leaked back into a pool) and is named in the returned problems; a retry re-runs every step,
+    and placement keeps what the instance still holds.
+    """
+    problems = []
+    instance = Instance.objects.select_related("region", "reef", "database_pool", "compute_pool").get(pk=instance.pk)
+
+    def attempt(what, action) -> bool:
+        try:
+            action()
+            return True
+        except Exception as error:
+            problems.append(f"{what}: {error.__class__.__name__}: {error}")
+            return False
+
+    released = {}
+    if instance.compute_pool_id and attempt(
+        "deployment", lambda: drivers.for_pool(instance.compute_pool).delete(instance=instance)
+    ):
+        released["compute_pool"] = None
+    attempt("dns record", lambda: drivers.for_dns(instance.region).delete_record(name=instance.name))
+    share = Share.objects.select_related("pool").filter(instance=instance).first()
+    if share is not None:
+        storage = drivers.for_pool(share.pool)
+
+        def release_share():
+            if storage.share_exists(share=share):
+                storage.scrub_share(share=share)
+                storage.set_firewall(share=share, address="")
+            SHARE.change(share, ShareStatus.AVAILABLE, instance=None, firewall_address="")
+
+        attempt("share", release_share)
+    if instance.database_pool_id and attempt(
+        "database", lambda: drivers.for_pool(instance.database_pool).drop_database(instance=instance)
+    ):
+        released["database_pool"] = None
+    if not problems:
+        released["reef"] = None
+    Instance.objects.filter(pk=instance.pk).update(**released)
+    return problems
+
+
+def provision_fail(operation: Operation, message: str) -> str:
+    """Release what the provision took, mark the instance failed; a retry starts from the first step."""
+    instance = operation.instance
+    problems = instance_release(instance)
+    instance.refresh_from_db()
+    if instance.state != InstanceState.FAILED:
+        INSTANCE.change(instance, InstanceState.FAILED)
+    Operation.objects.filter(pk=operation.pk).update(steps=[])
+    if problems:
+        return "cleanup incomplete (a retry finishes it): " + "; ".join(problems)
+    return "everything taken was released"
+
+
+PROVISION = Plan(
+    steps=[
+        ("place", provision_place),
+        ("database", provision_database),
+        ("share", provision_share),
+        ("compute", provision_compute),
+        ("dns", provision_dns),
+    ],
+    begin=provision_begin,
+    succeed=provision_succeed,
+    fail=provision_fail,
+)
+register_plan(OperationKind.PROVISION, PROVISION)
