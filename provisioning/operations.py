@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -175,7 +175,6 @@ def _record_step(operation: Operation, name: str, started_at) -> None:
 
 def operation_run(operation_id: int) -> str | None:
     """Execute the operation if this worker can claim it; returns its final state, or None if not claimed."""
-    close_old_connections()
     operation = _claim(operation_id)
     if operation is None:
         logger.info("operation %s not claimable (finished, or held by a live worker)", operation_id)

@@ -1,9 +1,18 @@
 import os
+import uuid
 
+import psycopg
 import pytest
 from django.db import connection
 
 from tests.factories import make_user
+
+# Resources the drivers create on the shared PostgreSQL server carry a prefix unique to this run,
+# so parallel or leftover runs never collide; they are dropped at the end of the session.
+RUN_PREFIX = f"t{uuid.uuid4().hex[:8]}"
+ADMIN_DSN = "host={} port={} user={} dbname=postgres".format(
+    os.environ.get("PGHOST", "127.0.0.1"), os.environ.get("PGPORT", "5432"), os.environ.get("PGUSER", "postgres")
+)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -13,6 +22,51 @@ def _tests_run_on_postgresql(django_db_setup, django_db_blocker):
         return
     with django_db_blocker.unblock():
         assert connection.vendor == "postgresql", "run the tests with DATABASE_URL on PostgreSQL (scripts/test)"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _drop_run_databases():
+    yield
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        databases = admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{RUN_PREFIX}%"])
+        for (name,) in databases.fetchall():
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        roles = admin.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", [f"{RUN_PREFIX}%"])
+        for (name,) in roles.fetchall():
+            admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+
+
+@pytest.fixture(autouse=True)
+def hub_settings(settings, tmp_path):
+    """Each test gets its own var directory, this run's resource prefix, and no backoff sleeps."""
+    var_dir = tmp_path / "var"
+    var_dir.mkdir()
+    settings.CELLHUB = {
+        **settings.CELLHUB,
+        "VAR_DIR": var_dir,
+        "RESOURCE_PREFIX": RUN_PREFIX,
+        "STEP_BACKOFF": 0,
+        "CLOUD_BACKOFF": 0,
+    }
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    return settings
+
+
+@pytest.fixture(autouse=True)
+def _no_armed_faults():
+    from provisioning import faults
+
+    faults.disarm_all()
+    yield
+    faults.disarm_all()
+
+
+@pytest.fixture
+def sync_tasks(monkeypatch):
+    """django-q2 runs tasks inline, in the caller's process (the worker's code, without the worker)."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", True)
 
 
 @pytest.fixture

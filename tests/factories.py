@@ -34,6 +34,7 @@ def make_region(**fields):
 def make_reef(region=None, **fields):
     fields.setdefault("slug", f"reef-{next(_seq)}")
     fields.setdefault("status", ReefStatus.ACTIVE)
+    fields.setdefault("ingress_address", "127.0.0.1")
     return Reef.objects.create(region=region or make_region(), **fields)
 
 
@@ -48,12 +49,16 @@ def make_pool(reef=None, kind=PoolKind.DATABASE, **fields):
     return pool
 
 
-def make_cell(reef=None, capacity=10, **reef_fields):
+POSTGRES_POOL_CONFIG = {"host": "127.0.0.1", "port": 5432, "admin_user": "postgres"}
+
+
+def make_cell(reef=None, capacity=10, database_provider=Provider.SQLITE, **reef_fields):
     """A reef with one database, one storage and one compute pool of ``capacity`` slots each."""
     reef = reef or make_reef(**reef_fields)
+    config = POSTGRES_POOL_CONFIG if database_provider == Provider.POSTGRES else {}
     return {
         "reef": reef,
-        "database": make_pool(reef, PoolKind.DATABASE, capacity=capacity),
+        "database": make_pool(reef, PoolKind.DATABASE, capacity=capacity, provider=database_provider, config=config),
         "storage": make_pool(reef, PoolKind.STORAGE, capacity=capacity),
         "compute": make_pool(reef, PoolKind.COMPUTE, capacity=capacity),
     }

@@ -36,8 +36,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-# AWS reports throttling with these codes, sometimes under HTTP 400.
-AWS_THROTTLING_CODES = frozenset(
+# AWS reports throttling (and its own transient faults) with these codes, sometimes under HTTP 400.
+AWS_RETRY_CODES = frozenset(
     {
         "Throttling",
         "ThrottlingException",
@@ -131,7 +131,7 @@ def _classify_botocore(exc: BaseException, not_found, conflict) -> Failure | Non
         code = error.get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         detail = f"{code}: {error.get('Message', '')}".strip(": ")
-        if code in AWS_THROTTLING_CODES:
+        if code in AWS_RETRY_CODES:
             return Failure("retry", detail, code)
         if code in ("ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "UnrecognizedClientException"):
             return Failure("credentials", f"AWS credentials rejected ({code}): {AWS_CREDENTIALS_HINT}")
@@ -251,3 +251,39 @@ def require_config(config: dict, keys: Iterable[str], *, where: str) -> dict:
     if missing:
         raise PermanentDriverError(f"{where}: config is missing {', '.join(missing)}")
     return {key: config[key] for key in keys}
+
+
+# Client factories: each SDK's own retries are turned off so that ``cloud_call`` is the one retry layer
+# (two layers multiply: 10 SDK retries × 5 of ours would hold a worker for many minutes).
+
+
+def azure_client(client_class, subscription_id: str, *, credential=None, transport=None, polling_interval=None):
+    """An azure-mgmt client: ``DefaultAzureCredential`` unless a credential is given, no SDK retries.
+
+    ``transport`` (an azure-core ``HttpTransport``) replaces the HTTP layer, as the tests do;
+    ``polling_interval`` (seconds) overrides the long-running-operation poll period.
+    """
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    kwargs = {"retry_total": 0}
+    if transport is not None:
+        kwargs["transport"] = transport
+    if polling_interval is not None:
+        kwargs["polling_interval"] = polling_interval
+    return client_class(credential, subscription_id, **kwargs)
+
+
+def aws_client(service: str, region: str | None):
+    """A boto3 client for ``service`` in ``region`` (boto3's credential chain), no SDK retries.
+
+    Raises ``PermanentDriverError`` when no region is known.
+    """
+    import boto3
+    from botocore.config import Config
+
+    if not region and service not in ("route53", "iam", "sts"):
+        raise PermanentDriverError(f"AWS {service}: no region; set the region's location (e.g. us-east-1)")
+    config = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+    return boto3.client(service, region_name=region or "us-east-1", config=config)

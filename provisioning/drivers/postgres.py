@@ -28,7 +28,7 @@ def role_statements(*, login: str, password: str, role_exists: bool) -> list[sql
         role_statement = sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(role, password_literal)
     else:
         role_statement = sql.SQL(
-            "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT PASSWORD {}"
+            "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
         ).format(role, password_literal)
     return [role_statement]
 
