@@ -83,3 +83,65 @@ def staff_user(db):
 def staff_client(client, staff_user):
     client.force_login(staff_user)
     return client
+
+
+@pytest.fixture
+def qcluster(settings):
+    """Start real ``manage.py qcluster`` workers on the test database; stopped (killed) at teardown.
+
+    Call it with extra environment (e.g. ``CELLHUB_FAILPOINTS``); it returns the process. Tests using
+    it need committed data: mark them ``django_db(transaction=True)``.
+    """
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    database = settings.DATABASES["default"]
+    processes = []
+
+    def start(**extra_env):
+        env = {
+            **os.environ,
+            "DATABASE_URL": "postgres://{USER}@{HOST}:{PORT}/{NAME}".format(**database),
+            "DEBUG": "1",
+            "CELLHUB_VAR_DIR": str(settings.CELLHUB["VAR_DIR"]),
+            "CELLHUB_RESOURCE_PREFIX": settings.CELLHUB["RESOURCE_PREFIX"],
+            "CELLHUB_STEP_BACKOFF": "0",
+            "CELLHUB_OPERATION_LEASE_SECONDS": "2",
+            "Q_WORKERS": "1",
+            "Q_TIMEOUT": "4",
+            "Q_RETRY": "5",
+            "CELLHUB_FAILPOINTS": "",
+            **extra_env,
+        }
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=Path(__file__).resolve().parent.parent, env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        processes.append(process)
+        return process
+
+    def kill(process):
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    start.kill = kill
+    yield start
+    for process in processes:
+        kill(process)
+
+
+def wait_for(predicate, timeout=60.0, interval=0.2, message="condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {message}")

@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 
 from cells.choices import InstanceState, OperationState, RegionStatus, ShareStatus
 from cells.models import CapacityShortfall, Instance, Operation, Share
-from tests.factories import make_cell, make_instance, make_region, make_reef, make_user
+from tests.factories import make_cell, make_instance, make_reef, make_region, make_user
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()

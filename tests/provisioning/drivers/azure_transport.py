@@ -4,7 +4,8 @@ It records every request (method, URL, query, JSON body) and answers from canned
 (method, URL-path regex). A route may answer as a long-running operation: the first response is
 201/202 with an ``Azure-AsyncOperation`` header, the status URL answers ``InProgress`` once and then
 ``Succeeded``, and the final GET of the resource returns the canned body. A route may also be scripted
-to answer 429 (``Retry-After: 0``) a number of times first, as ARM does when it throttles.
+to answer 429 (``Retry-After: 0``) a number of times first, as ARM does when it throttles, and may give a
+sequence of (status, body) answers, the last one repeating (a resource that appears once created).
 Nothing leaves the process: every URL is answered here or with a 404 naming the request.
 """
 from __future__ import annotations
@@ -37,10 +38,11 @@ class Route:
     pattern: re.Pattern
     status: int = 200
     body: object = None
-    lro: bool = False
+    lro: bool | int = False  # True (or 201): a PUT answers 201 first; 202: it answers 202
     throttle: int = 0
     times_called: int = 0
     headers: dict = field(default_factory=dict)
+    sequence: list = field(default_factory=list)
 
 
 class _Internal:
@@ -58,10 +60,12 @@ class ArmTransport(HttpTransport):
         self._ids = itertools.count(1)
 
     # -- test API ---------------------------------------------------------------------------
-    def add(self, method, path_regex, body=None, *, status=200, lro=False, throttle=0, headers=None) -> Route:
+    def add(
+        self, method, path_regex, body=None, *, status=200, lro=False, throttle=0, headers=None, sequence=None
+    ) -> Route:
         """Answer ``method`` on a URL path matching ``path_regex`` (searched, case-insensitive)."""
         route = Route(method.upper(), re.compile(path_regex, re.IGNORECASE), status, body, lro, throttle,
-                      headers=headers or {})
+                      headers=headers or {}, sequence=list(sequence or []))
         self.routes.insert(0, route)
         return route
 
@@ -114,8 +118,11 @@ class ArmTransport(HttpTransport):
                         "Azure-AsyncOperation": f"{OPERATIONS_HOST}/{operation}",
                         "Retry-After": "0",
                     }
-                    status = 201 if request.method == "PUT" else 202
+                    status = 202 if request.method != "PUT" or route.lro == 202 else 201
                     return self._response(request, status, route.body if status == 201 else None, headers)
+                if route.sequence:
+                    status, body = route.sequence.pop(0) if len(route.sequence) > 1 else route.sequence[0]
+                    return self._response(request, status, body, route.headers)
                 return self._response(request, route.status, route.body, route.headers)
         error = {"error": {"code": "ResourceNotFound", "message": f"no route for {request.method} {parsed.path}"}}
         return self._response(request, 404, error)

@@ -1,0 +1,579 @@
+"""AWS Storage Gateway (S3 File Gateway) as a storage pool: one gateway; one S3 bucket + NFS file share per slot.
+
+Pool config (no secrets):
+
+- ``gateway_arn`` (or the pool's ``external_id``) once the appliance is activated; otherwise
+  ``activation_key`` (from the appliance's console) to activate it, with ``gateway_timezone`` (default GMT);
+- ``role_arn`` (required): the IAM role the gateway assumes to reach the buckets;
+- ``kms_key_arn``: the KMS key of the buckets and file shares (default: a key the driver creates, with the
+  alias ``alias/<prefix>-p<pool id>``);
+- ``bucket_prefix`` (default none): prepended to the share's name to make the bucket's (S3 names are global);
+- ``admin_principal_arns``: principals besides the gateway role allowed into the buckets (default: the
+  hub's own identity, from STS) — the bucket policy denies everyone else;
+- ``archive_bucket`` (required to archive): the deep-storage bucket.
+
+A share's data lives in its bucket, not in the gateway: ``replace_pool`` re-associates every bucket with a
+new gateway by creating its NFS file share there, losing nothing. The endpoint is
+``nfs://<gateway address>/<bucket>``. The firewall is the file share's NFS client list (one address).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import tempfile
+import zipfile
+
+from provisioning.drivers.base import BackupResult, PermanentDriverError, StorageDriver, TransientDriverError
+from provisioning.drivers.base import resource_name as _resource_name
+from provisioning.drivers.cloud_retry import CloudConflictError, CloudNotFoundError, aws_client, cloud_call
+
+# NFS clients allowed on a share nobody holds: the loopback address, which no NFS client of the gateway has
+# (the API refuses an empty list).
+NO_CLIENT = "127.0.0.1/32"
+SINGLE_PUT_LIMIT = 5 * (1 << 30)
+GATEWAY_ROLE_ACTIONS = [
+    "s3:GetAccelerateConfiguration",
+    "s3:GetBucketLocation",
+    "s3:GetBucketVersioning",
+    "s3:ListBucket",
+    "s3:ListBucketVersions",
+    "s3:ListBucketMultipartUploads",
+    "s3:AbortMultipartUpload",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:GetObject",
+    "s3:GetObjectAcl",
+    "s3:GetObjectVersion",
+    "s3:ListMultipartUploadParts",
+    "s3:PutObject",
+    "s3:PutObjectAcl",
+]
+
+
+def role_arn_of(caller_arn: str) -> str:
+    """The IAM ARN ``aws:PrincipalArn`` matches for a caller: an assumed role's session becomes its role."""
+    if ":assumed-role/" in caller_arn:
+        account = caller_arn.split(":")[4]
+        role = caller_arn.split(":assumed-role/", 1)[1].split("/", 1)[0]
+        return f"arn:aws:iam::{account}:role/{role}"
+    return caller_arn
+
+
+def bucket_policy(*, bucket: str, role_arn: str, admin_arns: list[str]) -> dict:
+    """TLS only; the gateway role (and the hub's admins) only; the gateway role gets what a file share needs."""
+    resources = [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "DenyInsecureTransport",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": resources,
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            },
+            {
+                "Sid": "DenyAllButTheGatewayRoleAndTheHub",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": resources,
+                "Condition": {"ArnNotEquals": {"aws:PrincipalArn": [role_arn, *admin_arns]}},
+            },
+            {
+                "Sid": "GatewayRole",
+                "Effect": "Allow",
+                "Principal": {"AWS": role_arn},
+                "Action": GATEWAY_ROLE_ACTIONS,
+                "Resource": resources,
+            },
+        ],
+    }
+
+
+class StorageGatewayDriver(StorageDriver):
+    """Buckets and NFS file shares of one S3 File Gateway; every AWS call through ``cloud_call``."""
+
+    def __init__(self, pool):
+        super().__init__(pool)
+        self._clients: dict = {}
+        self._gateway_arn: str = pool.external_id or self.config.get("gateway_arn", "")
+        self._kms_key: str = self.config.get("kms_key_arn", "")
+        self._addresses: dict[str, str] = {}
+
+    def _client(self, service: str):
+        """The boto3 client of ``service`` in the pool's region, created on first use."""
+        if service not in self._clients:
+            self._clients[service] = aws_client(service, self.region)
+        return self._clients[service]
+
+    @property
+    def region(self) -> str:
+        return self.pool.reef.region.location
+
+    @property
+    def role_arn(self) -> str:
+        if not self.config.get("role_arn"):
+            raise PermanentDriverError(f"Storage Gateway pool {self.pool}: config is missing role_arn")
+        return self.config["role_arn"]
+
+    def bucket_name(self, share) -> str:
+        return f"{self.config.get('bucket_prefix', '')}{share.name}".lower()[:63]
+
+    def gateway_arn(self) -> str:
+        if not self._gateway_arn:
+            raise PermanentDriverError(
+                f"Storage Gateway pool {self.pool}: no gateway yet; set config gateway_arn or activation_key "
+                "and provision the pool"
+            )
+        return self._gateway_arn
+
+    # -- gateway --------------------------------------------------------------------------
+    def _gateway_name(self) -> str:
+        return _resource_name("p", self.pool.pk)
+
+    def ensure_gateway(self) -> str:
+        """The gateway's ARN: the configured one, one already activated under this pool's name, or a new
+        activation with ``activation_key``. Raises ``PermanentDriverError`` when there is none of these."""
+        sgw = self._client("storagegateway")
+        if self._gateway_arn:
+            arn = self._gateway_arn
+            cloud_call(
+                f"describe gateway {arn}",
+                lambda: sgw.describe_gateway_information(GatewayARN=arn),
+                not_found=("InvalidGatewayRequestException",),
+            )
+            return arn
+
+        def by_name():
+            marker = None
+            while True:
+                page = sgw.list_gateways(**({"Marker": marker} if marker else {}))
+                for gateway in page.get("Gateways", []):
+                    if gateway.get("GatewayName") == self._gateway_name():
+                        return gateway["GatewayARN"]
+                marker = page.get("Marker")
+                if not marker:
+                    return None
+
+        arn = cloud_call("list gateways", by_name)
+        if arn is None:
+            key = self.config.get("activation_key")
+            if not key:
+                raise PermanentDriverError(
+                    f"Storage Gateway pool {self.pool}: config needs gateway_arn (an activated gateway) "
+                    "or activation_key (to activate the appliance)"
+                )
+            arn = cloud_call(
+                f"activate gateway {self._gateway_name()}",
+                lambda: sgw.activate_gateway(
+                    ActivationKey=key,
+                    GatewayName=self._gateway_name(),
+                    GatewayTimezone=self.config.get("gateway_timezone", "GMT"),
+                    GatewayRegion=self.region,
+                    GatewayType="FILE_S3",
+                    Tags=[{"Key": "cellhub-pool", "Value": str(self.pool.pk)}],
+                ),
+            )["GatewayARN"]
+        self._gateway_arn = arn
+        return arn
+
+    def ensure_cache(self, gateway_arn: str) -> None:
+        """Give the gateway its cache: every available local disk, unless it has a cache already."""
+        sgw = self._client("storagegateway")
+        disks = cloud_call(
+            f"list local disks of {gateway_arn}", lambda: sgw.list_local_disks(GatewayARN=gateway_arn)
+        )["Disks"]
+        if any(disk.get("DiskAllocationType") == "CACHE STORAGE" for disk in disks):
+            return
+        available = [disk["DiskId"] for disk in disks if disk.get("DiskAllocationType") == "AVAILABLE"]
+        if not available:
+            raise PermanentDriverError(f"gateway {gateway_arn} has no local disk to use as its cache")
+        cloud_call(
+            f"add cache to {gateway_arn}", lambda: sgw.add_cache(GatewayARN=gateway_arn, DiskIds=available)
+        )
+
+    def gateway_address(self, gateway_arn: str) -> str:
+        """The IPv4 address NFS clients mount the gateway's shares from."""
+        if gateway_arn not in self._addresses:
+            sgw = self._client("storagegateway")
+            info = cloud_call(
+                f"describe gateway {gateway_arn}", lambda: sgw.describe_gateway_information(GatewayARN=gateway_arn)
+            )
+            interfaces = [i for i in info.get("GatewayNetworkInterfaces", []) if i.get("Ipv4Address")]
+            if not interfaces:
+                raise TransientDriverError(f"gateway {gateway_arn} reports no network address yet")
+            self._addresses[gateway_arn] = interfaces[0]["Ipv4Address"]
+        return self._addresses[gateway_arn]
+
+    def endpoint(self, gateway_arn: str, share) -> str:
+        return f"nfs://{self.gateway_address(gateway_arn)}/{self.bucket_name(share)}"
+
+    # -- keys and buckets -----------------------------------------------------------------
+    def kms_key_arn(self) -> str:
+        """The configured key, or the pool's own (alias ``alias/<prefix>-p<pool id>``), created on first use."""
+        if self._kms_key:
+            return self._kms_key
+        kms, alias = self._client("kms"), f"alias/{self._gateway_name()}"
+        try:
+            key = cloud_call(
+                f"describe KMS key {alias}", lambda: kms.describe_key(KeyId=alias), not_found=("NotFoundException",)
+            )
+        except CloudNotFoundError:
+            key = cloud_call(
+                f"create KMS key for {alias}",
+                lambda: kms.create_key(
+                    Description=f"Cell Hub storage pool {self.pool.pk}",
+                    Tags=[{"TagKey": "cellhub-pool", "TagValue": str(self.pool.pk)}],
+                ),
+            )
+            key_id = key["KeyMetadata"]["KeyId"]
+            cloud_call(f"enable rotation of {alias}", lambda: kms.enable_key_rotation(KeyId=key_id))
+            try:
+                cloud_call(
+                    f"create KMS alias {alias}",
+                    lambda: kms.create_alias(AliasName=alias, TargetKeyId=key_id),
+                    conflict=("AlreadyExistsException",),
+                )
+            except CloudConflictError:  # another worker won the race: use its key, leave ours unused
+                key = cloud_call(f"describe KMS key {alias}", lambda: kms.describe_key(KeyId=alias))
+        self._kms_key = key["KeyMetadata"]["Arn"]
+        return self._kms_key
+
+    def _admin_arns(self) -> list[str]:
+        if self.config.get("admin_principal_arns"):
+            return list(self.config["admin_principal_arns"])
+        caller = cloud_call("identify the hub (STS)", lambda: self._client("sts").get_caller_identity())
+        return [role_arn_of(caller["Arn"])]
+
+    def ensure_bucket(self, bucket: str) -> None:
+        """Create the bucket (or find it) and (re)apply: public access blocked, versioning, SSE-KMS by default,
+        the bucket policy. Raises ``PermanentDriverError`` if another account owns the name."""
+        s3 = self._client("s3")
+        create = {"Bucket": bucket}
+        if self.region != "us-east-1":
+            create["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            cloud_call(
+                f"create S3 bucket {bucket}",
+                lambda: s3.create_bucket(**create),
+                conflict=("BucketAlreadyOwnedByYou",),
+            )
+        except CloudConflictError as conflict:
+            if conflict.code != "BucketAlreadyOwnedByYou":
+                raise PermanentDriverError(f"S3 bucket name {bucket} is taken by another account") from None
+        cloud_call(
+            f"block public access to {bucket}",
+            lambda: s3.put_public_access_block(
+                Bucket=bucket,
+                PublicAccessBlockConfiguration={
+                    "BlockPublicAcls": True,
+                    "IgnorePublicAcls": True,
+                    "BlockPublicPolicy": True,
+                    "RestrictPublicBuckets": True,
+                },
+            ),
+        )
+        cloud_call(
+            f"enable versioning of {bucket}",
+            lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}),
+        )
+        key = self.kms_key_arn()
+        cloud_call(
+            f"set default encryption of {bucket}",
+            lambda: s3.put_bucket_encryption(
+                Bucket=bucket,
+                ServerSideEncryptionConfiguration={
+                    "Rules": [
+                        {
+                            "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key},
+                            "BucketKeyEnabled": True,
+                        }
+                    ]
+                },
+            ),
+        )
+        policy = bucket_policy(bucket=bucket, role_arn=self.role_arn, admin_arns=self._admin_arns())
+        cloud_call(
+            f"set the policy of {bucket}", lambda: s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+        )
+
+    # -- file shares ----------------------------------------------------------------------
+    def file_shares(self, gateway_arn: str) -> list[dict]:
+        """The NFS file shares of the gateway (``NFSFileShareInfo`` dicts)."""
+        sgw = self._client("storagegateway")
+
+        def collect():
+            arns, marker = [], None
+            while True:
+                page = sgw.list_file_shares(GatewayARN=gateway_arn, **({"Marker": marker} if marker else {}))
+                listed = page.get("FileShareInfoList", [])
+                arns += [info["FileShareARN"] for info in listed if info.get("FileShareType") == "NFS"]
+                marker = page.get("NextMarker")
+                if not marker:
+                    break
+            infos = []
+            for start in range(0, len(arns), 10):
+                infos += sgw.describe_nfs_file_shares(FileShareARNList=arns[start : start + 10])["NFSFileShareInfoList"]
+            return infos
+
+        return cloud_call(f"list file shares of {gateway_arn}", collect)
+
+    @staticmethod
+    def _serves(info: dict, bucket: str) -> bool:
+        location = info.get("LocationARN", "")
+        return location == f"arn:aws:s3:::{bucket}" or location.startswith(f"arn:aws:s3:::{bucket}/")
+
+    def find_file_share(self, gateway_arn: str, bucket: str, shares: list[dict] | None = None) -> dict | None:
+        shares = self.file_shares(gateway_arn) if shares is None else shares
+        return next((info for info in shares if self._serves(info, bucket)), None)
+
+    def ensure_file_share(self, gateway_arn: str, share, existing: list[dict] | None = None) -> str:
+        """Create the share's NFS file share on ``gateway_arn`` (or find it); returns its ARN.
+
+        The client token derives from the gateway and the share, so AWS itself makes a repeat a no-op.
+        """
+        bucket = self.bucket_name(share)
+        found = self.find_file_share(gateway_arn, bucket, existing)
+        if found is not None:
+            return found["FileShareARN"]
+        sgw, key = self._client("storagegateway"), self.kms_key_arn()
+        gateway_id = gateway_arn.rsplit("/", 1)[-1]
+        params = {
+            "ClientToken": f"{_resource_name('s', share.pk)}-{gateway_id}"[:100],
+            "NFSFileShareDefaults": {"FileMode": "0664", "DirectoryMode": "0775", "GroupId": 65534, "OwnerId": 65534},
+            "GatewayARN": gateway_arn,
+            "EncryptionType": "SseKms",
+            "KMSEncrypted": True,
+            "KMSKey": key,
+            "Role": self.role_arn,
+            "LocationARN": f"arn:aws:s3:::{bucket}",
+            "DefaultStorageClass": "S3_STANDARD",
+            "ObjectACL": "bucket-owner-full-control",
+            "ClientList": [share.firewall_address or NO_CLIENT],
+            "Squash": "RootSquash",
+            "ReadOnly": False,
+            "FileShareName": bucket,
+            "Tags": [{"Key": "cellhub-share", "Value": str(share.pk)}],
+        }
+        return cloud_call(
+            f"create NFS file share {bucket} on {gateway_id}", lambda: sgw.create_nfs_file_share(**params)
+        )["FileShareARN"]
+
+    # -- pool -----------------------------------------------------------------------------
+    def provision_pool(self) -> dict:
+        """Activate (or find) the gateway, give it a cache, and create every slot's bucket and NFS file share.
+
+        Safe to repeat: each piece is found when it exists. Returns the gateway ARN and the KMS key.
+        """
+        arn = self.ensure_gateway()
+        self.ensure_cache(arn)
+        existing = self.file_shares(arn)
+        for share in self.pool.shares.order_by("slot"):
+            self.ensure_bucket(self.bucket_name(share))
+            self.ensure_file_share(arn, share, existing)
+        return {"external_id": arn, "config": {"gateway_arn": arn, "kms_key_arn": self.kms_key_arn()}}
+
+    def delete_pool(self) -> None:
+        """The gateway is an appliance outside the hub's control: delete its file shares, keep the buckets.
+
+        Buckets hold customer data; ``delete_share`` removes one once it has been scrubbed.
+        """
+        if not self._gateway_arn:
+            return
+        sgw = self._client("storagegateway")
+        for info in self.file_shares(self._gateway_arn):
+            try:
+                cloud_call(
+                    f"delete file share {info['FileShareARN']}",
+                    lambda info=info: sgw.delete_file_share(FileShareARN=info["FileShareARN"]),
+                    not_found=("InvalidGatewayRequestException",),
+                )
+            except CloudNotFoundError:
+                pass
+
+    def replace_pool(self, new_gateway_arn: str) -> dict:
+        """Re-associate every share's bucket with ``new_gateway_arn`` (a replacement gateway): NFS file shares
+        on the new gateway pointing at the SAME buckets, with the same client lists. No data moves or is lost.
+
+        Returns ``{"external_id", "config", "endpoints": {share name: new endpoint}}``; safe to repeat.
+        """
+        self.ensure_cache(new_gateway_arn)
+        existing = self.file_shares(new_gateway_arn)
+        endpoints = {}
+        for share in self.pool.shares.order_by("slot"):
+            self.ensure_file_share(new_gateway_arn, share, existing)
+            endpoints[share.name] = self.endpoint(new_gateway_arn, share)
+        self._gateway_arn = new_gateway_arn
+        return {"external_id": new_gateway_arn, "config": {"gateway_arn": new_gateway_arn}, "endpoints": endpoints}
+
+    # -- shares ---------------------------------------------------------------------------
+    def create_share(self, *, share) -> str:
+        """Create (or find) the share's bucket and NFS file share; returns ``nfs://<gateway>/<bucket>``."""
+        arn = self.gateway_arn()
+        self.ensure_bucket(self.bucket_name(share))
+        self.ensure_file_share(arn, share)
+        return self.endpoint(arn, share)
+
+    def _require_file_share(self, share) -> dict:
+        found = self.find_file_share(self.gateway_arn(), self.bucket_name(share))
+        if found is None:
+            raise PermanentDriverError(f"share {share.name} has no NFS file share on {self.gateway_arn()}")
+        return found
+
+    def set_firewall(self, *, share, address: str) -> None:
+        """The file share's NFS client list becomes ``[address]`` (empty: a client list no one matches)."""
+        file_share_arn = self._require_file_share(share)["FileShareARN"]
+        sgw = self._client("storagegateway")
+        cloud_call(
+            f"set the client list of {share.name}",
+            lambda: sgw.update_nfs_file_share(FileShareARN=file_share_arn, ClientList=[address or NO_CLIENT]),
+        )
+
+    def _bucket_exists(self, bucket: str) -> bool:
+        try:
+            cloud_call(
+                f"find S3 bucket {bucket}",
+                lambda: self._client("s3").head_bucket(Bucket=bucket),
+                not_found=("NoSuchBucket", "404"),
+            )
+        except CloudNotFoundError:
+            return False
+        return True
+
+    def share_exists(self, *, share) -> bool:
+        """The bucket exists and the current gateway serves it."""
+        bucket = self.bucket_name(share)
+        return self._bucket_exists(bucket) and self.find_file_share(self.gateway_arn(), bucket) is not None
+
+    def delete_share(self, *, share) -> None:
+        """Remove the NFS file share, then the bucket; absent is fine. A bucket still holding data is kept and
+        ``PermanentDriverError`` raised: scrub (or archive and scrub) it first."""
+        bucket = self.bucket_name(share)
+        if self._gateway_arn:
+            found = self.find_file_share(self._gateway_arn, bucket)
+            if found is not None:
+                sgw = self._client("storagegateway")
+                cloud_call(
+                    f"delete file share {bucket}", lambda: sgw.delete_file_share(FileShareARN=found["FileShareARN"])
+                )
+        try:
+            cloud_call(
+                f"delete S3 bucket {bucket}",
+                lambda: self._client("s3").delete_bucket(Bucket=bucket),
+                not_found=("NoSuchBucket",),
+                conflict=("BucketNotEmpty",),
+            )
+        except CloudNotFoundError:
+            pass
+        except CloudConflictError:
+            raise PermanentDriverError(f"S3 bucket {bucket} still holds data: scrub the share first") from None
+
+    def list_shares(self) -> list[str]:
+        """Share names (bucket names less ``bucket_prefix``) the gateway serves."""
+        prefix = self.config.get("bucket_prefix", "")
+        names = []
+        for info in self.file_shares(self.gateway_arn()):
+            bucket = info.get("LocationARN", "").removeprefix("arn:aws:s3:::").split("/", 1)[0]
+            names.append(bucket.removeprefix(prefix))
+        return sorted(names)
+
+    def scrub_share(self, *, share) -> None:
+        """Delete every object version and delete marker in the bucket, then refresh the gateway's cache of it."""
+        bucket, s3 = self.bucket_name(share), self._client("s3")
+
+        def delete_everything():
+            for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+                keys = [
+                    {"Key": item["Key"], "VersionId": item["VersionId"]}
+                    for item in page.get("Versions", []) + page.get("DeleteMarkers", [])
+                ]
+                if keys:
+                    response = s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+                    if response.get("Errors"):
+                        first = response["Errors"][0]
+                        raise TransientDriverError(f"scrub {bucket}: {first.get('Code')} on {first.get('Key')}")
+
+        cloud_call(f"scrub S3 bucket {bucket}", delete_everything)
+        if self._gateway_arn:
+            found = self.find_file_share(self._gateway_arn, bucket)
+            if found is not None:
+                sgw = self._client("storagegateway")
+                cloud_call(
+                    f"refresh the gateway cache of {bucket}",
+                    lambda: sgw.refresh_cache(FileShareARN=found["FileShareARN"], FolderList=["/"], Recursive=True),
+                )
+
+    def archive_share(self, *, share, label: str) -> BackupResult:
+        """Zip the bucket's current objects to ``<archive_bucket>/<share>/<label>.zip`` (DEEP_ARCHIVE, SSE-KMS),
+        its SHA-256 checked by S3 on upload and kept in the object's metadata.
+
+        Raises ``TransientDriverError`` while the gateway still has data to upload (its cache is dirty),
+        so nothing written through NFS is missed. The same label finds the archive already made.
+        """
+        archive_bucket = self.config.get("archive_bucket")
+        if not archive_bucket:
+            raise PermanentDriverError(f"Storage Gateway pool {self.pool}: config is missing archive_bucket")
+        bucket, s3, key = self.bucket_name(share), self._client("s3"), f"{share.name}/{label}.zip"
+        try:
+            head = cloud_call(
+                f"find archive {key}",
+                lambda: s3.head_object(Bucket=archive_bucket, Key=key),
+                not_found=("NoSuchKey", "404"),
+            )
+            if head.get("Metadata", {}).get("sha256"):
+                return self._archive_result(archive_bucket, key, head["ContentLength"], head["Metadata"]["sha256"])
+        except CloudNotFoundError:
+            pass
+        if self._gateway_arn:
+            sgw, arn = self._client("storagegateway"), self._gateway_arn
+            cache = cloud_call(f"describe the cache of {arn}", lambda: sgw.describe_cache(GatewayARN=arn))
+            if cache.get("CacheDirtyPercentage", 0) > 0:
+                raise TransientDriverError(f"gateway {arn} is still uploading to S3; archive {share.name} later")
+        kms_key = self.kms_key_arn()
+        with tempfile.TemporaryFile() as spool:
+            with zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                    for item in page.get("Contents", []):
+                        if item["Key"].endswith("/") and item["Size"] == 0:
+                            continue  # a folder marker the gateway writes
+                        body = cloud_call(
+                            f"read s3://{bucket}/{item['Key']}",
+                            lambda item=item: s3.get_object(Bucket=bucket, Key=item["Key"])["Body"],
+                        )
+                        with archive.open(item["Key"], "w", force_zip64=True) as entry:
+                            shutil.copyfileobj(body, entry, 1 << 20)
+            size = spool.tell()
+            spool.seek(0)
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: spool.read(1 << 20), b""):
+                digest.update(chunk)
+            extra = {
+                "StorageClass": "DEEP_ARCHIVE",
+                "ServerSideEncryption": "aws:kms",
+                "SSEKMSKeyId": kms_key,
+                "Metadata": {"sha256": digest.hexdigest(), "share": share.name, "label": label},
+            }
+
+            def upload():
+                spool.seek(0)
+                if size < SINGLE_PUT_LIMIT:
+                    checksum = base64.b64encode(digest.digest()).decode()
+                    s3.put_object(Bucket=archive_bucket, Key=key, Body=spool, ChecksumSHA256=checksum, **extra)
+                else:  # multipart: S3 checks each part; the whole file's SHA-256 stays in the metadata
+                    s3.upload_fileobj(spool, archive_bucket, key, ExtraArgs={**extra, "ChecksumAlgorithm": "SHA256"})
+
+            cloud_call(f"upload archive s3://{archive_bucket}/{key}", upload)
+        return self._archive_result(archive_bucket, key, size, digest.hexdigest())
+
+    def _archive_result(self, bucket: str, key: str, size: int, sha256: str) -> BackupResult:
+        return BackupResult(
+            location=f"s3://{bucket}/{key}",
+            size_bytes=int(size),
+            checksum=sha256,
+            encrypted_with=self.kms_key_arn(),
+            extra={"storage_class": "DEEP_ARCHIVE"},
+        )
