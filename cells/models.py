@@ -136,6 +136,12 @@ class Share(models.Model):
                 name="share_assigned_iff_instance",
             ),
         ]
+        # The free-share queue that placement takes from with SKIP LOCKED.
+        indexes = [
+            models.Index(
+                fields=["pool", "slot"], condition=Q(status=ShareStatus.AVAILABLE), name="share_available_queue"
+            )
+        ]
 
     def __str__(self):
         return self.name
@@ -178,6 +184,12 @@ class Instance(models.Model):
             models.CheckConstraint(condition=Q(tier__in=choices.Tier.values), name="instance_tier_valid"),
             models.CheckConstraint(condition=Q(cpu_millicores__gte=50), name="instance_cpu_minimum"),
             models.CheckConstraint(condition=Q(memory_mib__gte=128), name="instance_memory_minimum"),
+        ]
+        # Placement and capacity count slot-holding instances per reef and per pool.
+        indexes = [
+            models.Index(fields=["reef", "state"], name="instance_reef_state"),
+            models.Index(fields=["database_pool", "state"], name="instance_database_pool_state"),
+            models.Index(fields=["compute_pool", "state"], name="instance_compute_pool_state"),
         ]
 
     def __str__(self):

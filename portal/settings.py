@@ -179,6 +179,11 @@ CELLHUB = {
     "STEP_ATTEMPTS": env.int("CELLHUB_STEP_ATTEMPTS", default=4),
     "STEP_BACKOFF": env.float("CELLHUB_STEP_BACKOFF", default=1.0),
     "STEP_BACKOFF_MAX": env.float("CELLHUB_STEP_BACKOFF_MAX", default=30.0),
+    # Cloud SDK calls: attempts on throttling (429/503, Throttling), backoff base and cap in seconds.
+    "CLOUD_ATTEMPTS": env.int("CELLHUB_CLOUD_ATTEMPTS", default=5),
+    "CLOUD_BACKOFF": env.float("CELLHUB_CLOUD_BACKOFF", default=0.5),
+    "CLOUD_BACKOFF_MAX": env.float("CELLHUB_CLOUD_BACKOFF_MAX", default=20.0),
+    "DNS_TTL": env.int("CELLHUB_DNS_TTL", default=300),
     # A running operation whose heartbeat is older than this may be taken over (its worker died).
     "OPERATION_LEASE_SECONDS": env.int("CELLHUB_OPERATION_LEASE_SECONDS", default=120),
 }
