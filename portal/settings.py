@@ -184,6 +184,15 @@ CELLHUB = {
     "CLOUD_BACKOFF": env.float("CELLHUB_CLOUD_BACKOFF", default=0.5),
     "CLOUD_BACKOFF_MAX": env.float("CELLHUB_CLOUD_BACKOFF_MAX", default=20.0),
     "DNS_TTL": env.int("CELLHUB_DNS_TTL", default=300),
+    # Backups (issue: backups, restore, decommission). Local drivers encrypt with this Fernet key
+    # (cryptography); without it a local backup refuses to run. Clouds use KMS / the provider's keys.
+    "BACKUP_KEY": env.str("CELLHUB_BACKUP_KEY", default=""),
+    "BACKUP_FULL_EVERY_HOURS": env.int("CELLHUB_BACKUP_FULL_EVERY_HOURS", default=24),
+    "BACKUP_RETENTION_DAYS": env.int("CELLHUB_BACKUP_RETENTION_DAYS", default=30),
+    # A decommissioned instance's archive is kept this long before it may be purged.
+    "ARCHIVE_RETENTION_DAYS": env.int("CELLHUB_ARCHIVE_RETENTION_DAYS", default=90),
+    # After a point-in-time restore the replaced database is kept this long unless confirmed earlier.
+    "RESTORE_KEEP_OLD_DAYS": env.int("CELLHUB_RESTORE_KEEP_OLD_DAYS", default=7),
     # A running operation whose heartbeat is older than this may be taken over (its worker died).
     "OPERATION_LEASE_SECONDS": env.int("CELLHUB_OPERATION_LEASE_SECONDS", default=120),
 }

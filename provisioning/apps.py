@@ -1,4 +1,11 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def _sync_schedules(sender, **kwargs):
+    from provisioning.schedules import schedules_sync
+
+    schedules_sync()
 
 
 class ProvisioningConfig(AppConfig):
@@ -6,3 +13,7 @@ class ProvisioningConfig(AppConfig):
 
     name = "provisioning"
     verbose_name = "Provisioning"
+
+    def ready(self):
+        # After migrate the schedule table exists: register the recurring work (idempotent, by name).
+        post_migrate.connect(_sync_schedules, sender=self, dispatch_uid="cellhub-sync-schedules")

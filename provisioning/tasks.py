@@ -1,7 +1,28 @@
-"""django-q2 task entry points: thin, they take ids and call services."""
+"""django-q2 task entry points: thin, they take ids (or nothing) and call services; safe to repeat."""
 from provisioning.operations import operation_run
 
 
 def operation_execute(operation_id: int) -> str | None:
     """Run (or resume) one operation; safe to deliver more than once."""
     return operation_run(operation_id)
+
+
+def capacity_top_up_pass() -> list[int]:
+    """The scheduled capacity pass: returns the ids of the top-up operations it started."""
+    from provisioning.capacity import capacity_top_up_pass as top_up_pass
+
+    return top_up_pass()
+
+
+def backups_run_due() -> list[int]:
+    """The scheduled backup pass: returns the ids of the backup operations it started."""
+    from provisioning.backups import backups_run_due as run_due
+
+    return run_due()
+
+
+def backups_expire() -> int:
+    """Retention: deletes expired backups and purgeable archives; returns how many went."""
+    from provisioning.backups import backups_expire as expire
+
+    return expire()

@@ -1,4 +1,4 @@
-"""Operation plans, registered by kind: the steps of each long action.
+"""The provision plan: a signup becomes a running instance.
 
 Provision (DESIGN.md): place → database → share → compute → dns → running. Every step is idempotent
 (drivers derive names from ids), so a re-run after a crash repeats at most the step it died in.

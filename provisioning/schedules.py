@@ -1,0 +1,41 @@
+"""The hub's recurring work, by name, written to django-q2's schedule table idempotently.
+
+``schedules_sync()`` runs after every ``migrate`` (post_migrate) and from ``manage.py sync_schedules``:
+it creates or updates each schedule by name and never duplicates one, however often it runs.
+"""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Recurring:
+    name: str
+    func: str  # dotted path of a task in provisioning.tasks: it takes no arguments
+    minutes: int
+    description: str
+
+
+RECURRING = [
+    Recurring("capacity top-up", "provisioning.tasks.capacity_top_up_pass", 5,
+              "Order pools for reefs whose free slots run out within lead time + margin."),
+    Recurring("scheduled backups", "provisioning.tasks.backups_run_due", 15,
+              "Start the backups that are due by each instance's cadence."),
+    Recurring("backup retention", "provisioning.tasks.backups_expire", 60,
+              "Delete expired backups and purge archives past their retention."),
+]
+
+
+def schedules_sync() -> list[str]:
+    """Create or update every recurring schedule by name; returns their names."""
+    from django_q.models import Schedule
+
+    for recurring in RECURRING:
+        Schedule.objects.update_or_create(
+            name=recurring.name,
+            defaults={
+                "func": recurring.func,
+                "schedule_type": Schedule.MINUTES,
+                "minutes": recurring.minutes,
+                "repeats": -1,
+            },
+        )
+    return [recurring.name for recurring in RECURRING]
