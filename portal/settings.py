@@ -130,17 +130,33 @@ if not DEBUG:
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "cells.api.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
     "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "cells.api.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_RATES": {"signup": env.str("CELLHUB_SIGNUP_RATE", default="20/hour")},
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Cell Hub API",
-    "DESCRIPTION": "Control plane of the cell-based SaaS: regions, reefs, pools, shares, instances, operations.",
+    "DESCRIPTION": (
+        "Control plane of the cell-based SaaS: regions, reefs, pools, shares, instances, operations. "
+        "Authenticate with `Authorization: Bearer <token>` (tokens: POST /api/v1/tokens/) or a browser session. "
+        "Actions that start work answer 202 with the Operation to poll. Every error has the shape "
+        '`{"error": {"code", "message", "fields"}}`.'
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "cells.api.schema.add_error_responses",
+    ],
 }
 
 # django-q2: the ORM broker by default (nothing to run besides the database); Redis when REDIS_URL is set.
@@ -159,6 +175,8 @@ Q_CLUSTER = {
 }
 if env.str("REDIS_URL", default=""):
     Q_CLUSTER["redis"] = env.str("REDIS_URL")
+    # Throttle counters must be shared by every web process.
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env.str("REDIS_URL")}}
 else:
     Q_CLUSTER["orm"] = "default"
 
@@ -193,8 +211,29 @@ CELLHUB = {
     "ARCHIVE_RETENTION_DAYS": env.int("CELLHUB_ARCHIVE_RETENTION_DAYS", default=90),
     # After a point-in-time restore the replaced database is kept this long unless confirmed earlier.
     "RESTORE_KEEP_OLD_DAYS": env.int("CELLHUB_RESTORE_KEEP_OLD_DAYS", default=7),
+    # API tokens: failed attempts allowed per client address per window before 429.
+    "TOKEN_FAILURES_PER_WINDOW": env.int("CELLHUB_TOKEN_FAILURES_PER_WINDOW", default=20),
+    "TOKEN_FAILURE_WINDOW_SECONDS": env.int("CELLHUB_TOKEN_FAILURE_WINDOW_SECONDS", default=600),
     # A running operation whose heartbeat is older than this may be taken over (its worker died).
     "OPERATION_LEASE_SECONDS": env.int("CELLHUB_OPERATION_LEASE_SECONDS", default=120),
+    # Capacity top-ups (provisioning/capacity/thresholds.py explains each key; a reef overrides them in the
+    # admin). FLOOR, LEAD_TIME_HOURS and POOL_SIZE are keyed by pool kind or provider (a provider wins).
+    "CAPACITY": {
+        "FLOOR": {"database": 5, "storage": 5, "compute": 5},
+        "LEAD_TIME_HOURS": {
+            "sqlite": 0.1, "postgres": 0.5, "azure_sql": 1.0, "aws_rds": 1.0,
+            "local_fs": 0.1, "azure_files": 0.5, "aws_storage_gateway": 4.0,
+            "local_compute": 0.1, "kubernetes": 1.0,
+        },
+        "POOL_SIZE": {"database": 100, "storage": 10, "compute": 100},
+        # Provider of new pools per kind; unset: the reef's newest pool's, else its region's cloud default.
+        "PROVIDER": {},
+        "MARGIN_HOURS": env.float("CELLHUB_CAPACITY_MARGIN_HOURS", default=24.0),
+        "SIGNUP_WINDOW_HOURS": env.float("CELLHUB_CAPACITY_SIGNUP_WINDOW_HOURS", default=48.0),
+        "MAX_POOLS_PER_PASS": env.int("CELLHUB_CAPACITY_MAX_POOLS_PER_PASS", default=2),
+        # Provider → config merged into each new pool of it (no secrets), e.g. an RDS subnet group.
+        "NEW_POOL_CONFIG": {},
+    },
 }
 
 LOGGING = {

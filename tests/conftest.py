@@ -49,6 +49,8 @@ def hub_settings(settings, tmp_path):
         "CLOUD_BACKOFF": 0,
     }
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    # Hashing passwords at production strength costs ~0.5 s per user; tests check logic, not strength.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     return settings
 
 

@@ -1,14 +1,173 @@
-"""API representations of the cell model."""
+"""API representations. Capacity fields come from the selectors' annotations (no per-row queries)."""
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from cells.models import Region
+from cells.choices import PROVIDERS_BY_KIND
+from cells.models import Instance, Operation, Pool, Reef, Region, Share
+from cells.placement import region_takes_signups
+from cells.validators import validate_instance_name
+from portal.models import ApiToken
+from portal.roles import is_staff_reader
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    fields = serializers.DictField(child=serializers.JSONField())
+    current_state = serializers.CharField(required=False)
+    operation = serializers.IntegerField(required=False)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every API error has this shape."""
+
+    error = ErrorDetailSerializer()
 
 
 class RegionSerializer(serializers.ModelSerializer):
     reef_count = serializers.IntegerField(read_only=True)
     instance_count = serializers.IntegerField(read_only=True)
     free_instance_slots = serializers.IntegerField(read_only=True)
+    takes_signups = serializers.SerializerMethodField()
 
     class Meta:
         model = Region
-        fields = ["slug", "name", "cloud", "location", "status", "reef_count", "instance_count", "free_instance_slots"]
+        fields = ["slug", "name", "cloud", "location", "status", "takes_signups", "reef_count", "instance_count",
+                  "free_instance_slots"]
+
+    def get_takes_signups(self, region) -> bool:
+        return region_takes_signups(region)
+
+
+class ReefSerializer(serializers.ModelSerializer):
+    region = serializers.SlugRelatedField(slug_field="slug", queryset=Region.objects.all())
+    instance_count = serializers.IntegerField(read_only=True)
+    free_instance_slots = serializers.IntegerField(read_only=True)
+    free_database_slots = serializers.IntegerField(read_only=True)
+    free_storage_slots = serializers.IntegerField(read_only=True)
+    free_compute_slots = serializers.IntegerField(read_only=True)
+    placeable_slots = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Reef
+        fields = ["id", "region", "slug", "status", "max_instances", "rollout_ring", "ingress_address", "created_at",
+                  "instance_count", "free_instance_slots", "free_database_slots", "free_storage_slots",
+                  "free_compute_slots", "placeable_slots"]
+        read_only_fields = ["status", "created_at"]
+        extra_kwargs = {"max_instances": {"min_value": 1}}
+
+
+class PoolSerializer(serializers.ModelSerializer):
+    used_slots = serializers.IntegerField(read_only=True)
+    free_slots = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Pool
+        fields = ["id", "reef", "name", "kind", "provider", "external_id", "capacity", "status", "dedicated", "config",
+                  "created_at", "used_slots", "free_slots"]
+        read_only_fields = ["status", "external_id", "created_at"]
+        extra_kwargs = {"capacity": {"min_value": 1}}
+
+    def validate(self, attrs):
+        kind = attrs.get("kind", getattr(self.instance, "kind", None))
+        provider = attrs.get("provider", getattr(self.instance, "provider", None))
+        if provider not in PROVIDERS_BY_KIND.get(kind, ()):
+            allowed = ", ".join(PROVIDERS_BY_KIND.get(kind, ()))
+            raise serializers.ValidationError({"provider": [f"A {kind} pool takes one of: {allowed}."]})
+        return attrs
+
+
+class ShareSerializer(serializers.ModelSerializer):
+    instance = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Share
+        fields = ["id", "pool", "slot", "name", "endpoint", "status", "instance", "firewall_address"]
+        read_only_fields = fields
+
+
+class OperationSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+    target = serializers.SerializerMethodField()
+    instance = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    error = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Operation
+        fields = ["id", "url", "kind", "state", "target", "instance", "requested_by", "params", "attempts", "steps",
+                  "error", "created_at", "started_at", "finished_at", "updated_at"]
+        read_only_fields = fields
+
+    def get_url(self, operation) -> str:
+        path = reverse("api:operation-detail", args=[operation.pk])
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request else path
+
+    @extend_schema_field({"type": "object", "properties": {"type": {"type": "string"}, "id": {"type": "integer"}}})
+    def get_target(self, operation) -> dict:
+        for field in ("instance", "reef", "pool", "share"):
+            pk = getattr(operation, f"{field}_id")
+            if pk is not None:
+                return {"type": field, "id": pk}
+        return {}
+
+    def get_error(self, operation) -> str:
+        """The failure text for staff; customers see only that it failed."""
+        request = self.context.get("request")
+        if not operation.error:
+            return ""
+        if request and is_staff_reader(request.user):
+            return operation.error
+        return "The operation failed; support has been told."
+
+
+class InstanceSerializer(serializers.ModelSerializer):
+    url = serializers.HyperlinkedIdentityField(view_name="api:instance-detail", lookup_field="name")
+    region = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    owner = serializers.SlugRelatedField(slug_field="email", read_only=True)
+
+    class Meta:
+        model = Instance
+        fields = ["id", "url", "name", "owner", "region", "reef", "state", "server_version", "tier", "cpu_millicores",
+                  "memory_mib", "hostname", "created_at", "updated_at"]
+        read_only_fields = fields
+
+
+class SignupSerializer(serializers.Serializer):
+    """A new instance for the signed-in user."""
+
+    name = serializers.CharField(min_length=3, max_length=40, validators=[validate_instance_name])
+    region = serializers.SlugRelatedField(slug_field="slug", queryset=Region.objects.all())
+
+    def validate_name(self, name):
+        if Instance.objects.filter(name=name).exists():
+            raise serializers.ValidationError(f"The name “{name}” is taken; choose another.")
+        return name
+
+    def validate_region(self, region):
+        if not region_takes_signups(region):
+            raise serializers.ValidationError(f"{region.name} is not taking new instances right now.")
+        return region
+
+
+class ConfirmNameSerializer(serializers.Serializer):
+    confirm = serializers.CharField(help_text="The instance's name, typed again: deletion protection.")
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=500)
+
+
+class ApiTokenSerializer(serializers.ModelSerializer):
+    token = serializers.SerializerMethodField(help_text="The token itself: present only in the reply that made it.")
+
+    class Meta:
+        model = ApiToken
+        fields = ["id", "name", "prefix", "created_at", "expires_at", "last_used_at", "revoked_at", "token"]
+        read_only_fields = ["id", "prefix", "created_at", "last_used_at", "revoked_at", "token"]
+
+    @extend_schema_field({"type": "string", "nullable": True})
+    def get_token(self, token):
+        return self.context.get("plaintext", {}).get(token.pk)

@@ -1,16 +1,229 @@
-"""API views: thin, they call selectors and services."""
-from rest_framework import permissions, viewsets
+"""API views: thin — they check roles, call selectors for reads and services for work.
+
+Actions that start work answer 202 with the Operation and its URL in ``Location``.
+"""
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
 
 from cells import selectors
-from cells.api.serializers import RegionSerializer
+from cells.api import permissions as perms
+from cells.api import serializers as s
+from cells.api.idempotency import idempotent
+from cells.filtersets import (
+    InstanceFilterSet,
+    OperationFilterSet,
+    PoolFilterSet,
+    ReefFilterSet,
+    RegionFilterSet,
+    ShareFilterSet,
+)
+from cells.models import Instance, Operation, Reef, Share
+from cells.services import instance_signup
+from portal.models import ApiToken
+from portal.roles import is_staff_reader
+from provisioning import lifecycle
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+    description="Repeat a request safely: the same key returns the first reply and starts nothing new.",
+)
 
 
-class RegionViewSet(viewsets.ReadOnlyModelViewSet):
-    """Regions with their free capacity; any signed-in user may read them (signup needs the list)."""
+class NewestFirst(CursorPagination):
+    """Stable cursor pages: newest first, by id."""
 
-    serializer_class = RegionSerializer
-    permission_classes = [permissions.IsAuthenticated]
+    ordering = "-id"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class OldestFirst(NewestFirst):
+    ordering = "id"
+
+
+def accepted(request, operation) -> Response:
+    """202 with the operation and where to poll it."""
+    body = s.OperationSerializer(operation, context={"request": request}).data
+    return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
+
+
+class AnnotatedWrites(mixins.CreateModelMixin, mixins.UpdateModelMixin):
+    """Create and update answer with the row re-read through ``get_queryset``, so computed capacity
+    fields are present in the reply exactly as in a read."""
+
+    def create(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        created = serializer.save()
+        body = self.get_serializer(self.get_queryset().get(pk=created.pk)).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def update(self, request, *args, **kwargs):
+        serializer = self.get_serializer(self.get_object(), data=request.data, partial=kwargs.pop("partial", False))
+        serializer.is_valid(raise_exception=True)
+        updated = serializer.save()
+        return Response(self.get_serializer(self.get_queryset().get(pk=updated.pk)).data)
+
+
+class RegionViewSet(AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
+    """Regions and their free capacity; everyone signed in reads them, staff change them."""
+
+    serializer_class = s.RegionSerializer
+    permission_classes = [perms.ReadAnyWriteStaff]
+    filterset_class = RegionFilterSet
+    pagination_class = OldestFirst
     lookup_field = "slug"
 
     def get_queryset(self):
-        return selectors.regions_with_capacity().order_by("slug")
+        return selectors.regions_with_capacity()
+
+
+class ReefViewSet(AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
+    serializer_class = s.ReefSerializer
+    permission_classes = [perms.StaffOnly]
+    filterset_class = ReefFilterSet
+    pagination_class = OldestFirst
+
+    def get_queryset(self):
+        return selectors.reefs_with_capacity(Reef.objects.select_related("region"))
+
+
+class PoolViewSet(AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
+    serializer_class = s.PoolSerializer
+    permission_classes = [perms.StaffOnly]
+    filterset_class = PoolFilterSet
+    pagination_class = OldestFirst
+
+    def get_queryset(self):
+        return selectors.pools_with_usage()
+
+
+class ShareViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = s.ShareSerializer
+    permission_classes = [perms.StaffOnly]
+    filterset_class = ShareFilterSet
+    pagination_class = OldestFirst
+    queryset = Share.objects.select_related("instance")
+
+
+class OperationViewSet(viewsets.ReadOnlyModelViewSet):
+    """Operations: customers see those on their own instances, staff all."""
+
+    serializer_class = s.OperationSerializer
+    permission_classes = [perms.SignedIn]
+    filterset_class = OperationFilterSet
+    pagination_class = NewestFirst
+
+    queryset = Operation.objects.none()  # the model, for the schema; rows come from get_queryset
+
+    def get_queryset(self):
+        queryset = Operation.objects.select_related("instance", "requested_by")
+        if getattr(self, "swagger_fake_view", False) or is_staff_reader(self.request.user):
+            return queryset
+        return queryset.filter(instance__owner=self.request.user)
+
+    @extend_schema(request=None, responses={202: s.OperationSerializer}, parameters=[IDEMPOTENCY_HEADER])
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def retry(self, request, pk=None):
+        """Queue a failed operation again; it resumes from its first unfinished step."""
+        from provisioning.operations import operation_retry
+
+        operation = self.get_object()
+        return accepted(request, operation_retry(operation=operation, requested_by=request.user))
+
+
+@extend_schema_view(create=extend_schema(request=s.SignupSerializer, responses={202: s.OperationSerializer},
+                                         parameters=[IDEMPOTENCY_HEADER]))
+class InstanceViewSet(viewsets.ReadOnlyModelViewSet):
+    """Instances: customers see and act on their own (others' answer 404), staff on all."""
+
+    serializer_class = s.InstanceSerializer
+    permission_classes = [perms.SignedIn]
+    filterset_class = InstanceFilterSet
+    pagination_class = NewestFirst
+    lookup_field = "name"
+    throttle_scope = "signup"
+
+    def get_throttles(self):
+        if self.action == "create":
+            from rest_framework.throttling import ScopedRateThrottle
+
+            return [ScopedRateThrottle()]
+        return super().get_throttles()
+
+    queryset = Instance.objects.none()  # the model, for the schema; rows come from get_queryset
+
+    def get_queryset(self):
+        queryset = Instance.objects.select_related("region", "owner")
+        if getattr(self, "swagger_fake_view", False) or is_staff_reader(self.request.user):
+            return queryset
+        return queryset.filter(owner=self.request.user)
+
+    @idempotent
+    def create(self, request):
+        """Sign up: a new instance for the caller; 202 with its provision operation."""
+        serializer = s.SignupSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        operation = instance_signup(
+            name=serializer.validated_data["name"], region=serializer.validated_data["region"],
+            owner=request.user, requested_by=request.user,
+        )
+        return accepted(request, operation)
+
+    def _act(self, request, service, **arguments):
+        instance = self.get_object()
+        return accepted(request, service(instance=instance, requested_by=request.user, **arguments))
+
+    @extend_schema(request=None, responses={202: s.OperationSerializer}, parameters=[IDEMPOTENCY_HEADER])
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def stop(self, request, name=None):
+        """Scale the instance to zero (it keeps its database and files)."""
+        return self._act(request, lifecycle.instance_stop)
+
+    @extend_schema(request=None, responses={202: s.OperationSerializer}, parameters=[IDEMPOTENCY_HEADER])
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def start(self, request, name=None):
+        """Start a stopped instance."""
+        return self._act(request, lifecycle.instance_start)
+
+    @extend_schema(request=None, responses={202: s.OperationSerializer}, parameters=[IDEMPOTENCY_HEADER])
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def retry(self, request, name=None):
+        """Retry the instance's failed provision."""
+        return self._act(request, lifecycle.instance_retry_provision)
+
+
+class ApiTokenViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
+    """The caller's own API tokens. The token is shown once, in the reply that creates it; DELETE revokes."""
+
+    serializer_class = s.ApiTokenSerializer
+    permission_classes = [perms.SignedIn]
+    pagination_class = NewestFirst
+
+    queryset = ApiToken.objects.none()  # the model, for the schema; rows come from get_queryset
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return ApiToken.objects.none()
+        return ApiToken.objects.filter(user=self.request.user)
+
+    def create(self, request):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        token, plaintext = ApiToken.issue(user=request.user, **serializer.validated_data)
+        body = s.ApiTokenSerializer(token, context={"plaintext": {token.pk: plaintext}}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, token):
+        ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+

@@ -50,3 +50,44 @@ class SignupForm(InstanceForm):
         password = self.cleaned_data["password"]
         validate_password(password)
         return password
+
+
+class RestoreForm(forms.Form):
+    """A point in time to restore the database to; the service checks it lies in the restorable window."""
+
+    point_in_time = forms.DateTimeField(
+        label="Restore to (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}, format="%Y-%m-%dT%H:%M:%S"),
+        error_messages={"required": "Choose the date and time to restore to.", "invalid": "Enter a date and time."},
+    )
+
+    def __init__(self, *args, window=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if window:
+            attrs = self.fields["point_in_time"].widget.attrs
+            attrs["min"], attrs["max"] = (moment.strftime("%Y-%m-%dT%H:%M:%S") for moment in window)
+
+
+class RestoreFilesForm(forms.Form):
+    """One of the instance's own usable files backups."""
+
+    backup = forms.ModelChoiceField(
+        queryset=None, error_messages={"invalid_choice": "That backup is not one of this instance's files backups."}
+    )
+
+    def __init__(self, *args, instance, **kwargs):
+        from provisioning.backups.selectors import usable_backups
+        from provisioning.models import BackupKind
+
+        super().__init__(*args, **kwargs)
+        self.fields["backup"].queryset = usable_backups(instance, BackupKind.FILES)
+
+
+class DecommissionForm(forms.Form):
+    """Deletion protection: the customer types the instance's name."""
+
+    confirm_name = forms.CharField(
+        label="Type the instance's name to confirm", max_length=100,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+        error_messages={"required": "Type the instance's name to confirm."},
+    )

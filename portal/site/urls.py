@@ -14,4 +14,11 @@ urlpatterns = [
     path("instances/", views.instance_list, name="instance-list"),
     path("instances/<slug:name>/", views.instance_detail, name="instance-detail"),
     path("instances/<slug:name>/status.json", views.instance_status, name="instance-status"),
+    path("instances/<slug:name>/backups/", views.instance_backup_now, name="instance-backup"),
+    path("instances/<slug:name>/restore/", views.instance_restore_view, name="instance-restore"),
+    path("instances/<slug:name>/restore/files/", views.instance_restore_files_view, name="instance-restore-files"),
+    path(
+        "instances/<slug:name>/restore/confirm/", views.instance_restore_confirm_view, name="instance-restore-confirm"
+    ),
+    path("instances/<slug:name>/decommission/", views.instance_decommission_view, name="instance-decommission"),
 ]

@@ -1,17 +1,31 @@
 """Customer pages: thin views over forms, services and selectors."""
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
-from cells.choices import OperationKind
+from cells.choices import InstanceState, OperationKind
 from cells.models import Instance, Operation
 from cells.placement import NoCapacity
 from cells.services import SignupRefused, instance_signup
-from portal.site.forms import InstanceForm, SignupForm
+from cells.states import INSTANCE, IllegalTransition
+from portal.site.forms import DecommissionForm, InstanceForm, RestoreFilesForm, RestoreForm, SignupForm
+from provisioning.backups import (
+    Refused,
+    instance_backup,
+    instance_decommission,
+    instance_restore,
+    instance_restore_confirm,
+    instance_restore_files,
+)
+from provisioning.backups.restore import when
+from provisioning.backups.selectors import BACKUP_STATES, RESTORE_STATES, instance_backup_overview
+from provisioning.drivers.base import DriverError
+from provisioning.models import BackupKind
 from provisioning.operations import operation_progress
 
 CAPACITY_MESSAGE = "We are adding capacity in {region}; please try again in a few minutes."
@@ -76,10 +90,120 @@ def _own_instance(request, name):
     return get_object_or_404(_with_provision(Instance.objects.filter(owner=request.user)), name=name)
 
 
+def _detail(request, instance, *, status=200, **forms):
+    """The instance page with its backups, restores and lifecycle actions; ``forms`` carry refused input back."""
+    overview = instance_backup_overview(instance)
+    for _operation, progress in overview["operations"]:
+        progress.pop("error")  # internal detail is for staff; the customer sees the state
+    context = {
+        "instance": instance,
+        "status": _status(instance),
+        **overview,
+        "can_back_up": instance.state in BACKUP_STATES,
+        "can_restore": instance.state in RESTORE_STATES,
+        "can_decommission": INSTANCE.can(instance.state, InstanceState.DECOMMISSIONING),
+        "restore_form": forms.get("restore_form") or RestoreForm(window=overview["window"]),
+        "decommission_form": forms.get("decommission_form") or DecommissionForm(),
+        "files_error": forms.get("files_error", ""),
+        "keep_days": settings.CELLHUB["RESTORE_KEEP_OLD_DAYS"],
+        "archive_days": settings.CELLHUB["ARCHIVE_RETENTION_DAYS"],
+    }
+    return render(request, "site/instance_detail.html", context, status=status)
+
+
 @login_required
 def instance_detail(request, name):
+    return _detail(request, _own_instance(request, name))
+
+
+@login_required
+@require_POST
+def instance_backup_now(request, name):
+    """Back the database and the files up now."""
     instance = _own_instance(request, name)
-    return render(request, "site/instance_detail.html", {"instance": instance, "status": _status(instance)})
+    try:
+        for kind in (BackupKind.DATABASE, BackupKind.FILES):
+            instance_backup(instance=instance, kind=kind, requested_by=request.user)
+    except Refused as refusal:
+        messages.error(request, str(refusal))
+        return _detail(request, instance, status=400)
+    messages.success(request, f"A backup of {instance.name} is on its way.")
+    return redirect("site:instance-detail", name=instance.name)
+
+
+@login_required
+@require_POST
+def instance_restore_view(request, name):
+    """Restore the database to a point in time inside the restorable window."""
+    instance = _own_instance(request, name)
+    form = RestoreForm(request.POST, window=instance_backup_overview(instance)["window"])
+    if form.is_valid():
+        try:
+            instance_restore(
+                instance=instance, point_in_time=form.cleaned_data["point_in_time"], requested_by=request.user
+            )
+        except (Refused, IllegalTransition) as refusal:
+            form.add_error("point_in_time" if getattr(refusal, "field", None) else None, str(refusal))
+        else:
+            messages.success(
+                request, f"{instance.name} is being restored to {when(form.cleaned_data['point_in_time'])}."
+            )
+            return redirect("site:instance-detail", name=instance.name)
+    return _detail(request, instance, status=400, restore_form=form)
+
+
+@login_required
+@require_POST
+def instance_restore_files_view(request, name):
+    """Bring the share's files back from one of the instance's files backups."""
+    instance = _own_instance(request, name)
+    form = RestoreFilesForm(request.POST, instance=instance)
+    if form.is_valid():
+        try:
+            instance_restore_files(instance=instance, backup=form.cleaned_data["backup"], requested_by=request.user)
+        except (Refused, IllegalTransition) as refusal:
+            form.add_error(None, str(refusal))
+        else:
+            messages.success(request, f"The files of {instance.name} are being restored.")
+            return redirect("site:instance-detail", name=instance.name)
+    errors = " ".join(message for messages_ in form.errors.values() for message in messages_)
+    return _detail(request, instance, status=400, files_error=errors)
+
+
+@login_required
+@require_POST
+def instance_restore_confirm_view(request, name):
+    """Accept the restore: the replaced database is deleted now instead of at the end of its keep period."""
+    instance = _own_instance(request, name)
+    try:
+        instance_restore_confirm(instance=instance, requested_by=request.user)
+    except Refused as refusal:
+        messages.error(request, str(refusal))
+        return _detail(request, instance, status=400)
+    except DriverError:
+        messages.error(request, "The previous database could not be deleted right now; please try again later.")
+        return _detail(request, instance, status=503)
+    messages.success(request, "Restore confirmed: the previous database was deleted.")
+    return redirect("site:instance-detail", name=instance.name)
+
+
+@login_required
+@require_POST
+def instance_decommission_view(request, name):
+    """Decommission the instance once its name is typed out."""
+    instance = _own_instance(request, name)
+    form = DecommissionForm(request.POST)
+    if form.is_valid():
+        try:
+            instance_decommission(
+                instance=instance, confirm_name=form.cleaned_data["confirm_name"], requested_by=request.user
+            )
+        except (Refused, IllegalTransition) as refusal:
+            form.add_error("confirm_name" if getattr(refusal, "field", None) else None, str(refusal))
+        else:
+            messages.success(request, f"{instance.name} is being decommissioned.")
+            return redirect("site:instance-detail", name=instance.name)
+    return _detail(request, instance, status=400, decommission_form=form)
 
 
 @login_required

@@ -1,0 +1,49 @@
+"""Stop and start: scale an instance's deployment to zero and back; its database and share stay."""
+from cells.choices import InstanceState, OperationKind
+from cells.models import Instance, Operation
+from cells.states import INSTANCE, IllegalTransition
+from provisioning import drivers
+from provisioning.operations import Plan, register_plan
+
+
+def _scale(replicas: int):
+    def step(operation: Operation) -> None:
+        instance = Instance.objects.select_related("compute_pool").get(pk=operation.instance_id)
+        drivers.for_pool(instance.compute_pool).scale(instance=instance, replicas=replicas)
+
+    return step
+
+
+def _check(state: str):
+    def begin(operation: Operation) -> None:
+        """Refuse (naming the current state) unless the instance may still become ``state``."""
+        instance = Instance.objects.get(pk=operation.instance_id)
+        if instance.state != state and not INSTANCE.can(instance.state, state):
+            raise IllegalTransition(instance, instance.state, state)
+
+    return begin
+
+
+def _become(state: str):
+    def succeed(operation: Operation) -> None:
+        instance = Instance.objects.get(pk=operation.instance_id)
+        if instance.state != state:
+            INSTANCE.change(instance, state)
+
+    return succeed
+
+
+def _nothing_to_release(operation: Operation, message: str) -> str:
+    return "the instance keeps its state; retry when the cause is fixed"
+
+
+register_plan(
+    OperationKind.STOP,
+    Plan(steps=[("scale to zero", _scale(0))], begin=_check(InstanceState.STOPPED),
+         succeed=_become(InstanceState.STOPPED), fail=_nothing_to_release),
+)
+register_plan(
+    OperationKind.START,
+    Plan(steps=[("scale up", _scale(1))], begin=_check(InstanceState.RUNNING),
+         succeed=_become(InstanceState.RUNNING), fail=_nothing_to_release),
+)

@@ -1,0 +1,129 @@
+"""The permission matrix: every endpoint and action for anonymous, the owner, another customer,
+read-only staff and staff. Customers never learn that others' instances exist (404, not 403)."""
+import pytest
+
+from cells.choices import InstanceState, OperationKind, OperationState
+from cells.models import Operation
+
+pytestmark = pytest.mark.django_db
+ROLES = ["anonymous", "owner", "other", "readonly", "staff"]
+
+
+def _expect(row):
+    return dict(zip(ROLES, row, strict=True))
+
+
+READS = {
+    #                                   anonymous owner other readonly staff
+    "/api/v1/regions/":                 (401, 200, 200, 200, 200),
+    "/api/v1/regions/{region}/":        (401, 200, 200, 200, 200),
+    "/api/v1/reefs/":                   (401, 403, 403, 200, 200),
+    "/api/v1/reefs/{reef}/":            (401, 403, 403, 200, 200),
+    "/api/v1/pools/":                   (401, 403, 403, 200, 200),
+    "/api/v1/pools/{pool}/":            (401, 403, 403, 200, 200),
+    "/api/v1/shares/":                  (401, 403, 403, 200, 200),
+    "/api/v1/instances/":               (401, 200, 200, 200, 200),
+    "/api/v1/instances/mine/":          (401, 200, 404, 200, 200),
+    "/api/v1/operations/":              (401, 200, 200, 200, 200),
+    "/api/v1/operations/{operation}/":  (401, 200, 404, 200, 200),
+    "/api/v1/tokens/":                  (401, 200, 200, 200, 200),
+}
+
+
+def _url(template, world):
+    return template.format(
+        region=world["cell"]["reef"].region.slug, reef=world["cell"]["reef"].pk, pool=world["cell"]["database"].pk,
+        operation=world["provision"].pk,
+    )
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("template", READS)
+def test_reads(world, template, role):
+    response = world["clients"][role].get(_url(template, world))
+    assert response.status_code == _expect(READS[template])[role], response.content
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) >= {"code", "message", "fields"}
+
+
+def test_lists_hold_only_what_the_role_may_see(world):
+    names = lambda role: {i["name"] for i in world["clients"][role].get("/api/v1/instances/").json()["results"]}  # noqa: E731
+    assert names("owner") == {"mine"} and names("other") == {"theirs"}
+    assert names("readonly") == names("staff") == {"mine", "theirs"}
+    operations = world["clients"]["other"].get("/api/v1/operations/").json()["results"]
+    assert operations == []
+
+
+def _prepare(world, action):
+    mine = world["mine"]
+    if action == "start":
+        type(mine).objects.filter(pk=mine.pk).update(state=InstanceState.STOPPED)
+    if action == "retry":
+        type(mine).objects.filter(pk=mine.pk).update(state=InstanceState.FAILED)
+        Operation.objects.filter(pk=world["provision"].pk).update(state=OperationState.FAILED, error="boom")
+
+
+ACTIONS = {
+    #                         anonymous owner other readonly staff
+    "stop":                   (401, 202, 404, 403, 202),
+    "start":                  (401, 202, 404, 403, 202),
+    "retry":                  (401, 202, 404, 403, 202),
+}
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("action", ACTIONS)
+def test_instance_actions(world, action, role):
+    _prepare(world, action)
+    response = world["clients"][role].post(f"/api/v1/instances/mine/{action}/")
+    expected = _expect(ACTIONS[action])[role]
+    assert response.status_code == expected, response.content
+    if expected == 202:
+        body = response.json()
+        assert body["instance"] == "mine" and body["state"] == OperationState.QUEUED
+        assert response["Location"] == body["url"] and body["url"].endswith(f"/api/v1/operations/{body['id']}/")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_operation_retry(world, role):
+    Operation.objects.filter(pk=world["provision"].pk).update(state=OperationState.FAILED, error="boom")
+    response = world["clients"][role].post(f"/api/v1/operations/{world['provision'].pk}/retry/")
+    assert response.status_code == _expect((401, 202, 404, 403, 202))[role], response.content
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_signup(world, role):
+    response = world["clients"][role].post(
+        "/api/v1/instances/", {"name": f"new-{role}", "region": world["cell"]["reef"].region.slug}, format="json"
+    )
+    assert response.status_code == _expect((401, 202, 202, 403, 202))[role], response.content
+    if response.status_code == 202:
+        assert response.json()["kind"] == OperationKind.PROVISION
+
+
+TOPOLOGY_WRITES = {
+    #                          anonymous owner other readonly staff
+    "region": (401, 403, 403, 403, 201),
+    "reef": (401, 403, 403, 403, 201),
+    "pool": (401, 403, 403, 403, 201),
+}
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("resource", TOPOLOGY_WRITES)
+def test_topology_writes_are_for_staff(world, resource, role):
+    region = world["cell"]["reef"].region
+    bodies = {
+        "region": ("/api/v1/regions/", {"slug": f"r-{role}", "name": "R", "cloud": "local"}),
+        "reef": ("/api/v1/reefs/", {"region": region.slug, "slug": f"reef-{role}", "max_instances": 10}),
+        "pool": ("/api/v1/pools/", {"reef": world["cell"]["reef"].pk, "name": f"p-{role}", "kind": "compute",
+                                    "provider": "local_compute", "capacity": 5}),
+    }
+    url, body = bodies[resource]
+    response = world["clients"][role].post(url, body, format="json")
+    assert response.status_code == _expect(TOPOLOGY_WRITES[resource])[role], response.content
+
+
+def test_session_auth_works_for_the_browser(client, world):
+    client.force_login(world["users"]["owner"])
+    assert client.get("/api/v1/instances/mine/").status_code == 200
