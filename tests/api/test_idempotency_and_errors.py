@@ -3,7 +3,6 @@ import pytest
 
 from cells.models import Instance, Operation
 from tests.api.conftest import token_client
-from tests.factories import make_user
 
 pytestmark = pytest.mark.django_db
 
