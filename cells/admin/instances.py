@@ -1,11 +1,39 @@
-"""Admin of instances: state, placement, version, their operations; actions that start work."""
+"""Admin of instances: state, placement, version, their operations; actions that start work.
+
+Backup, restore and decommission actions call the services of ``provisioning.backups``; the restore and
+decommission actions go through an intermediate page (a time inside the restorable window, the
+instance's name typed out) and act on one instance at a time.
+"""
+from django import forms
 from django.contrib import admin, messages
 from django.db import IntegrityError
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
 
 from cells.choices import OperationKind, OperationState
 from cells.models import Instance, Operation
 from cells.states import IllegalTransition
+from provisioning.backups import (
+    Refused,
+    instance_backup,
+    instance_decommission,
+    instance_restore,
+    instance_restore_confirm,
+    instance_restore_files,
+    restorable_window,
+)
+from provisioning.backups.restore import when
+from provisioning.backups.selectors import current_database, usable_backups
+from provisioning.drivers.base import DriverError
+from provisioning.models import BackupKind
 from provisioning.operations import operation_retry
+
+RESTORE_HELP = (
+    "Restoring to a time uses the latest database backup taken at or before it. The backup is restored into a "
+    "new database and the instance is switched to it in one step; the current database is kept until the "
+    "restore is confirmed or its keep period passes."
+)
 
 
 class OperationInline(admin.TabularInline):
@@ -22,6 +50,35 @@ class OperationInline(admin.TabularInline):
         return False
 
 
+class PointInTimeForm(forms.Form):
+    point_in_time = forms.DateTimeField(
+        label="Restore to (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}, format="%Y-%m-%dT%H:%M:%S"),
+    )
+
+    def __init__(self, *args, window=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if window:
+            attrs = self.fields["point_in_time"].widget.attrs
+            attrs["min"], attrs["max"] = (moment.strftime("%Y-%m-%dT%H:%M:%S") for moment in window)
+
+
+class FilesBackupForm(forms.Form):
+    backup = forms.ModelChoiceField(queryset=None, widget=forms.RadioSelect, empty_label=None)
+
+    def __init__(self, *args, instance, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["backup"].queryset = usable_backups(instance, BackupKind.FILES)
+        self.fields["backup"].label_from_instance = lambda backup: (
+            f"#{backup.pk} — {when(backup.taken_at)} — {backup.get_reason_display()} — "
+            f"{backup.details.get('files', '?')} files"
+        )
+
+
+class DecommissionForm(forms.Form):
+    confirm_name = forms.CharField(label="Type the instance's name to confirm", max_length=100)
+
+
 @admin.register(Instance)
 class InstanceAdmin(admin.ModelAdmin):
     list_display = ["name", "owner", "region", "reef", "state", "server_version", "tier", "hostname", "created_at"]
@@ -29,11 +86,29 @@ class InstanceAdmin(admin.ModelAdmin):
     search_fields = ["name", "hostname", "owner__email", "owner__username"]
     list_select_related = ["owner", "region", "reef__region"]
     raw_id_fields = ["owner", "reef", "database_pool", "compute_pool"]
-    readonly_fields = ["state", "created_at", "updated_at"]
+    readonly_fields = ["state", "created_at", "updated_at", "database_in_use", "backups"]
     date_hierarchy = "created_at"
     show_full_result_count = False  # a second COUNT(*) over the whole table buys nothing
     inlines = [OperationInline]
-    actions = ["retry_provision"]
+    actions = [
+        "retry_provision", "back_up_now", "restore_to_point_in_time", "restore_files", "confirm_restore",
+        "decommission",
+    ]
+
+    @admin.display(description="database in use")
+    def database_in_use(self, instance):
+        if not instance.pk:
+            return "—"
+        return current_database(instance) or "the one named after its id"
+
+    @admin.display(description="backups")
+    def backups(self, instance):
+        if not instance.pk:
+            return "—"
+        window = restorable_window(instance=instance)
+        span = f"restorable {when(window[0])} to {when(window[1])}" if window else "no database backup yet"
+        url = reverse("admin:provisioning_backup_changelist") + f"?instance__id__exact={instance.pk}"
+        return format_html('<a href="{}">all backups</a> ({})', url, span)
 
     @admin.action(description="Retry the failed provision of the selected instances")
     def retry_provision(self, request, queryset):
@@ -52,4 +127,114 @@ class InstanceAdmin(admin.ModelAdmin):
         else:
             self.message_user(request, "None of the selected instances has a failed provision.", messages.WARNING)
 
+    @admin.action(description="Back up now (database and files)", permissions=["change"])
+    def back_up_now(self, request, queryset):
+        queued = []
+        for instance in queryset:
+            try:
+                for kind in (BackupKind.DATABASE, BackupKind.FILES):
+                    operation = instance_backup(instance=instance, kind=kind, requested_by=request.user)
+            except Refused as refusal:
+                self.message_user(request, str(refusal), messages.WARNING)  # it names the instance
+            else:
+                queued.append(f"{instance.name} (operation #{operation.pk})")
+        if queued:
+            self.message_user(request, f"Backup queued for {', '.join(queued)}.", messages.SUCCESS)
 
+    def _one(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one instance for this action.", messages.WARNING)
+            return None
+        return queryset.get()
+
+    def _page(self, request, template, instance, action, form, **context):
+        return TemplateResponse(request, template, {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "instance": instance,
+            "action": action,
+            "form": form,
+            "title": context.pop("title"),
+            **context,
+        })
+
+    @admin.action(description="Restore the database to a point in time…", permissions=["change"])
+    def restore_to_point_in_time(self, request, queryset):
+        instance = self._one(request, queryset)
+        if instance is None:
+            return None
+        window = restorable_window(instance=instance)
+        form = PointInTimeForm(request.POST if "apply" in request.POST else None, window=window)
+        if form.is_valid():
+            try:
+                operation = instance_restore(
+                    instance=instance, point_in_time=form.cleaned_data["point_in_time"], requested_by=request.user
+                )
+            except (Refused, IllegalTransition) as refusal:
+                form.add_error("point_in_time" if getattr(refusal, "field", None) else None, str(refusal))
+            else:
+                self.message_user(
+                    request, f"Restore of {instance.name} to {when(operation.restores.get().point_in_time)} queued "
+                    f"(operation #{operation.pk}).", messages.SUCCESS,
+                )
+                return None
+        return self._page(
+            request, "admin/instance_restore.html", instance, "restore_to_point_in_time", form,
+            title=f"Restore {instance.name} to a point in time", window=window, help=RESTORE_HELP,
+        )
+
+    @admin.action(description="Restore files from a backup…", permissions=["change"])
+    def restore_files(self, request, queryset):
+        instance = self._one(request, queryset)
+        if instance is None:
+            return None
+        form = FilesBackupForm(request.POST if "apply" in request.POST else None, instance=instance)
+        if form.is_valid():
+            try:
+                operation = instance_restore_files(
+                    instance=instance, backup=form.cleaned_data["backup"], requested_by=request.user
+                )
+            except (Refused, IllegalTransition) as refusal:
+                form.add_error(None, str(refusal))
+            else:
+                self.message_user(
+                    request, f"Files restore of {instance.name} queued (operation #{operation.pk}).", messages.SUCCESS
+                )
+                return None
+        return self._page(
+            request, "admin/instance_restore_files.html", instance, "restore_files", form,
+            title=f"Restore the files of {instance.name}",
+        )
+
+    @admin.action(description="Confirm restores: drop the replaced databases now", permissions=["change"])
+    def confirm_restore(self, request, queryset):
+        for instance in queryset:
+            try:
+                dropped = instance_restore_confirm(instance=instance, requested_by=request.user)
+            except (Refused, DriverError) as refusal:
+                self.message_user(request, f"{instance}: {refusal}", messages.WARNING)
+            else:
+                self.message_user(request, f"{instance}: dropped {', '.join(dropped)}.", messages.SUCCESS)
+
+    @admin.action(description="Decommission…", permissions=["change"])
+    def decommission(self, request, queryset):
+        instance = self._one(request, queryset)
+        if instance is None:
+            return None
+        form = DecommissionForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            try:
+                operation = instance_decommission(
+                    instance=instance, confirm_name=form.cleaned_data["confirm_name"], requested_by=request.user
+                )
+            except (Refused, IllegalTransition) as refusal:
+                form.add_error("confirm_name" if getattr(refusal, "field", None) else None, str(refusal))
+            else:
+                self.message_user(
+                    request, f"Decommission of {instance.name} queued (operation #{operation.pk}).", messages.SUCCESS
+                )
+                return None
+        return self._page(
+            request, "admin/instance_decommission.html", instance, "decommission", form,
+            title=f"Decommission {instance.name}",
+        )

@@ -151,11 +151,27 @@ class DatabaseDriver(PoolDriver):
         """Names of the hub's databases in this pool (for the reconciler)."""
         raise NotImplementedError
 
-    def backup_database(self, *, instance: Instance, label: str) -> BackupResult:
+    def backup_database(self, *, instance: Instance, label: str, database: str | None = None) -> BackupResult:
+        """Back the instance's database up; the same ``label`` rewrites (or finds) the same backup.
+
+        ``database`` names the database when it is not the derived one (after a restore switched the
+        instance to a new database); drivers that cannot restore into a new database never get it.
+        ``BackupResult.extra["taken_at"]`` (ISO 8601), when given, is the moment the content is from.
+        """
         raise NotImplementedError
 
-    def restore_database(self, *, instance: Instance, point_in_time: datetime, new_database: str) -> str:
-        """Restore into a NEW database named ``new_database``; return its name or id. Never overwrites."""
+    def restore_database(
+        self, *, instance: Instance, point_in_time: datetime, new_database: str, source: str = ""
+    ) -> str:
+        """Restore into a NEW database named ``new_database``; return its name or id. Never overwrites.
+
+        ``source`` is the location of one of this driver's own backups to restore from (drivers that
+        keep dumps, the local ones); providers that restore to a point in time natively ignore it.
+        """
+        raise NotImplementedError
+
+    def delete_backup(self, *, location: str) -> None:
+        """Delete one of this driver's backups (retention); absent is fine."""
         raise NotImplementedError
 
 
@@ -183,9 +199,37 @@ class StorageDriver(PoolDriver):
         """Zip the share's content to deep storage."""
         raise NotImplementedError
 
+    def backup_share(self, *, share: Share, label: str, archive: bool = False) -> BackupResult:
+        """A files backup, encrypted at rest: the share's content zipped; ``archive`` sends it to deep storage.
+
+        The clouds' ``archive_share`` already encrypts with the provider's keys, so it is the default.
+        """
+        return self.archive_share(share=share, label=label)
+
+    def restore_share(self, *, share: Share, location: str) -> None:
+        """Replace the share's content with the backup at ``location`` (made by ``backup_share``)."""
+        raise NotImplementedError
+
+    def delete_backup(self, *, location: str) -> None:
+        """Delete one of this driver's backups or archives (retention); absent is fine."""
+        raise NotImplementedError
+
     def scrub_share(self, *, share: Share) -> None:
         """Remove every file, leaving the share as a fresh one."""
         raise NotImplementedError
+
+    def replace_pool(self, new_host: str) -> dict:
+        """Re-associate every share of this (failed) pool with ``new_host``, the replacement pool's resource (the
+        ``external_id`` its ``provision_pool`` returned): the same bucket / file share / folder per share, every
+        file kept, the firewall address kept.
+
+        Returns ``{"external_id", "config", "endpoints": {share name: its endpoint on the new host}}``. Safe to
+        repeat: a share already re-associated is found. Providers that keep shares inside the pool's own
+        resource cannot do this and raise ``PermanentDriverError`` (this default).
+        """
+        raise PermanentDriverError(
+            f"{type(self).__name__}: the shares of pool {self.pool} cannot be re-associated with another host"
+        )
 
 
 class ComputeDriver(PoolDriver):

@@ -1,11 +1,23 @@
 """The embedded default database driver: one SQLite file per instance under ``var/databases/<pool>/``.
 
 SQLite has no logins; the instance's isolation is its own file, readable by the hub's user only.
+Backups copy the file with SQLite's online backup API into memory and write it encrypted (Fernet) to
+``var/backups/database/pool<id>/``; a restore writes a NEW file from one, never over the live one.
 """
+import io
 import os
 import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
 
-from provisioning.drivers.base import DatabaseCredentials, DatabaseDriver, TransientDriverError
+from provisioning import crypto
+from provisioning.drivers.base import (
+    BackupResult,
+    DatabaseCredentials,
+    DatabaseDriver,
+    PermanentDriverError,
+    TransientDriverError,
+)
 from provisioning.drivers.local_paths import var_path
 
 
@@ -15,8 +27,8 @@ class SqliteDatabaseDriver(DatabaseDriver):
     def _folder(self):
         return var_path("databases", f"pool{self.pool.pk}")
 
-    def _file(self, instance):
-        return self._folder() / f"{self.database_name(instance)}.sqlite3"
+    def _file(self, instance, database: str | None = None):
+        return self._folder() / f"{database or self.database_name(instance)}.sqlite3"
 
     def provision_pool(self) -> dict:
         return {"external_id": str(self._folder()), "config": {}}
@@ -37,15 +49,89 @@ class SqliteDatabaseDriver(DatabaseDriver):
             os.chmod(path, 0o600)
         except sqlite3.OperationalError as error:  # locked or disk trouble: may pass on retry
             raise TransientDriverError(f"sqlite database {path}: {error}") from error
-        return DatabaseCredentials(
-            database=self.database_name(instance), login="", password="", host="", port=None, url=f"sqlite:///{path}"
-        )
+        return self.credentials(instance)
 
-    def drop_database(self, *, instance) -> None:
-        self._file(instance).unlink(missing_ok=True)
+    def credentials(self, instance, database: str | None = None) -> DatabaseCredentials:
+        """The instance's file (``database`` names another one, e.g. after a restore), without touching it."""
+        database = database or self.database_name(instance)
+        path = self._file(instance, database)
+        return DatabaseCredentials(database=database, login="", password="", host="", port=None, url=f"sqlite:///{path}")
 
-    def database_exists(self, *, instance) -> bool:
-        return self._file(instance).exists()
+    def drop_database(self, *, instance, database: str | None = None, drop_login: bool = True) -> None:
+        """Remove the file (``drop_login`` means nothing here: SQLite has no logins); absent is fine."""
+        self._file(instance, database).unlink(missing_ok=True)
+
+    def database_exists(self, *, instance, database: str | None = None) -> bool:
+        return self._file(instance, database).exists()
 
     def list_databases(self) -> list[str]:
         return sorted(p.stem for p in self._folder().glob("*.sqlite3"))
+
+    def backup_path(self, label: str) -> Path:
+        return var_path("backups", "database", f"pool{self.pool.pk}") / f"{label}.sqlite3.enc"
+
+    def backup_database(self, *, instance, label: str, database: str | None = None) -> BackupResult:
+        """Copy the database with SQLite's backup API (a consistent copy while others write) and store it encrypted.
+
+        ``taken_at`` is when the copy finished: it holds nothing committed after that. The same label
+        rewrites the same file. Raises ``BackupKeyError`` (permanent) without CELLHUB_BACKUP_KEY,
+        ``PermanentDriverError`` when the file does not exist, transient while it is locked.
+        """
+        source = self._file(instance, database)
+        if not source.exists():
+            raise PermanentDriverError(f"sqlite database {source} does not exist")
+        crypto.backup_key()
+        try:
+            with sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True) as live, sqlite3.connect(":memory:") as copy:
+                live.backup(copy)
+                taken_at = datetime.now(UTC)
+                image = copy.serialize()
+            live.close()
+            copy.close()
+        except sqlite3.OperationalError as error:
+            raise TransientDriverError(f"sqlite database {source}: {error}") from error
+        target = self.backup_path(label)
+        with crypto.encrypted_file(target) as writer:
+            writer.write(image)
+        return BackupResult(
+            location=target.as_uri(),
+            size_bytes=writer.size,
+            checksum=writer.checksum,
+            encrypted_with=writer.key_id,
+            extra={"taken_at": taken_at.isoformat(), "database": source.stem, "format": "sqlite backup API"},
+        )
+
+    def restore_database(self, *, instance, point_in_time: datetime, new_database: str, source: str = "") -> str:
+        """Write the backup at ``source`` into the NEW file ``<new_database>.sqlite3``; returns ``new_database``.
+
+        The file appears whole (written aside, then renamed), so one that exists is a finished restore and
+        is returned as is. Refuses to write the derived database's file.
+        """
+        if not source:
+            raise PermanentDriverError(f"pool {self.pool}: a SQLite restore needs the backup to restore from")
+        if new_database == self.database_name(instance):
+            raise PermanentDriverError(f"restore must go to a new database, not onto {new_database}")
+        target = self._file(instance, new_database)
+        if target.exists():
+            return new_database
+        path = crypto.check_local_backup(source, checksum="")
+        image = io.BytesIO()
+        crypto.decrypt_to(path, image)
+        partial = target.with_name(target.name + ".partial")
+        partial.unlink(missing_ok=True)
+        try:
+            with sqlite3.connect(":memory:") as loaded, sqlite3.connect(partial) as written:
+                loaded.deserialize(image.getvalue())
+                loaded.backup(written)
+            loaded.close()
+            written.close()
+            os.chmod(partial, 0o600)
+            partial.replace(target)
+        except sqlite3.DatabaseError as error:
+            partial.unlink(missing_ok=True)
+            raise PermanentDriverError(f"backup {path.name} is not a SQLite database image: {error}") from error
+        return new_database
+
+    def delete_backup(self, *, location: str) -> None:
+        """Remove a backup file of this pool; absent is fine."""
+        crypto.delete_local_backup(location)

@@ -79,8 +79,10 @@ def provision_share(operation: Operation) -> None:
 
 
 def provision_compute(operation: Operation) -> None:
+    from provisioning.backups.selectors import database_kwargs  # after a restore, the database it switched to
+
     instance = _instance(operation)
-    credentials = drivers.for_pool(instance.database_pool).credentials(instance)
+    credentials = drivers.for_pool(instance.database_pool).credentials(instance, **database_kwargs(instance))
     spec = deployment_spec(instance, database_url=credentials.url, share=instance.share)
     drivers.for_pool(instance.compute_pool).deploy(spec=spec)
 

@@ -1,0 +1,58 @@
+"""Decommission: retire an instance for good, keeping an archive of its share and a final database backup.
+
+The service checks the typed confirmation, moves the instance to ``decommissioning`` and queues the
+operation whose plan (``provisioning/plans/decommission.py``) stops compute, archives and scrubs the
+share, backs the database up and drops it, returns the share to its pool and removes the DNS record.
+"""
+from __future__ import annotations
+
+from django.db import transaction
+
+from cells.choices import InstanceState, OperationKind, OperationState
+from cells.models import Instance, Operation, Share
+from cells.states import INSTANCE, IllegalTransition
+from provisioning.backups.errors import AlreadyUnderWay, DecommissionRefused
+from provisioning.backups.selectors import active_operations
+from provisioning.backups.services import instance_backup_cancel_schedule
+from provisioning.operations import operation_create, operation_retry
+
+
+def instance_decommission(*, instance: Instance, confirm_name: str, requested_by=None) -> Operation:
+    """Queue the decommission of ``instance``; ``confirm_name`` must be its name, typed out (deletion protection).
+
+    Refusals change nothing: ``DecommissionRefused`` (``field="confirm_name"``) for a name that does not
+    match; ``IllegalTransition`` naming the state unless the instance is running, stopped or failed;
+    ``AlreadyUnderWay`` while other work (a backup, a restore, a provision) runs on it. An instance whose
+    decommission failed is already ``decommissioning``: the same request retries that operation, which
+    resumes at the step that failed.
+    """
+    with transaction.atomic():
+        locked = Instance.objects.select_for_update().get(pk=instance.pk)
+        if (confirm_name or "").strip() != locked.name:
+            raise DecommissionRefused(
+                f"type the instance's name, {locked.name}, to confirm its decommission; nothing was changed",
+                "confirm_name",
+            )
+        if locked.state == InstanceState.DECOMMISSIONING:
+            existing = Operation.objects.filter(instance=locked, kind=OperationKind.DECOMMISSION).order_by(
+                "-created_at", "-id"
+            ).first()
+            if existing is not None and existing.state == OperationState.FAILED:
+                return operation_retry(operation=existing, requested_by=requested_by)
+            if existing is not None and existing.state != OperationState.SUCCEEDED:
+                raise AlreadyUnderWay(existing)
+        busy = active_operations(locked).exclude(kind=OperationKind.DECOMMISSION).first()
+        if busy is not None:
+            raise AlreadyUnderWay(busy, f"a {busy.kind} of {locked.name} is {busy.state} (operation #{busy.pk}); "
+                                        "decommission it when that has finished")
+        if not INSTANCE.can(locked.state, InstanceState.DECOMMISSIONING):
+            raise IllegalTransition(locked, locked.state, InstanceState.DECOMMISSIONING)
+        share = Share.objects.filter(instance=locked).values_list("pk", flat=True).first()
+        INSTANCE.change(locked, InstanceState.DECOMMISSIONING)
+        instance.state = locked.state
+        instance_backup_cancel_schedule(instance=locked)
+        # The share leaves ``assigned`` (and so drops its instance) during the run: its id is kept here.
+        return operation_create(
+            kind=OperationKind.DECOMMISSION, instance=locked, requested_by=requested_by,
+            params={"share_id": share, "confirmed_name": locked.name},
+        )
