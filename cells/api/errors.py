@@ -16,6 +16,7 @@ from rest_framework.views import exception_handler
 from cells.placement import NoCapacity
 from cells.services import SignupRefused
 from cells.states import IllegalTransition
+from provisioning.backups.errors import AlreadyUnderWay, Refused
 from provisioning.lifecycle import OperationInProgress
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,16 @@ def _translate(exc):
             "We are adding capacity in this region; please try again in a few minutes.",
             code="no_capacity", status_code=status.HTTP_409_CONFLICT,
         )
+    if isinstance(exc, AlreadyUnderWay):
+        return HubRefusal(str(exc), code="operation_in_progress", status_code=status.HTTP_409_CONFLICT,
+                          operation=exc.operation.pk)
+    if isinstance(exc, Refused):
+        if exc.field:
+            return HubRefusal(str(exc), code="invalid", status_code=status.HTTP_400_BAD_REQUEST,
+                              fields={exc.field: [str(exc)]})
+        extra = {"current_state": exc.current_state} if exc.current_state else {}
+        code = "illegal_state" if exc.current_state else "refused"
+        return HubRefusal(str(exc), code=code, status_code=status.HTTP_409_CONFLICT, **extra)
     if isinstance(exc, SignupRefused):
         field = exc.field or "non_field_errors"
         return HubRefusal(str(exc), code="invalid", status_code=status.HTTP_400_BAD_REQUEST, fields={field: [str(exc)]})

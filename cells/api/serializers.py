@@ -171,3 +171,27 @@ class ApiTokenSerializer(serializers.ModelSerializer):
     @extend_schema_field({"type": "string", "nullable": True})
     def get_token(self, token):
         return self.context.get("plaintext", {}).get(token.pk)
+
+
+class BackupSerializer(serializers.ModelSerializer):
+    instance = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        from provisioning.models import Backup
+
+        model = Backup
+        fields = ["id", "instance", "kind", "reason", "state", "started_at", "finished_at", "taken_at", "location",
+                  "size_bytes", "checksum", "encrypted_with", "expires_at", "deleted_at"]
+        read_only_fields = fields
+
+
+class BackupRequestSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["database", "files"], default="database")
+
+
+class RestoreRequestSerializer(serializers.Serializer):
+    point_in_time = serializers.DateTimeField(help_text="Inside the restorable window (ISO 8601 with a time zone).")
+
+
+class RestoreFilesRequestSerializer(serializers.Serializer):
+    backup = serializers.IntegerField(help_text="Id of a succeeded files backup of this instance.")

@@ -11,5 +11,6 @@ router.register("pools", views.PoolViewSet, basename="pool")
 router.register("shares", views.ShareViewSet, basename="share")
 router.register("instances", views.InstanceViewSet, basename="instance")
 router.register("operations", views.OperationViewSet, basename="operation")
+router.register("backups", views.BackupViewSet, basename="backup")
 router.register("tokens", views.ApiTokenViewSet, basename="token")
 urlpatterns = router.urls

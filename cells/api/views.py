@@ -2,10 +2,12 @@
 
 Actions that start work answer 202 with the Operation and its URL in ``Location``.
 """
+from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
@@ -25,7 +27,8 @@ from cells.models import Instance, Operation, Reef, Share
 from cells.services import instance_signup
 from portal.models import ApiToken
 from portal.roles import is_staff_reader
-from provisioning import lifecycle
+from provisioning import backups, lifecycle
+from provisioning.models import Backup
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
@@ -200,6 +203,71 @@ class InstanceViewSet(viewsets.ReadOnlyModelViewSet):
     def retry(self, request, name=None):
         """Retry the instance's failed provision."""
         return self._act(request, lifecycle.instance_retry_provision)
+
+    def _with(self, request, serializer_class):
+        serializer = serializer_class(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    @extend_schema(request=s.BackupRequestSerializer, responses={202: s.OperationSerializer},
+                   parameters=[IDEMPOTENCY_HEADER])
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def backup(self, request, name=None):
+        """Back up the instance's database (default) or files now."""
+        data = self._with(request, s.BackupRequestSerializer)
+        return self._act(request, backups.instance_backup, kind=data["kind"])
+
+    @extend_schema(request=s.RestoreRequestSerializer, responses={202: s.OperationSerializer},
+                   parameters=[IDEMPOTENCY_HEADER])
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def restore(self, request, name=None):
+        """Restore the database as it was at ``point_in_time`` into a new database and switch to it."""
+        data = self._with(request, s.RestoreRequestSerializer)
+        return self._act(request, backups.instance_restore, point_in_time=data["point_in_time"])
+
+    @extend_schema(request=s.RestoreFilesRequestSerializer, responses={202: s.OperationSerializer},
+                   parameters=[IDEMPOTENCY_HEADER])
+    @action(detail=True, methods=["post"], url_path="restore-files")
+    @idempotent
+    def restore_files(self, request, name=None):
+        """Bring the share's content back from a files backup."""
+        data = self._with(request, s.RestoreFilesRequestSerializer)
+        instance = self.get_object()
+        backup = get_object_or_404(Backup.objects.filter(instance=instance), pk=data["backup"])
+        return accepted(request, backups.instance_restore_files(instance=instance, backup=backup,
+                                                                requested_by=request.user))
+
+    @extend_schema(request=s.ConfirmNameSerializer, responses={202: s.OperationSerializer},
+                   parameters=[IDEMPOTENCY_HEADER])
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def decommission(self, request, name=None):
+        """Retire the instance: archive, final backup, drop, scrub. ``confirm`` must repeat its name."""
+        data = self._with(request, s.ConfirmNameSerializer)
+        try:
+            return self._act(request, backups.instance_decommission, confirm_name=data["confirm"])
+        except backups.DecommissionRefused as refusal:
+            if refusal.field != "confirm_name":
+                raise
+            raise ValidationError({"confirm": [str(refusal)]}) from refusal
+
+
+class BackupViewSet(viewsets.ReadOnlyModelViewSet):
+    """Backups: customers see their own instances' backups, staff all."""
+
+    serializer_class = s.BackupSerializer
+    permission_classes = [perms.SignedIn]
+    pagination_class = NewestFirst
+    filterset_fields = ["kind", "state"]
+    queryset = Backup.objects.none()
+
+    def get_queryset(self):
+        queryset = Backup.objects.select_related("instance")
+        if getattr(self, "swagger_fake_view", False) or is_staff_reader(self.request.user):
+            return queryset
+        return queryset.filter(instance__owner=self.request.user)
 
 
 class ApiTokenViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):

@@ -8,11 +8,13 @@ if TYPE_CHECKING:
 
 
 class Refused(ValueError):
-    """A request the hub will not start; ``field`` names the input at fault (None: not the input's fault)."""
+    """A request the hub will not start; ``field`` names the input at fault (None: not the input's fault),
+    ``current_state`` the target's state when that is the reason."""
 
-    def __init__(self, message: str, field: str | None = None):
+    def __init__(self, message: str, field: str | None = None, *, current_state: str | None = None):
         super().__init__(message)
         self.field = field
+        self.current_state = current_state
 
 
 class BackupRefused(Refused):

@@ -39,7 +39,8 @@ def _lock_restorable(instance: Instance) -> Instance:
     locked = Instance.objects.select_for_update().get(pk=instance.pk)
     if locked.state not in RESTORE_STATES:
         raise RestoreRefused(
-            f"instance {locked.name} is {locked.state}; only a running or stopped instance can be restored"
+            f"instance {locked.name} is {locked.state}; only a running or stopped instance can be restored",
+            current_state=locked.state,
         )
     active = active_operations(locked).filter(kind=OperationKind.RESTORE).first()
     if active is not None:

@@ -73,7 +73,8 @@ def instance_backup(
         if locked.state not in BACKUP_STATES:
             raise BackupRefused(
                 f"instance {locked.name} is {locked.state}; only a running, stopped or upgrading instance can be "
-                "backed up"
+                "backed up",
+                current_state=locked.state,
             )
         if kind == BackupKind.DATABASE and not locked.database_pool_id:
             raise BackupRefused(f"instance {locked.name} has no database to back up")

@@ -136,3 +136,21 @@ def test_duplicate_reef_slug_is_a_field_error(world):
     response = world["clients"]["staff"].post(
         "/api/v1/reefs/", {"region": reef.region.slug, "slug": reef.slug, "max_instances": 5}, format="json")
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid"
+
+
+def test_backup_of_a_decommissioned_instance_is_409_naming_its_state(world):
+    type(world["mine"]).objects.filter(pk=world["mine"].pk).update(state="decommissioned")
+    response = world["clients"]["owner"].post("/api/v1/instances/mine/backup/", {"kind": "database"}, format="json")
+    assert response.status_code == 409
+    error = _error(response)
+    assert error["current_state"] == "decommissioned" and "is decommissioned" in error["message"]
+
+
+def test_decommission_needs_the_typed_name(world):
+    response = world["clients"]["owner"].post("/api/v1/instances/mine/decommission/", {"confirm": "nope"},
+                                              format="json")
+    assert response.status_code == 400 and "type the instance's name" in _error(response)["fields"]["confirm"][0]
+    world["mine"].refresh_from_db()
+    assert world["mine"].state == "running"
+    missing = world["clients"]["owner"].post("/api/v1/instances/mine/decommission/", {}, format="json")
+    assert missing.status_code == 400 and "confirm" in _error(missing)["fields"]
