@@ -45,6 +45,14 @@ class Region(models.Model):
         return self.slug
 
 
+def validate_capacity_overrides(value) -> None:
+    """Overrides name known ``CELLHUB["CAPACITY"]`` keys with values of the right shape (see
+    ``provisioning.capacity.thresholds``); raises ``ValidationError`` naming the first fault."""
+    from provisioning.capacity.thresholds import thresholds_validate
+
+    thresholds_validate(value)
+
+
 class Reef(models.Model):
     """A set of shared pools inside a region; reefs share nothing, so one reef's outage stays its own."""
 
@@ -56,6 +64,14 @@ class Reef(models.Model):
     max_instances = models.PositiveIntegerField(default=500)
     rollout_ring = models.PositiveSmallIntegerField(default=1, help_text="0 is the canary ring, upgraded first.")
     ingress_address = models.CharField(max_length=255, blank=True, help_text="IP or hostname DNS records point to.")
+    capacity_overrides = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_capacity_overrides],
+        help_text='This reef\'s top-up thresholds over CELLHUB["CAPACITY"], e.g. {"FLOOR": {"storage": 20}, '
+        '"LEAD_TIME_HOURS": {"aws_storage_gateway": 6}, "MARGIN_HOURS": 12, "MAX_POOLS_PER_PASS": 0}.',
+    )
+    status_reason = models.CharField(max_length=500, blank=True, help_text="Why and by whom the status last changed.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -93,6 +109,15 @@ class Pool(models.Model):
     status = models.CharField(max_length=12, choices=PoolStatus.choices, default=PoolStatus.PROVISIONING, db_index=True)
     dedicated = models.BooleanField(default=False, help_text="Reserved for a single instance.")
     config = models.JSONField(default=dict, blank=True)
+    status_reason = models.CharField(max_length=500, blank=True, help_text="Why and by whom the status last changed.")
+    replaces = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="replacements",
+        help_text="The failed storage pool whose shares this pool took over.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

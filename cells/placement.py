@@ -19,6 +19,7 @@ from cells.choices import (
     PoolStatus,
     ReefStatus,
     ShareStatus,
+    Tier,
 )
 from cells.models import Instance, Pool, Reef, Share
 from cells.states import SHARE
@@ -55,8 +56,18 @@ def _place_in(reef, instance) -> bool:
         fresh = selectors.reefs_with_capacity(Reef.objects.filter(pk=reef.pk)).get()
         if fresh.placeable_slots <= 0:
             return False
-    database_pool = instance.database_pool or _roomiest_pool(reef, PoolKind.DATABASE)
-    compute_pool = instance.compute_pool or _roomiest_pool(reef, PoolKind.COMPUTE)
+    dedicated = {}
+    if instance.tier == Tier.DEDICATED:
+        with connection.cursor() as cursor:
+            for kind, fk in ((PoolKind.DATABASE, "database_pool_id"), (PoolKind.COMPUTE, "compute_pool_id")):
+                pool_id = _free_dedicated_pool(cursor, reef.pk, kind, fk)
+                dedicated[kind] = Pool.objects.get(pk=pool_id) if pool_id else None
+            if not Share.objects.filter(instance=instance).exists():
+                _take_dedicated_share(cursor, reef.pk, instance)
+    database_pool = (
+        instance.database_pool or dedicated.get(PoolKind.DATABASE) or _roomiest_pool(reef, PoolKind.DATABASE)
+    )
+    compute_pool = instance.compute_pool or dedicated.get(PoolKind.COMPUTE) or _roomiest_pool(reef, PoolKind.COMPUTE)
     share = Share.objects.filter(instance=instance).first() or (
         Share.objects.select_for_update(skip_locked=True, of=("self",))
         .filter(
@@ -120,6 +131,23 @@ _TAKE_SHARE_SQL = (
     "ORDER BY s.pool_id, s.slot LIMIT 1{lock}) RETURNING id"
 )
 assert SHARE.can(ShareStatus.AVAILABLE, ShareStatus.ASSIGNED)
+# A dedicated pool serves one instance: it is free only while no instance at all references it (whatever its
+# state; a failed provision's release drops the reference) and, for storage, while none of its shares is held,
+# archived or scrubbed. Only tier=dedicated instances take one, with their reef locked, so two dedicated
+# signups never both take the same pool; the shared path's SQL never sees a dedicated pool.
+_FREE_DEDICATED_POOL = (
+    "SELECT p.id FROM cells_pool p WHERE p.reef_id = %s AND p.kind = %s "
+    f"AND p.status = '{PoolStatus.AVAILABLE}' AND p.dedicated "
+    "AND NOT EXISTS (SELECT 1 FROM cells_instance i WHERE i.{fk} = p.id) ORDER BY p.id LIMIT 1"
+)
+_TAKE_DEDICATED_SHARE_SQL = (
+    "UPDATE cells_share SET status = 'assigned', instance_id = %s WHERE status = 'available' AND id = ("
+    "SELECT s.id FROM cells_share s JOIN cells_pool p ON p.id = s.pool_id WHERE p.reef_id = %s "
+    f"AND p.status = '{PoolStatus.AVAILABLE}' AND p.dedicated AND s.status = 'available' "
+    "AND NOT EXISTS (SELECT 1 FROM cells_share o WHERE o.pool_id = p.id "
+    "AND (o.instance_id IS NOT NULL OR o.status IN ('archiving', 'scrubbing'))) "
+    "ORDER BY s.pool_id, s.slot LIMIT 1{lock}) RETURNING id"
+)
 
 
 def _postgres(cursor) -> bool:
@@ -146,15 +174,38 @@ def _lock_and_count(cursor, reef_id: int):
     return cursor.fetchone()
 
 
+def _free_dedicated_pool(cursor, reef_id: int, kind: str, fk: str) -> int | None:
+    cursor.execute(_FREE_DEDICATED_POOL.format(fk=fk), [reef_id, str(kind)])
+    row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def _take_dedicated_share(cursor, reef_id: int, instance: Instance) -> bool:
+    lock = " FOR UPDATE OF s SKIP LOCKED" if _postgres(cursor) else ""
+    cursor.execute(_TAKE_DEDICATED_SHARE_SQL.format(lock=lock), [instance.pk, reef_id])
+    return cursor.fetchone() is not None
+
+
 def _take_slots(cursor, slots, instance: Instance) -> bool:
-    """With the reef locked: a database slot, a compute slot and a share for ``instance``, or nothing."""
+    """With the reef locked: a database slot, a compute slot and a share for ``instance``, or nothing.
+
+    A tier=dedicated instance takes a free dedicated pool of each kind where the reef has one, and shared
+    slots for the rest; a shared instance never sees a dedicated pool.
+    """
     reef_id, placed, max_instances, database_pool_id, compute_pool_id = slots
+    dedicated = instance.tier == Tier.DEDICATED
+    if dedicated:
+        database_pool_id = (
+            _free_dedicated_pool(cursor, reef_id, PoolKind.DATABASE, "database_pool_id") or database_pool_id
+        )
+        compute_pool_id = _free_dedicated_pool(cursor, reef_id, PoolKind.COMPUTE, "compute_pool_id") or compute_pool_id
     if placed >= max_instances or database_pool_id is None or compute_pool_id is None:
         return False
-    lock = " FOR UPDATE OF s SKIP LOCKED" if _postgres(cursor) else ""
-    cursor.execute(_TAKE_SHARE_SQL.format(lock=lock), [instance.pk, reef_id])
-    if cursor.fetchone() is None:
-        return False
+    if not (dedicated and _take_dedicated_share(cursor, reef_id, instance)):
+        lock = " FOR UPDATE OF s SKIP LOCKED" if _postgres(cursor) else ""
+        cursor.execute(_TAKE_SHARE_SQL.format(lock=lock), [instance.pk, reef_id])
+        if cursor.fetchone() is None:
+            return False
     cursor.execute(
         "UPDATE cells_instance SET reef_id = %s, database_pool_id = %s, compute_pool_id = %s WHERE id = %s",
         [reef_id, database_pool_id, compute_pool_id, instance.pk],

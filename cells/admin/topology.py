@@ -1,12 +1,44 @@
 """Admin of the topology: regions, reefs, pools, shares, and the capacity shortfalls staff must fix.
 
 List pages cost a constant number of queries: related rows come from ``list_select_related`` and
-capacity from the annotations of ``cells.selectors``.
+capacity from the annotations of ``cells.selectors``. Reef and pool actions (top up now, drain, mark
+failed, replace) call the services of ``provisioning.capacity``; a refusal names the current state.
 """
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db import IntegrityError
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 
 from cells import selectors
+from cells.admin.capacity import capacity_view
 from cells.models import CapacityShortfall, Pool, Reef, Region, Share
+from cells.states import IllegalTransition
+from provisioning.capacity import (
+    CapacityRefused,
+    pool_activate,
+    pool_drain,
+    pool_instances,
+    pool_mark_failed,
+    pool_replace,
+    reef_activate,
+    reef_capacity,
+    reef_drain,
+    reef_top_up,
+)
+
+REFUSALS = (IllegalTransition, CapacityRefused, IntegrityError)
+
+
+def _each(modeladmin, request, queryset, service, done: str) -> None:
+    """Call ``service`` on each selected row; one message per row, a warning naming the refusal."""
+    for obj in queryset:
+        try:
+            service(obj)
+        except REFUSALS as refusal:
+            modeladmin.message_user(request, f"{obj}: {refusal}", messages.WARNING)
+        else:
+            modeladmin.message_user(request, f"{obj}: {done}", messages.SUCCESS)
 
 
 @admin.register(Region)
@@ -48,10 +80,76 @@ class ReefAdmin(admin.ModelAdmin):
     list_filter = ["status", "region", "rollout_ring"]
     search_fields = ["slug", "region__slug", "ingress_address"]
     list_select_related = ["region"]
+    readonly_fields = ["status_reason", "capacity_now"]
     inlines = [PoolInline]
+    actions = ["top_up_now", "drain", "activate"]
+    change_list_template = "admin/capacity_change_list.html"
 
     def get_queryset(self, request):
         return selectors.reefs_with_capacity(super().get_queryset(request))
+
+    def get_urls(self):
+        capacity = self.admin_site.admin_view(lambda request: capacity_view(request, self.admin_site))
+        return [path("capacity/", capacity, name="cells_reef_capacity"), *super().get_urls()]
+
+    @admin.display(description="capacity now")
+    def capacity_now(self, reef):
+        """The planner's reading of each kind with this reef's effective thresholds."""
+        if reef.pk is None:
+            return "—"
+        plan = reef_capacity(reef=reef)
+        if not plan.assessments:
+            return f"not in service ({reef.status}): no top-ups"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} h + {} h</td>"
+            "<td>{} × {}</td><td>{}</td></tr>",
+            (
+                (a.facts.kind, a.facts.used, a.facts.free, a.facts.coming, a.wanted, a.facts.thresholds.floor,
+                 a.facts.thresholds.lead_time_hours, a.facts.thresholds.margin_hours, a.facts.provider,
+                 a.facts.thresholds.pool_size, a.cannot_grow or a.verdict)
+                for a in plan.assessments
+            ),
+        )
+        link = reverse("admin:cells_reef_capacity") + f"?region={reef.region.slug}"
+        return format_html(
+            "<table><tr><th>kind</th><th>used</th><th>free</th><th>coming</th><th>wanted</th><th>floor</th>"
+            "<th>lead + margin</th><th>next pools</th><th>verdict</th></tr>{}</table><a href=\"{}\">capacity page</a>",
+            rows, link,
+        )
+
+    @admin.action(description="Top up the selected reefs now (by their thresholds)", permissions=["change"])
+    def top_up_now(self, request, queryset):
+        for reef in queryset.select_related("region"):
+            try:
+                operations = reef_top_up(reef=reef, requested_by=request.user)
+            except REFUSALS as refusal:
+                self.message_user(request, f"{reef}: {refusal}", messages.WARNING)
+                continue
+            if operations:
+                ordered = ", ".join(f"{op.pool.kind} pool {op.pool.name} (operation #{op.pk})" for op in operations)
+                self.message_user(request, f"{reef}: ordered {ordered}.", messages.SUCCESS)
+                continue
+            plan = reef_capacity(reef=reef)
+            if plan.shortfalls:
+                why = "; ".join(f"{s.kind}: short of {s.slots} — {s.reason}" for s in plan.shortfalls)
+                self.message_user(request, f"{reef}: nothing ordered; {why}", messages.WARNING)
+            else:
+                enough = ", ".join(
+                    f"{a.facts.kind} {a.facts.free} free + {a.facts.coming} coming ≥ {a.wanted}"
+                    for a in plan.assessments
+                )
+                self.message_user(request, f"{reef} has enough: {enough}.", messages.INFO)
+
+    @admin.action(description="Drain the selected reefs (no new instances, no top-ups)", permissions=["change"])
+    def drain(self, request, queryset):
+        _each(self, request, queryset, lambda reef: reef_drain(reef=reef, requested_by=request.user),
+              "draining: it takes no new instance")
+
+    @admin.action(description="Activate the selected reefs (take signups again)", permissions=["change"])
+    def activate(self, request, queryset):
+        _each(self, request, queryset, lambda reef: reef_activate(reef=reef, requested_by=request.user),
+              "active: it takes new instances")
 
     @admin.display(description="instances", ordering="instance_count")
     def used(self, reef):
@@ -87,10 +185,88 @@ class PoolAdmin(admin.ModelAdmin):
     list_filter = ["status", "kind", "provider", "dedicated", "reef__region"]
     search_fields = ["name", "external_id", "reef__slug"]
     list_select_related = ["reef__region"]
+    readonly_fields = ["status_reason", "replaces", "replaced_by", "dependent_instances"]
     inlines = [ShareInline]
+    actions = ["drain", "activate", "mark_failed", "replace"]
+    change_list_template = "admin/capacity_change_list.html"
 
     def get_queryset(self, request):
         return selectors.pools_with_usage(super().get_queryset(request))
+
+    @admin.display(description="replaced by")
+    def replaced_by(self, pool):
+        replacement = pool.replacements.order_by("-pk").first() if pool.pk else None
+        if replacement is None:
+            return "—"
+        url = reverse("admin:cells_pool_change", args=[replacement.pk])
+        return format_html('<a href="{}">{}</a> ({})', url, replacement.name, replacement.status)
+
+    @admin.display(description="instances depending on it")
+    def dependent_instances(self, pool):
+        """For a failed pool: who is affected. Storage: the instances holding its shares."""
+        if pool.pk is None:
+            return "—"
+        instances = list(pool_instances(pool=pool).only("pk", "name", "state")[:200])
+        if not instances:
+            return "none"
+        return format_html_join(
+            ", ", '<a href="{}">{}</a> ({})',
+            ((reverse("admin:cells_instance_change", args=[i.pk]), i.name, i.state) for i in instances),
+        )
+
+    @admin.action(description="Drain the selected pools (no new instances)", permissions=["change"])
+    def drain(self, request, queryset):
+        _each(self, request, queryset, lambda pool: pool_drain(pool=pool, requested_by=request.user),
+              "draining: it takes no new instance")
+
+    @admin.action(description="Make the selected draining pools available again", permissions=["change"])
+    def activate(self, request, queryset):
+        _each(self, request, queryset, lambda pool: pool_activate(pool=pool, requested_by=request.user),
+              "available: it takes new instances")
+
+    @admin.action(description="Mark the selected pools failed…", permissions=["change"])
+    def mark_failed(self, request, queryset):
+        """A confirmation page first, listing the instances that depend on each pool and asking why."""
+        pools = list(queryset.select_related("reef__region"))
+        reason = request.POST.get("reason", "").strip()
+        if request.POST.get("confirm") == "yes" and reason:
+            for pool in pools:
+                try:
+                    affected = pool_mark_failed(pool=pool, reason=reason, requested_by=request.user)
+                except REFUSALS as refusal:
+                    self.message_user(request, f"{pool}: {refusal}", messages.WARNING)
+                    continue
+                names = ", ".join(instance.name for instance in affected) or "no instance"
+                hint = " Replace it to move its shares to a new host." if pool.kind == "storage" else ""
+                self.message_user(request, f"{pool} is failed; affected: {names}.{hint}", messages.SUCCESS)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Mark pools failed",
+            "pools": [
+                {"pool": pool, "instances": list(pool_instances(pool=pool).select_related("share"))} for pool in pools
+            ],
+            "reason": reason,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/capacity_pool_mark_failed.html", context)
+
+    @admin.action(description="Replace the selected failed storage pools (a new host takes over their shares)",
+                  permissions=["change"])
+    def replace(self, request, queryset):
+        for pool in queryset:
+            try:
+                operation = pool_replace(pool=pool, requested_by=request.user)
+            except REFUSALS as refusal:
+                self.message_user(request, f"{pool}: {refusal}", messages.WARNING)
+                continue
+            self.message_user(
+                request,
+                f"{pool}: replace operation #{operation.pk} {operation.state}; pool "
+                f"{operation.params.get('new_pool')} takes over its {pool.shares.count()} shares.",
+                messages.SUCCESS,
+            )
 
     @admin.display(description="used", ordering="used_slots")
     def used(self, pool):

@@ -1,0 +1,29 @@
+"""Capacity: pools kept ahead of demand, draining, and failed storage pools replaced with no data lost.
+
+- ``planner``: the pure planner (facts in, pools to order and shortfalls out);
+- ``facts``: the facts, read from the fleet in a constant number of queries;
+- ``thresholds``: ``CELLHUB["CAPACITY"]`` and each reef's ``capacity_overrides``;
+- ``services``: the writes staff, the API and the scheduler call.
+"""
+from provisioning.capacity.facts import gather_facts
+from provisioning.capacity.planner import Assessment, Order, ReefKindFacts, Shortfall, TopUpPlan, plan_top_ups
+from provisioning.capacity.services import (
+    CapacityRefused,
+    capacity_top_up_pass,
+    pool_activate,
+    pool_drain,
+    pool_instances,
+    pool_mark_failed,
+    pool_replace,
+    reef_activate,
+    reef_capacity,
+    reef_drain,
+    reef_top_up,
+)
+from provisioning.capacity.thresholds import Thresholds
+
+__all__ = [
+    "Assessment", "CapacityRefused", "Order", "ReefKindFacts", "Shortfall", "Thresholds", "TopUpPlan",
+    "capacity_top_up_pass", "gather_facts", "plan_top_ups", "pool_activate", "pool_drain", "pool_instances",
+    "pool_mark_failed", "pool_replace", "reef_activate", "reef_capacity", "reef_drain", "reef_top_up",
+]
