@@ -214,6 +214,27 @@ def _take_slots(cursor, slots, instance: Instance) -> bool:
     return True
 
 
+class _NotHere(Exception):
+    """This reef cannot take the instance: roll its savepoint back."""
+
+
+def _attempt(cursor, instance: Instance, lock_reef) -> tuple[int | None, bool]:
+    """Lock a reef (``lock_reef`` returns its slots row, or None when there is none) and take slots, in a
+    savepoint. When the reef cannot take the instance the savepoint is rolled back, which releases that
+    reef's row lock: a placement never holds a reef it gave up on while it waits for another, so two
+    placements cannot deadlock. Returns (the reef tried, placed?)."""
+    try:
+        with transaction.atomic():
+            slots = lock_reef()
+            if slots is None:
+                return None, False
+            if _take_slots(cursor, slots, instance):
+                return slots[0], True
+            raise _NotHere(slots[0])
+    except _NotHere as miss:
+        return miss.args[0], False
+
+
 @transaction.atomic
 def instance_place(*, instance: Instance) -> None:
     """Give ``instance`` a reef, a database pool, a compute pool and a share; idempotent.
@@ -232,13 +253,16 @@ def instance_place(*, instance: Instance) -> None:
         raise RegionClosed(f"region {region.name} is {region.status} and takes no new instances")
     with connection.cursor() as cursor:
         tried = []
-        while (slots := _lock_roomiest_free_reef(cursor, region.pk, tried)) is not None:
-            if _take_slots(cursor, slots, instance):
+        while True:
+            reef_id, placed = _attempt(cursor, instance, lambda: _lock_roomiest_free_reef(cursor, region.pk, tried))
+            if placed:
                 return
-            tried.append(slots[0])
+            if reef_id is None:
+                break
+            tried.append(reef_id)
         # Every reef with room left is either tried or held by another placement: wait our turn on those.
         cursor.execute(f"SELECT r.id {_REEFS_WITH_ROOM.format(exclude='')}", [region.pk, *_HOLDING, *_HOLDING])
         for (reef_id,) in cursor.fetchall():
-            if reef_id not in tried and _take_slots(cursor, _lock_and_count(cursor, reef_id), instance):
+            if reef_id not in tried and _attempt(cursor, instance, lambda r=reef_id: _lock_and_count(cursor, r))[1]:
                 return
     raise NoCapacity(f"no reef in {region.name} has free capacity; we are adding capacity")
