@@ -100,6 +100,43 @@ class OperationState(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class ReleaseState(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    AVAILABLE = "available", "Available"
+    DEFAULT = "default", "Default for new signups"
+    WITHDRAWN = "withdrawn", "Withdrawn"
+
+
+class RolloutState(models.TextChoices):
+    PLANNED = "planned", "Planned"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    HALTED = "halted", "Halted"
+    COMPLETED = "completed", "Completed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class WaveState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    BAKING = "baking", "Baking"
+    DONE = "done", "Done"
+
+
+class TargetState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    UPGRADING = "upgrading", "Upgrading"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+
+
+ACTIVE_ROLLOUT_STATES = frozenset({RolloutState.PLANNED, RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.HALTED})
+
+
+WEEKDAYS = [(0, "Monday"), (1, "Tuesday"), (2, "Wednesday"), (3, "Thursday"), (4, "Friday"), (5, "Saturday"),
+            (6, "Sunday")]
+
 # Sets the rules refer to.
 SIGNUP_REGION_STATES = frozenset({RegionStatus.ACTIVE})
 PLACEABLE_REEF_STATES = frozenset({ReefStatus.ACTIVE})

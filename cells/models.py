@@ -33,12 +33,19 @@ class Region(models.Model):
     status = models.CharField(
         max_length=10, choices=choices.RegionStatus.choices, default=choices.RegionStatus.ACTIVE, db_index=True
     )
+    maintenance_weekday = models.PositiveSmallIntegerField(
+        default=6, choices=choices.WEEKDAYS, help_text="Default weekly maintenance window: day (UTC)."
+    )
+    maintenance_hour = models.PositiveSmallIntegerField(default=2, help_text="…and the hour it opens (UTC, 0–23).")
 
     class Meta:
         ordering = ["slug"]
         constraints = [
             models.CheckConstraint(condition=Q(cloud__in=choices.Cloud.values), name="region_cloud_valid"),
             models.CheckConstraint(condition=Q(status__in=choices.RegionStatus.values), name="region_status_valid"),
+            models.CheckConstraint(
+                condition=Q(maintenance_weekday__lte=6, maintenance_hour__lte=23), name="region_window_valid"
+            ),
         ]
 
     def __str__(self):
@@ -173,7 +180,11 @@ class Share(models.Model):
 
 
 class Instance(models.Model):
-    """One customer's hosted server: its own database, share, deployment and DNS name."""
+    """One customer's hosted server: its own database, share, deployment and DNS name.
+
+    Upgrades by a rollout happen only inside its weekly two-hour maintenance window (its own, else its
+    region's); a pinned instance is left out of rollouts.
+    """
 
     name = models.CharField(
         max_length=choices.INSTANCE_NAME_MAX_LENGTH, unique=True, validators=[validate_instance_name]
@@ -193,14 +204,26 @@ class Instance(models.Model):
     cpu_millicores = models.PositiveIntegerField(default=500)
     memory_mib = models.PositiveIntegerField(default=1024)
     hostname = models.CharField(max_length=255, blank=True)
+    maintenance_weekday = models.PositiveSmallIntegerField(
+        null=True, blank=True, choices=choices.WEEKDAYS, help_text="Weekly maintenance window (UTC); empty: the region's."
+    )
+    maintenance_hour = models.PositiveSmallIntegerField(null=True, blank=True)
+    version_pinned = models.BooleanField(default=False, help_text="Pinned by staff: rollouts leave this instance alone.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    MAINTENANCE_WINDOW_MINUTES = 120
 
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(
                 condition=Q(name__regex=choices.INSTANCE_NAME_REGEX), name="instance_name_dns_label"
+            ),
+            models.CheckConstraint(
+                condition=(Q(maintenance_weekday__isnull=True) & Q(maintenance_hour__isnull=True))
+                | Q(maintenance_weekday__lte=6, maintenance_hour__lte=23),
+                name="instance_window_valid",
             ),
             models.CheckConstraint(
                 condition=~Q(name__in=choices.RESERVED_INSTANCE_NAMES), name="instance_name_not_reserved"
@@ -219,6 +242,12 @@ class Instance(models.Model):
 
     def __str__(self):
         return self.name
+
+    def window(self) -> tuple[int, int]:
+        """(weekday 0=Monday, hour) of the weekly maintenance window, UTC."""
+        if self.maintenance_weekday is not None:
+            return self.maintenance_weekday, self.maintenance_hour
+        return self.region.maintenance_weekday, self.region.maintenance_hour
 
 
 _ACTIVE = sorted(str(s) for s in choices.OPERATION_ACTIVE_STATES)  # sorted: a stable migration
@@ -308,3 +337,113 @@ class CapacityShortfall(models.Model):
 
     def __str__(self):
         return f"{self.region}: {self.reason}"
+
+
+class Release(models.Model):
+    """A server version instances can run. The ``default`` release is what new signups get (one at most)."""
+
+    version = models.CharField(max_length=50, unique=True)
+    image = models.CharField(max_length=255, help_text="Container image without the tag; the version is the tag.")
+    notes = models.TextField(blank=True)
+    state = models.CharField(max_length=10, choices=choices.ReleaseState.choices, default=choices.ReleaseState.DRAFT)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(state__in=choices.ReleaseState.values), name="release_state_valid"),
+            models.UniqueConstraint(
+                fields=["state"], condition=Q(state=choices.ReleaseState.DEFAULT), name="release_one_default"
+            ),
+        ]
+
+    def __str__(self):
+        return self.version
+
+
+_ACTIVE_ROLLOUTS = sorted(str(s) for s in choices.ACTIVE_ROLLOUT_STATES)
+
+
+class Rollout(models.Model):
+    """A release reaching the fleet wave by wave (one wave per rollout ring), in batches, halting on failures."""
+
+    release = models.ForeignKey(Release, on_delete=models.PROTECT, related_name="rollouts")
+    state = models.CharField(max_length=10, choices=choices.RolloutState.choices, default=choices.RolloutState.PLANNED,
+                             db_index=True)
+    batch_size = models.PositiveIntegerField(default=10, help_text="Upgrades under way at once within a wave.")
+    bake_minutes = models.PositiveIntegerField(default=60, help_text="Wait after a wave before the next starts.")
+    max_failures = models.PositiveIntegerField(default=2, help_text="More failed upgrades than this in a wave halt.")
+    max_failure_ratio = models.FloatField(default=0.05, help_text="A larger share of failures in a wave halts.")
+    halt_reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(state__in=choices.RolloutState.values), name="rollout_state_valid"),
+            models.CheckConstraint(condition=Q(batch_size__gte=1), name="rollout_batch_positive"),
+            models.CheckConstraint(condition=Q(max_failure_ratio__gte=0) & Q(max_failure_ratio__lte=1),
+                                   name="rollout_failure_ratio_range"),
+            models.UniqueConstraint(fields=["release"], condition=Q(state__in=_ACTIVE_ROLLOUTS),
+                                    name="rollout_one_active_per_release"),
+        ]
+
+    def __str__(self):
+        return f"rollout of {self.release_id and self.release} #{self.pk}"
+
+
+class RolloutWave(models.Model):
+    """The instances of one rollout ring; ``total`` and the outcome counts are refreshed by each tick."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="waves")
+    position = models.PositiveIntegerField()
+    ring = models.PositiveSmallIntegerField()
+    state = models.CharField(max_length=10, choices=choices.WaveState.choices, default=choices.WaveState.PENDING)
+    total = models.PositiveIntegerField(default=0)
+    upgrading = models.PositiveIntegerField(default=0)
+    succeeded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    bake_until = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["rollout_id", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["rollout", "position"], name="wave_position_unique"),
+            models.CheckConstraint(condition=Q(state__in=choices.WaveState.values), name="wave_state_valid"),
+        ]
+
+    def __str__(self):
+        return f"wave {self.position + 1} (ring {self.ring})"
+
+
+class RolloutTarget(models.Model):
+    """One instance of a rollout: pending until its window opens, then its upgrade operation decides."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="targets")
+    wave = models.ForeignKey(RolloutWave, on_delete=models.CASCADE, related_name="targets")
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="rollout_targets")
+    state = models.CharField(max_length=10, choices=choices.TargetState.choices, default=choices.TargetState.PENDING)
+    from_version = models.CharField(max_length=50)
+    operation = models.ForeignKey(Operation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    note = models.CharField(max_length=255, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["wave_id", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["rollout", "instance"], name="target_once_per_rollout"),
+            models.CheckConstraint(condition=Q(state__in=choices.TargetState.values), name="target_state_valid"),
+        ]
+        indexes = [models.Index(fields=["wave", "state"], name="target_wave_state")]
+
+    def __str__(self):
+        return f"{self.instance_id} in rollout {self.rollout_id}"

@@ -7,8 +7,17 @@ Each stateful model has a table of legal transitions. A change is a compare-and-
 from django.db import models
 from django.utils import timezone
 
-from cells.choices import InstanceState, OperationState, PoolStatus, ReefStatus, RegionStatus, ShareStatus
-from cells.models import Instance, Operation, Pool, Reef, Region, Share
+from cells.choices import (
+    InstanceState,
+    OperationState,
+    PoolStatus,
+    ReefStatus,
+    RegionStatus,
+    ReleaseState,
+    RolloutState,
+    ShareStatus,
+)
+from cells.models import Instance, Operation, Pool, Reef, Region, Release, Rollout, Share
 
 
 class IllegalTransition(Exception):
@@ -70,7 +79,7 @@ INSTANCE = StateMachine(
         S.PENDING: {S.PROVISIONING, S.FAILED},
         S.PROVISIONING: {S.RUNNING, S.FAILED},
         S.RUNNING: {S.UPGRADING, S.STOPPED, S.DECOMMISSIONING, S.FAILED},
-        S.UPGRADING: {S.RUNNING, S.FAILED},
+        S.UPGRADING: {S.RUNNING, S.STOPPED, S.FAILED},  # back to stopped: a stopped instance upgraded
         S.STOPPED: {S.RUNNING, S.UPGRADING, S.DECOMMISSIONING},
         S.FAILED: {S.PROVISIONING, S.RUNNING, S.DECOMMISSIONING},
         S.DECOMMISSIONING: {S.DECOMMISSIONED, S.FAILED},
@@ -136,4 +145,30 @@ REGION = StateMachine(
     Region,
     "status",
     {RG.ACTIVE: {RG.DRAINING, RG.OFFLINE}, RG.DRAINING: {RG.ACTIVE, RG.OFFLINE}, RG.OFFLINE: {RG.ACTIVE}},
+)
+
+RL = ReleaseState
+RELEASE = StateMachine(
+    Release,
+    "state",
+    {
+        RL.DRAFT: {RL.AVAILABLE, RL.WITHDRAWN},
+        RL.AVAILABLE: {RL.DEFAULT, RL.WITHDRAWN},
+        RL.DEFAULT: {RL.AVAILABLE, RL.WITHDRAWN},
+        RL.WITHDRAWN: {RL.AVAILABLE},
+    },
+)
+
+RO = RolloutState
+ROLLOUT = StateMachine(
+    Rollout,
+    "state",
+    {
+        RO.PLANNED: {RO.RUNNING, RO.CANCELLED},
+        RO.RUNNING: {RO.PAUSED, RO.HALTED, RO.COMPLETED, RO.CANCELLED},
+        RO.PAUSED: {RO.RUNNING, RO.CANCELLED},
+        RO.HALTED: {RO.RUNNING, RO.CANCELLED},  # resumed once staff have looked at why
+        RO.COMPLETED: set(),
+        RO.CANCELLED: set(),
+    },
 )

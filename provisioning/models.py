@@ -28,6 +28,7 @@ class BackupReason(models.TextChoices):
     PRE_RESTORE = "pre_restore", "Before a files restore"
     FINAL = "final", "Final (decommission)"
     ARCHIVE = "archive", "Share archive (decommission)"
+    PRE_UPGRADE = "pre_upgrade", "Before an upgrade"
 
 
 class RestoreState(models.TextChoices):
