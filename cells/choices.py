@@ -131,7 +131,9 @@ class TargetState(models.TextChoices):
     SKIPPED = "skipped", "Skipped"
 
 
-ACTIVE_ROLLOUT_STATES = frozenset({RolloutState.PLANNED, RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.HALTED})
+ACTIVE_ROLLOUT_STATES = frozenset(
+    {RolloutState.PLANNED, RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.HALTED}
+)
 
 
 WEEKDAYS = [(0, "Monday"), (1, "Tuesday"), (2, "Wednesday"), (3, "Thursday"), (4, "Friday"), (5, "Saturday"),

@@ -205,10 +205,13 @@ class Instance(models.Model):
     memory_mib = models.PositiveIntegerField(default=1024)
     hostname = models.CharField(max_length=255, blank=True)
     maintenance_weekday = models.PositiveSmallIntegerField(
-        null=True, blank=True, choices=choices.WEEKDAYS, help_text="Weekly maintenance window (UTC); empty: the region's."
+        null=True, blank=True, choices=choices.WEEKDAYS,
+        help_text="Weekly maintenance window (UTC); empty: the region's.",
     )
     maintenance_hour = models.PositiveSmallIntegerField(null=True, blank=True)
-    version_pinned = models.BooleanField(default=False, help_text="Pinned by staff: rollouts leave this instance alone.")
+    version_pinned = models.BooleanField(
+        default=False, help_text="Pinned by staff: rollouts leave this instance alone."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
