@@ -1,13 +1,15 @@
 """Writes of the cell model: topology set-up, share bookkeeping, signup."""
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from cells.choices import OperationKind, PoolKind, ShareStatus, Tier
-from cells.models import CapacityShortfall, Instance, Operation, Pool, Region, Share
+from cells.choices import OperationKind, PoolKind, ReleaseState, ShareStatus, Tier
+from cells.models import CapacityShortfall, Instance, Operation, Pool, Region, Release, Share
 from cells.placement import NoCapacity, RegionClosed, instance_place
+from cells.validators import validate_instance_name
 
 
 def share_name(*, pool: Pool, slot: int) -> str:
@@ -32,6 +34,12 @@ def pool_ensure_shares(*, pool: Pool) -> list[Share]:
         ]
     )
     return list(pool.shares.order_by("slot"))
+
+
+def signup_version() -> str:
+    """The version new instances get: the default release, else the hub's configured default."""
+    default = Release.objects.filter(state=ReleaseState.DEFAULT).values_list("version", flat=True).first()
+    return default or settings.CELLHUB["DEFAULT_SERVER_VERSION"]
 
 
 class SignupRefused(Exception):
@@ -60,6 +68,10 @@ def instance_signup(
     """
     from provisioning.operations import operation_create
 
+    try:
+        validate_instance_name(name)
+    except ValidationError as error:
+        raise SignupRefused(" ".join(error.messages), "name") from error
     User = get_user_model()
     try:
         with transaction.atomic():
@@ -75,7 +87,7 @@ def instance_signup(
                 owner=owner,
                 region=region,
                 tier=tier,
-                server_version=settings.CELLHUB["DEFAULT_SERVER_VERSION"],
+                server_version=signup_version(),
                 hostname=f"{name}.{settings.CELLHUB['HUB_DOMAIN']}",
             )
             started = timezone.now().isoformat()

@@ -12,7 +12,7 @@ from django.core.mail import send_mail
 from django.db import transaction
 
 from cells.choices import InstanceState, OperationKind, ShareStatus
-from cells.models import Instance, Operation, Share
+from cells.models import Instance, Operation, Release, Share
 from cells.placement import instance_place
 from cells.states import INSTANCE, SHARE
 from provisioning import drivers
@@ -26,12 +26,18 @@ def instance_hostname(instance: Instance) -> str:
     return f"{instance.name}.{settings.CELLHUB['HUB_DOMAIN']}"
 
 
+def release_image(version: str) -> str:
+    """The image (without tag) of the release ``version``; the hub's default image for a version with no release."""
+    image = Release.objects.filter(version=version).values_list("image", flat=True).first()
+    return image or settings.CELLHUB["DEFAULT_IMAGE"]
+
+
 def deployment_spec(instance: Instance, *, database_url: str, share: Share) -> DeploymentSpec:
     compute = drivers.for_pool(instance.compute_pool)
     return DeploymentSpec(
         name=instance.name,
         namespace=compute.namespace(instance),
-        image=settings.CELLHUB["DEFAULT_IMAGE"],
+        image=release_image(instance.server_version),
         version=instance.server_version,
         cpu_millicores=instance.cpu_millicores,
         memory_mib=instance.memory_mib,

@@ -1,0 +1,127 @@
+"""Upgrade one instance to a release: back up its database, patch the image, wait for health, record the version.
+
+On failure the instance goes back to where it was: the previous image is patched back, its version and
+state restored, and — when the new image had already run against the database — a restore of the
+pre-upgrade backup is queued (a new database, switched to in one step, the upgraded one kept).
+"""
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+
+from cells.choices import InstanceState, OperationKind
+from cells.models import Instance, Operation
+from cells.states import INSTANCE
+from provisioning import drivers
+from provisioning.drivers.base import TransientDriverError
+from provisioning.operations import Plan, register_plan
+
+logger = logging.getLogger(__name__)
+
+
+def image_of(operation: Operation, version: str) -> str:
+    return f"{operation.params['image']}:{version}"
+
+
+def _instance(operation: Operation) -> Instance:
+    return Instance.objects.select_related("compute_pool", "database_pool").get(pk=operation.instance_id)
+
+
+def upgrade_begin(operation: Operation) -> None:
+    """running or stopped → upgrading, remembering where it came from (a resumed run keeps the first record)."""
+    instance = _instance(operation)
+    if instance.state == InstanceState.UPGRADING:
+        return
+    params = {**operation.params, "from_version": instance.server_version, "from_state": instance.state}
+    with transaction.atomic():
+        INSTANCE.change(instance, InstanceState.UPGRADING)
+        Operation.objects.filter(pk=operation.pk).update(params=params)
+    operation.params = params
+
+
+def upgrade_backup(operation: Operation) -> None:
+    from provisioning.backups.services import backup_take
+    from provisioning.models import BackupKind, BackupReason
+
+    instance = _instance(operation)
+    backup = backup_take(operation=operation, instance=instance, kind=BackupKind.DATABASE,
+                         reason=BackupReason.PRE_UPGRADE)
+    params = {**operation.params, "backup_id": backup.pk}
+    Operation.objects.filter(pk=operation.pk).update(params=params)
+    operation.params = params
+
+
+def upgrade_patch_image(operation: Operation) -> None:
+    instance = _instance(operation)
+    drivers.for_pool(instance.compute_pool).set_image(
+        instance=instance, image=image_of(operation, operation.params["version"])
+    )
+
+
+def upgrade_wait_for_health(operation: Operation) -> None:
+    """Healthy: the deployment runs the new image with its replicas ready (none wanted when stopped)."""
+    instance = _instance(operation)
+    status = drivers.for_pool(instance.compute_pool).status(instance=instance)
+    wanted = image_of(operation, operation.params["version"])
+    if not status.exists or status.image != wanted or status.ready_replicas < status.replicas:
+        raise TransientDriverError(
+            f"not healthy yet: image {status.image or '-'} ({wanted} wanted), "
+            f"{status.ready_replicas}/{status.replicas} replicas ready"
+        )
+
+
+def upgrade_record_version(operation: Operation) -> None:
+    Instance.objects.filter(pk=operation.instance_id).update(server_version=operation.params["version"])
+
+
+def upgrade_succeed(operation: Operation) -> None:
+    instance = _instance(operation)
+    back_to = operation.params.get("from_state", InstanceState.RUNNING)
+    INSTANCE.change(instance, InstanceState.STOPPED if back_to == InstanceState.STOPPED else InstanceState.RUNNING)
+
+
+def upgrade_fail(operation: Operation, message: str) -> str:
+    """Roll back: previous image, previous version, previous state; restore the database if the new image ran."""
+    from provisioning.backups import instance_restore
+    from provisioning.models import Backup
+
+    operation.refresh_from_db()
+    instance = _instance(operation)
+    notes = []
+    from_version = operation.params.get("from_version", instance.server_version)
+    # Only a new image that ran may have changed the database; otherwise restoring would lose recent writes.
+    image_patched = "patch image" in operation.done_step_names
+    try:
+        drivers.for_pool(instance.compute_pool).set_image(instance=instance, image=image_of(operation, from_version))
+        notes.append(f"image back to {from_version}")
+    except Exception as error:  # the rollback itself failed: staff must look
+        notes.append(f"image rollback failed: {error.__class__.__name__}: {error}")
+    Instance.objects.filter(pk=instance.pk).update(server_version=from_version)
+    instance.refresh_from_db()
+    if instance.state == InstanceState.UPGRADING:
+        back_to = operation.params.get("from_state", InstanceState.RUNNING)
+        INSTANCE.change(instance, InstanceState.STOPPED if back_to == InstanceState.STOPPED else InstanceState.RUNNING)
+    backup = Backup.objects.filter(pk=operation.params.get("backup_id")).first()
+    if image_patched and backup is not None and backup.taken_at is not None:
+        try:
+            restore = instance_restore(instance=instance, point_in_time=backup.taken_at,
+                                       requested_by=operation.requested_by)
+            notes.append(f"database restore to the pre-upgrade backup queued (operation #{restore.pk})")
+        except Exception as error:
+            notes.append(f"database restore not queued: {error}")
+    return "rolled back: " + "; ".join(notes)
+
+
+UPGRADE = Plan(
+    steps=[
+        ("backup", upgrade_backup),
+        ("patch image", upgrade_patch_image),
+        ("wait for health", upgrade_wait_for_health),
+        ("record version", upgrade_record_version),
+    ],
+    begin=upgrade_begin,
+    succeed=upgrade_succeed,
+    fail=upgrade_fail,
+)
+register_plan(OperationKind.UPGRADE, UPGRADE)

@@ -1,0 +1,283 @@
+"""Gradual rollouts: a release reaches the fleet ring by ring (canary first), in batches, inside each
+instance's weekly maintenance window, halting by itself when a wave fails too often.
+
+- ``rollout_create`` plans the waves (one per rollout ring, in ring order) and their targets: every
+  running or stopped instance not on the release's version and not pinned.
+- ``rollouts_tick(now=)`` drives every running rollout one step; it is safe on many workers at once:
+  each rollout row is taken with ``FOR UPDATE SKIP LOCKED`` (a second worker skips it) and each target
+  moves ``pending → upgrading`` with a conditional update, so no instance is upgraded twice.
+- ``rollout_start/pause/resume/cancel`` are staff's controls; illegal ones raise ``IllegalTransition``.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, IntegerField, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce, Mod
+from django.utils import timezone
+
+from cells.choices import (
+    InstanceState,
+    OperationKind,
+    OperationState,
+    ReleaseState,
+    RolloutState,
+    TargetState,
+    WaveState,
+)
+from cells.models import Instance, Operation, Release, Rollout, RolloutTarget, RolloutWave
+from cells.states import RELEASE, ROLLOUT, IllegalTransition
+from provisioning.operations import operation_create
+
+logger = logging.getLogger(__name__)
+MINUTES_PER_WEEK = 7 * 24 * 60
+UPGRADABLE_STATES = [InstanceState.RUNNING, InstanceState.STOPPED]
+
+
+# ---- maintenance windows ------------------------------------------------------------------------------
+
+
+def minute_of_week(moment: datetime) -> int:
+    """Minutes since Monday 00:00 UTC."""
+    moment = moment.astimezone(UTC)
+    return moment.weekday() * 1440 + moment.hour * 60 + moment.minute
+
+
+def window_start_expression():
+    """Minute of the week an instance's window opens: its own choice, else its region's default."""
+    weekday = Coalesce(F("instance__maintenance_weekday"), F("instance__region__maintenance_weekday"))
+    hour = Coalesce(F("instance__maintenance_hour"), F("instance__region__maintenance_hour"))
+    return weekday * Value(1440) + hour * Value(60)
+
+
+def annotate_window(queryset, now: datetime):
+    """``window_offset``: minutes since the target instance's window last opened (open while < its length)."""
+    elapsed = Value(minute_of_week(now)) - window_start_expression() + Value(MINUTES_PER_WEEK)
+    return queryset.annotate(window_offset=Mod(elapsed, Value(MINUTES_PER_WEEK), output_field=IntegerField()))
+
+
+def next_window(instance: Instance, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """The instance's current (if open) or next maintenance window as (start, end), in UTC."""
+    now = (now or timezone.now()).astimezone(UTC)
+    weekday, hour = instance.window()
+    start_of_week = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = start_of_week + timedelta(days=weekday, hours=hour)
+    length = timedelta(minutes=Instance.MAINTENANCE_WINDOW_MINUTES)
+    if start + length <= now:
+        start += timedelta(days=7)
+    elif start > now + timedelta(days=7):
+        start -= timedelta(days=7)
+    return start, start + length
+
+
+# ---- planning -----------------------------------------------------------------------------------------
+
+
+def rollout_targets_queryset(release: Release):
+    """Instances a rollout of ``release`` would upgrade: placed, running or stopped, not pinned, not on it."""
+    return Instance.objects.filter(
+        state__in=UPGRADABLE_STATES, reef__isnull=False, version_pinned=False
+    ).exclude(server_version=release.version)
+
+
+@transaction.atomic
+def rollout_create(
+    *, release: Release, requested_by=None, batch_size: int = 10, bake_minutes: int = 60, max_failures: int = 2,
+    max_failure_ratio: float = 0.05,
+) -> Rollout:
+    """Plan a rollout: one wave per rollout ring (ascending, ring 0 = canary), every eligible instance a target.
+
+    Raises ``IllegalTransition`` for a draft or withdrawn release. Costs a constant number of queries.
+    """
+    if release.state not in (ReleaseState.AVAILABLE, ReleaseState.DEFAULT):
+        raise IllegalTransition(release, release.state, "rolled out")
+    rollout = Rollout.objects.create(
+        release=release, created_by=requested_by, batch_size=batch_size, bake_minutes=bake_minutes,
+        max_failures=max_failures, max_failure_ratio=max_failure_ratio,
+    )
+    candidates = list(rollout_targets_queryset(release).values_list("pk", "reef__rollout_ring", "server_version"))
+    rings = sorted({ring for _, ring, _ in candidates})
+    waves = RolloutWave.objects.bulk_create(
+        [RolloutWave(rollout=rollout, position=position, ring=ring) for position, ring in enumerate(rings)]
+    )
+    wave_of_ring = {wave.ring: wave for wave in waves}
+    RolloutTarget.objects.bulk_create(
+        [
+            RolloutTarget(rollout=rollout, wave=wave_of_ring[ring], instance_id=pk, from_version=version)
+            for pk, ring, version in candidates
+        ],
+        batch_size=2000,
+    )
+    per_wave = RolloutTarget.objects.filter(wave=OuterRef("pk")).values("wave").annotate(n=Count("pk")).values("n")
+    RolloutWave.objects.filter(rollout=rollout).update(total=Coalesce(Subquery(per_wave), 0))
+    return rollout
+
+
+# ---- controls -----------------------------------------------------------------------------------------
+
+
+def rollout_start(*, rollout: Rollout, requested_by=None) -> Rollout:
+    ROLLOUT.change(rollout, RolloutState.RUNNING, only_from={RolloutState.PLANNED}, started_at=timezone.now())
+    return rollout
+
+
+def rollout_pause(*, rollout: Rollout, requested_by=None) -> Rollout:
+    """Start no new upgrades; the ones under way finish."""
+    ROLLOUT.change(rollout, RolloutState.PAUSED)
+    return rollout
+
+
+def rollout_resume(*, rollout: Rollout, requested_by=None) -> Rollout:
+    """Go on from a pause, or from a halt once staff have looked at why."""
+    ROLLOUT.change(rollout, RolloutState.RUNNING, halt_reason="")
+    return rollout
+
+
+@transaction.atomic
+def rollout_cancel(*, rollout: Rollout, requested_by=None) -> Rollout:
+    """Stop for good: targets not yet started are skipped; upgrades under way finish."""
+    ROLLOUT.change(rollout, RolloutState.CANCELLED, finished_at=timezone.now())
+    RolloutTarget.objects.filter(rollout=rollout, state=TargetState.PENDING).update(state=TargetState.SKIPPED)
+    return rollout
+
+
+def release_make_default(*, release: Release) -> Release:
+    """The release new signups get; the previous default goes back to available."""
+    with transaction.atomic():
+        for current in Release.objects.select_for_update().filter(state=ReleaseState.DEFAULT).exclude(pk=release.pk):
+            RELEASE.change(current, ReleaseState.AVAILABLE)
+        if release.state != ReleaseState.DEFAULT:
+            RELEASE.change(release, ReleaseState.DEFAULT)
+    return release
+
+
+# ---- the tick -----------------------------------------------------------------------------------------
+
+
+def instance_upgrade(*, instance: Instance, release: Release, requested_by=None) -> Operation:
+    """Queue an upgrade of one instance to ``release`` (outside any rollout too). Refused, naming the
+    state, unless the instance is running or stopped; pinned instances are upgraded only this way."""
+    instance.refresh_from_db(fields=["state"])
+    if instance.state not in UPGRADABLE_STATES:
+        raise IllegalTransition(instance, instance.state, InstanceState.UPGRADING)
+    if release.state not in (ReleaseState.AVAILABLE, ReleaseState.DEFAULT):
+        raise IllegalTransition(release, release.state, "installed")
+    return operation_create(
+        kind=OperationKind.UPGRADE, instance=instance, requested_by=requested_by,
+        params={"version": release.version, "image": release.image},
+    )
+
+
+def _sync_finished_upgrades(rollout: Rollout) -> None:
+    """Targets whose upgrade operation ended take its outcome (two UPDATEs)."""
+    in_flight = RolloutTarget.objects.filter(rollout=rollout, state=TargetState.UPGRADING)
+    in_flight.filter(operation__state=OperationState.SUCCEEDED).update(state=TargetState.SUCCEEDED,
+                                                                       finished_at=timezone.now())
+    in_flight.filter(operation__state=OperationState.FAILED).update(state=TargetState.FAILED,
+                                                                    finished_at=timezone.now())
+
+
+def _wave_counts(wave: RolloutWave) -> dict[str, int]:
+    rows = RolloutTarget.objects.filter(wave=wave).values("state").annotate(n=Count("pk")).order_by()
+    counts = {state: 0 for state in TargetState.values}
+    counts.update({row["state"]: row["n"] for row in rows})
+    return counts
+
+
+def _halt_if_failing(rollout: Rollout, wave: RolloutWave, counts: dict[str, int]) -> bool:
+    failed, total = counts[TargetState.FAILED], max(wave.total, 1)
+    if failed <= rollout.max_failures and failed / total <= rollout.max_failure_ratio:
+        return False
+    names = list(
+        RolloutTarget.objects.filter(wave=wave, state=TargetState.FAILED)
+        .order_by("instance__name").values_list("instance__name", flat=True)[:20]
+    )
+    reason = (
+        f"wave {wave.position + 1} (ring {wave.ring}): {failed} of {wave.total} upgrades failed "
+        f"(limit {rollout.max_failures} or {rollout.max_failure_ratio:.0%}): {', '.join(names)}"
+    )
+    ROLLOUT.change(rollout, RolloutState.HALTED, halt_reason=reason)
+    logger.warning("rollout %s halted: %s", rollout.pk, reason)
+    return True
+
+
+def _start_upgrades(rollout: Rollout, wave: RolloutWave, in_flight: int, now: datetime) -> int:
+    """Start up to batch_size − in_flight upgrades among the wave's pending targets whose window is open."""
+    room = rollout.batch_size - in_flight
+    if room <= 0:
+        return 0
+    pending = RolloutTarget.objects.filter(wave=wave, state=TargetState.PENDING)
+    # Instances that left the upgradable states, or were pinned since planning, are skipped.
+    pending.exclude(instance__state__in=UPGRADABLE_STATES).update(state=TargetState.SKIPPED, note="not running")
+    pending.filter(instance__version_pinned=True).update(state=TargetState.SKIPPED, note="pinned")
+    chosen = list(
+        annotate_window(pending.select_related("instance"), now)
+        .filter(window_offset__lt=Instance.MAINTENANCE_WINDOW_MINUTES)
+        .order_by("pk")[:room]
+    )
+    started = 0
+    for target in chosen:
+        with transaction.atomic():
+            if not RolloutTarget.objects.filter(pk=target.pk, state=TargetState.PENDING).update(
+                state=TargetState.UPGRADING, started_at=now
+            ):
+                continue  # another tick took it
+            try:
+                with transaction.atomic():
+                    operation = instance_upgrade(instance=target.instance, release=rollout.release,
+                                                 requested_by=rollout.created_by)
+            except (IntegrityError, IllegalTransition) as refusal:  # busy with another upgrade, or state changed
+                RolloutTarget.objects.filter(pk=target.pk).update(state=TargetState.PENDING, started_at=None,
+                                                                  note=str(refusal)[:250])
+                continue
+            RolloutTarget.objects.filter(pk=target.pk).update(operation=operation)
+            started += 1
+    return started
+
+
+def _advance(rollout: Rollout, now: datetime) -> None:
+    _sync_finished_upgrades(rollout)
+    for wave in RolloutWave.objects.filter(rollout=rollout).exclude(state=WaveState.DONE).order_by("position"):
+        counts = _wave_counts(wave)
+        RolloutWave.objects.filter(pk=wave.pk).update(
+            succeeded=counts[TargetState.SUCCEEDED], failed=counts[TargetState.FAILED],
+            skipped=counts[TargetState.SKIPPED], upgrading=counts[TargetState.UPGRADING],
+        )
+        if _halt_if_failing(rollout, wave, counts):
+            return
+        if wave.state == WaveState.PENDING:
+            RolloutWave.objects.filter(pk=wave.pk).update(state=WaveState.RUNNING, started_at=now)
+            wave.state = WaveState.RUNNING
+        if wave.state == WaveState.RUNNING:
+            if counts[TargetState.PENDING] or counts[TargetState.UPGRADING]:
+                _start_upgrades(rollout, wave, counts[TargetState.UPGRADING], now)
+                return
+            bake_until = now + timedelta(minutes=rollout.bake_minutes)
+            RolloutWave.objects.filter(pk=wave.pk).update(state=WaveState.BAKING, bake_until=bake_until)
+            wave.state, wave.bake_until = WaveState.BAKING, bake_until
+        if wave.state == WaveState.BAKING:
+            if now < wave.bake_until:
+                return
+            RolloutWave.objects.filter(pk=wave.pk).update(state=WaveState.DONE, finished_at=now)
+    ROLLOUT.change(rollout, RolloutState.COMPLETED, finished_at=now)
+
+
+def rollouts_tick(*, now: datetime | None = None) -> list[int]:
+    """Advance every running rollout one step; returns the ids this worker advanced (others skip them)."""
+    now = now or timezone.now()
+    advanced = []
+    for rollout_id in Rollout.objects.filter(state=RolloutState.RUNNING).values_list("pk", flat=True):
+        with transaction.atomic():
+            rollout = (
+                Rollout.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("release", "created_by")
+                .filter(pk=rollout_id, state=RolloutState.RUNNING)
+                .first()
+            )
+            if rollout is None:  # another worker is ticking it, or it stopped meanwhile
+                continue
+            _advance(rollout, now)
+            advanced.append(rollout_id)
+    return advanced
