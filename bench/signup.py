@@ -9,7 +9,6 @@ the time spent inside driver steps), and the allocation step against a bare SQL
 It creates (and drops) its own databases, ``cellhub_bench`` and the instances' ones.
 """
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -21,7 +20,9 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+import benchdb  # noqa: E402  (bench/ is on the path when a script runs)
+
+ADMIN = benchdb.ADMIN
 BENCH_DB = "cellhub_bench"
 
 
@@ -31,23 +32,7 @@ def percentile(values, fraction):
 
 
 def setup_django(var_dir):
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {BENCH_DB}")
-    os.environ.update(
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{BENCH_DB}",
-        DEBUG="1",
-        CELLHUB_VAR_DIR=var_dir,
-        CELLHUB_RESOURCE_PREFIX="bench",
-        DJANGO_SETTINGS_MODULE="portal.settings",
-        LOG_LEVEL="WARNING",
-    )
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    benchdb.setup_django(BENCH_DB, var_dir)
 
 
 def build_topology(count, provider):

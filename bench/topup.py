@@ -10,7 +10,6 @@ the number of reefs needing pools, not with the fleet).
 It builds the fleet with bulk_create in its own database, ``cellhub_bench_topup``, dropped at the end.
 """
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -21,9 +20,9 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-ADMIN = "host={} port={} user={} dbname=postgres".format(
-    os.environ.get("PGHOST", "127.0.0.1"), os.environ.get("PGPORT", "5432"), os.environ.get("PGUSER", "postgres")
-)
+import benchdb  # noqa: E402  (bench/ is on the path when a script runs)
+
+ADMIN = benchdb.ADMIN
 BENCH_DB = "cellhub_bench_topup"
 SHARES_PER_POOL = 10
 INSTANCES_PER_REEF = 4
@@ -31,26 +30,7 @@ REGIONS = 10
 
 
 def setup_django(var_dir):
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {BENCH_DB}")
-    os.environ.update(
-        DATABASE_URL="postgres://{}@{}:{}/{}".format(
-            os.environ.get("PGUSER", "postgres"), os.environ.get("PGHOST", "127.0.0.1"),
-            os.environ.get("PGPORT", "5432"), BENCH_DB,
-        ),
-        DEBUG="1",
-        CELLHUB_VAR_DIR=var_dir,
-        CELLHUB_RESOURCE_PREFIX="bench",
-        DJANGO_SETTINGS_MODULE="portal.settings",
-        LOG_LEVEL="WARNING",
-    )
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    benchdb.setup_django(BENCH_DB, var_dir)
 
 
 def build_fleet(reef_count: int) -> None:

@@ -1,0 +1,45 @@
+"""What every benchmark needs: its own throwaway PostgreSQL database, Django set up on it, migrated."""
+import os
+import sys
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+ADMIN = "host={} port={} user={} dbname=postgres".format(
+    os.environ.get("PGHOST", "127.0.0.1"), os.environ.get("PGPORT", "5432"), os.environ.get("PGUSER", "postgres")
+)
+
+
+def setup_django(database: str, var_dir: str) -> None:
+    """(Re)create ``database``, point Django at it with the local drivers under ``var_dir``, and migrate."""
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {database}")
+    os.environ.update(
+        DATABASE_URL="postgres://{}@{}:{}/{}".format(
+            os.environ.get("PGUSER", "postgres"), os.environ.get("PGHOST", "127.0.0.1"),
+            os.environ.get("PGPORT", "5432"), database,
+        ),
+        DEBUG="1",
+        CELLHUB_VAR_DIR=var_dir,
+        CELLHUB_RESOURCE_PREFIX="bench",
+        DJANGO_SETTINGS_MODULE="portal.settings",
+        LOG_LEVEL="WARNING",
+        EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend",
+    )
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def drop_database(database: str) -> None:
+    from django.db import connections
+
+    connections.close_all()
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
