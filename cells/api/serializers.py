@@ -4,7 +4,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from cells.choices import PROVIDERS_BY_KIND
-from cells.models import Instance, Operation, Pool, Reef, Region, Share
+from cells.models import Instance, Operation, Pool, Reef, Region, Release, Rollout, RolloutWave, Share
 from cells.placement import region_takes_signups
 from cells.validators import validate_instance_name
 from portal.models import ApiToken
@@ -195,3 +195,39 @@ class RestoreRequestSerializer(serializers.Serializer):
 
 class RestoreFilesRequestSerializer(serializers.Serializer):
     backup = serializers.IntegerField(help_text="Id of a succeeded files backup of this instance.")
+
+
+class ReleaseSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Release
+        fields = ["id", "version", "image", "notes", "state", "created_at"]
+        read_only_fields = ["state", "created_at"]
+
+
+class RolloutWaveSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RolloutWave
+        fields = ["position", "ring", "state", "total", "upgrading", "succeeded", "failed", "skipped", "started_at",
+                  "bake_until", "finished_at"]
+        read_only_fields = fields
+
+
+class RolloutSerializer(serializers.ModelSerializer):
+    release = serializers.SlugRelatedField(slug_field="version", queryset=Release.objects.all())
+    waves = RolloutWaveSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Rollout
+        fields = ["id", "release", "state", "batch_size", "bake_minutes", "max_failures", "max_failure_ratio",
+                  "halt_reason", "waves", "created_at", "started_at", "finished_at"]
+        read_only_fields = ["state", "halt_reason", "waves", "created_at", "started_at", "finished_at"]
+        extra_kwargs = {"batch_size": {"min_value": 1}, "max_failure_ratio": {"min_value": 0, "max_value": 1}}
+
+
+class UpgradeRequestSerializer(serializers.Serializer):
+    version = serializers.SlugRelatedField(slug_field="version", queryset=Release.objects.all(),
+                                           help_text="A release's version (available or default).")
+
+
+class PinRequestSerializer(serializers.Serializer):
+    pinned = serializers.BooleanField(help_text="True: rollouts leave the instance on its version.")

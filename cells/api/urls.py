@@ -12,5 +12,7 @@ router.register("shares", views.ShareViewSet, basename="share")
 router.register("instances", views.InstanceViewSet, basename="instance")
 router.register("operations", views.OperationViewSet, basename="operation")
 router.register("backups", views.BackupViewSet, basename="backup")
+router.register("releases", views.ReleaseViewSet, basename="release")
+router.register("rollouts", views.RolloutViewSet, basename="rollout")
 router.register("tokens", views.ApiTokenViewSet, basename="token")
 urlpatterns = router.urls

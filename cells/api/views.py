@@ -15,6 +15,7 @@ from cells import selectors
 from cells.api import permissions as perms
 from cells.api import serializers as s
 from cells.api.idempotency import idempotent
+from cells.choices import ReleaseState
 from cells.filtersets import (
     InstanceFilterSet,
     OperationFilterSet,
@@ -23,11 +24,12 @@ from cells.filtersets import (
     RegionFilterSet,
     ShareFilterSet,
 )
-from cells.models import Instance, Operation, Reef, Share
+from cells.models import Instance, Operation, Reef, Release, Rollout, Share
 from cells.services import instance_signup
+from cells.states import RELEASE
 from portal.models import ApiToken
 from portal.roles import is_staff_reader
-from provisioning import backups, lifecycle
+from provisioning import backups, lifecycle, rollouts
 from provisioning.models import Backup
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -252,6 +254,101 @@ class InstanceViewSet(viewsets.ReadOnlyModelViewSet):
             if refusal.field != "confirm_name":
                 raise
             raise ValidationError({"confirm": [str(refusal)]}) from refusal
+
+
+    @extend_schema(request=s.UpgradeRequestSerializer, responses={202: s.OperationSerializer},
+                   parameters=[IDEMPOTENCY_HEADER])
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def upgrade(self, request, name=None):
+        """Upgrade to ``version`` now (outside any rollout): back up, patch, wait for health; rolls back on failure."""
+        data = self._with(request, s.UpgradeRequestSerializer)
+        return self._act(request, rollouts.instance_upgrade, release=data["version"])
+
+    @extend_schema(request=s.PinRequestSerializer, responses={200: s.InstanceSerializer})
+    @action(detail=True, methods=["post"], permission_classes=[perms.StaffOnly])
+    def pin(self, request, name=None):
+        """Staff: pin the instance to its version (rollouts leave it alone) or unpin it."""
+        data = self._with(request, s.PinRequestSerializer)
+        instance = self.get_object()
+        Instance.objects.filter(pk=instance.pk).update(version_pinned=data["pinned"])
+        instance.refresh_from_db()
+        return Response(s.InstanceSerializer(instance, context={"request": request}).data)
+
+
+class ReleaseViewSet(AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
+    """Releases: everyone signed in reads them; staff add them and move them through their states."""
+
+    serializer_class = s.ReleaseSerializer
+    permission_classes = [perms.ReadAnyWriteStaff]
+    pagination_class = NewestFirst
+    filterset_fields = ["state"]
+    lookup_field = "version"
+    lookup_value_regex = "[^/]+"
+    queryset = Release.objects.all()
+
+    def _move(self, request, change):
+        release = self.get_object()
+        change(release)
+        release.refresh_from_db()
+        return Response(s.ReleaseSerializer(release).data)
+
+    @extend_schema(request=None, responses={200: s.ReleaseSerializer})
+    @action(detail=True, methods=["post"], url_path="make-available")
+    def make_available(self, request, version=None):
+        return self._move(request, lambda r: RELEASE.change(r, ReleaseState.AVAILABLE))
+
+    @extend_schema(request=None, responses={200: s.ReleaseSerializer})
+    @action(detail=True, methods=["post"], url_path="make-default")
+    def make_default(self, request, version=None):
+        return self._move(request, lambda r: rollouts.release_make_default(release=r))
+
+    @extend_schema(request=None, responses={200: s.ReleaseSerializer})
+    @action(detail=True, methods=["post"])
+    def withdraw(self, request, version=None):
+        return self._move(request, lambda r: RELEASE.change(r, ReleaseState.WITHDRAWN))
+
+
+class RolloutViewSet(viewsets.ReadOnlyModelViewSet):
+    """Rollouts (staff): plan with POST, then start, pause, resume or cancel."""
+
+    serializer_class = s.RolloutSerializer
+    permission_classes = [perms.StaffOnly]
+    pagination_class = NewestFirst
+    filterset_fields = ["state"]
+    queryset = Rollout.objects.select_related("release").prefetch_related("waves")
+
+    def create(self, request):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        rollout = rollouts.rollout_create(requested_by=request.user, **serializer.validated_data)
+        return Response(self.get_serializer(self.get_queryset().get(pk=rollout.pk)).data,
+                        status=status.HTTP_201_CREATED)
+
+    def _control(self, request, service):
+        rollout = self.get_object()
+        service(rollout=rollout, requested_by=request.user)
+        return Response(self.get_serializer(self.get_queryset().get(pk=rollout.pk)).data)
+
+    @extend_schema(request=None, responses={200: s.RolloutSerializer})
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        return self._control(request, rollouts.rollout_start)
+
+    @extend_schema(request=None, responses={200: s.RolloutSerializer})
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        return self._control(request, rollouts.rollout_pause)
+
+    @extend_schema(request=None, responses={200: s.RolloutSerializer})
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        return self._control(request, rollouts.rollout_resume)
+
+    @extend_schema(request=None, responses={200: s.RolloutSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        return self._control(request, rollouts.rollout_cancel)
 
 
 class BackupViewSet(viewsets.ReadOnlyModelViewSet):

@@ -28,6 +28,8 @@ READS = {
     "/api/v1/operations/{operation}/":  (401, 200, 404, 200, 200),
     "/api/v1/tokens/":                  (401, 200, 200, 200, 200),
     "/api/v1/backups/":                 (401, 200, 200, 200, 200),
+    "/api/v1/releases/":                (401, 200, 200, 200, 200),
+    "/api/v1/rollouts/":                (401, 403, 403, 200, 200),
 }
 
 
@@ -56,6 +58,9 @@ def test_lists_hold_only_what_the_role_may_see(world):
 
 
 def _prepare(world, action):
+    from cells.models import Release
+
+    Release.objects.create(version="2026.5.0", image="ghcr.io/cellhub/server", state="available")
     mine = world["mine"]
     if action == "start":
         type(mine).objects.filter(pk=mine.pk).update(state=InstanceState.STOPPED)
@@ -74,9 +79,12 @@ ACTIONS = {
     # No backup exists yet: the time is refused on its field — but only after the role was let in.
     "restore":                (401, 400, 404, 403, 400),
     "restore-files":          (401, 404, 404, 403, 404),
+    "upgrade":                (401, 202, 404, 403, 202),
+    "pin":                    (401, 403, 403, 403, 200),
 }
 BODIES = {"decommission": {"confirm": "mine"}, "restore": {"point_in_time": "2026-01-01T00:00:00Z"},
-          "restore-files": {"backup": 999999}, "backup": {"kind": "database"}}
+          "restore-files": {"backup": 999999}, "backup": {"kind": "database"}, "upgrade": {"version": "2026.5.0"},
+          "pin": {"pinned": True}}
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -86,6 +94,8 @@ def test_instance_actions(world, action, role):
     response = world["clients"][role].post(f"/api/v1/instances/mine/{action}/", BODIES.get(action), format="json")
     expected = _expect(ACTIONS[action])[role]
     assert response.status_code == expected, response.content
+    if expected == 200:
+        assert response.json()["name"] == "mine"
     if expected == 202:
         body = response.json()
         assert body["instance"] == "mine" and body["state"] == OperationState.QUEUED
@@ -135,3 +145,31 @@ def test_topology_writes_are_for_staff(world, resource, role):
 def test_session_auth_works_for_the_browser(client, world):
     client.force_login(world["users"]["owner"])
     assert client.get("/api/v1/instances/mine/").status_code == 200
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_rollouts_are_for_staff(world, role):
+    from cells.models import Release
+
+    Release.objects.create(version="2026.5.0", image="img", state="available")
+    response = world["clients"][role].post("/api/v1/rollouts/", {"release": "2026.5.0", "batch_size": 5},
+                                           format="json")
+    assert response.status_code == _expect((401, 403, 403, 403, 201))[role], response.content
+    if response.status_code == 201:
+        body = response.json()
+        assert body["state"] == "planned" and [w["total"] for w in body["waves"]] == [2]
+        started = world["clients"][role].post(f"/api/v1/rollouts/{body['id']}/start/")
+        assert started.status_code == 200 and started.json()["state"] == "running"
+        again = world["clients"][role].post(f"/api/v1/rollouts/{body['id']}/start/")
+        assert again.status_code == 409 and again.json()["error"]["current_state"] == "running"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_releases_are_added_by_staff(world, role):
+    response = world["clients"][role].post("/api/v1/releases/", {"version": "9.9.9", "image": "img"}, format="json")
+    assert response.status_code == _expect((401, 403, 403, 403, 201))[role], response.content
+    if response.status_code == 201:
+        client = world["clients"][role]
+        assert client.post("/api/v1/releases/9.9.9/make-default/").status_code == 409  # a draft first
+        assert client.post("/api/v1/releases/9.9.9/make-available/").json()["state"] == "available"
+        assert client.post("/api/v1/releases/9.9.9/make-default/").json()["state"] == "default"
