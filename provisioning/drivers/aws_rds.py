@@ -34,7 +34,7 @@ from provisioning.drivers.base import (
     resource_prefix,
 )
 from provisioning.drivers.cloud_retry import CloudConflictError, CloudNotFoundError, aws_client, cloud_call
-from provisioning.drivers.postgres import isolation_statements, role_statements
+from provisioning.drivers.postgres import provision_role_and_database
 
 GIB = 1 << 30
 
@@ -66,24 +66,7 @@ def ensure_instance_database(connect_kwargs: dict, *, database: str, login: str,
     """
 
     def work(cursor):
-        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [login])
-        role_exists = cursor.fetchone() is not None
-        for statement in role_statements(login=login, password=password, role_exists=role_exists):
-            try:
-                cursor.execute(statement)
-            except errors.DuplicateObject:  # another worker created it a moment ago
-                pass
-        cursor.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(login)))
-        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database])
-        if cursor.fetchone() is None:
-            try:
-                cursor.execute(
-                    sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(login))
-                )
-            except errors.DuplicateDatabase:
-                pass
-        for statement in isolation_statements(database=database, login=login):
-            cursor.execute(statement)
+        provision_role_and_database(cursor, database=database, login=login, password=password, admin_joins_role=True)
 
     _run_sql(connect_kwargs, work)
 

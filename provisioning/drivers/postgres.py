@@ -63,6 +63,34 @@ def isolation_statements(*, database: str, login: str) -> list[sql.Composed]:
     ]
 
 
+def provision_role_and_database(cursor, *, database: str, login: str, password: str, admin_joins_role=False) -> None:
+    """Create (or find) the login role and the database it owns; re-apply the password and the isolation grants.
+
+    Safe against a concurrent twin (duplicates are taken as made). ``admin_joins_role``: the admin grants
+    itself the new role first, which a master user that is not a superuser (RDS) needs to create a
+    database owned by that role.
+    """
+    cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [login])
+    role_exists = cursor.fetchone() is not None
+    for statement in role_statements(login=login, password=password, role_exists=role_exists):
+        try:
+            cursor.execute(statement)
+        except errors.DuplicateObject:  # another worker made it a moment ago
+            pass
+    if admin_joins_role:
+        cursor.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(login)))
+    cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database])
+    if cursor.fetchone() is None:
+        try:
+            cursor.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(login))
+            )
+        except errors.DuplicateDatabase:
+            pass
+    for statement in isolation_statements(database=database, login=login):
+        cursor.execute(statement)
+
+
 class PostgresDatabaseDriver(DatabaseDriver):
     """Creates and drops databases and roles on the server named in the pool's config."""
 
@@ -134,23 +162,7 @@ class PostgresDatabaseDriver(DatabaseDriver):
         database, login, password = self.database_name(instance), self.login_name(instance), self.password(instance)
 
         def work(cursor):
-            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [login])
-            role_exists = cursor.fetchone() is not None
-            for statement in role_statements(login=login, password=password, role_exists=role_exists):
-                try:
-                    cursor.execute(statement)
-                except errors.DuplicateObject:  # another worker made it a moment ago
-                    pass
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database])
-            if cursor.fetchone() is None:
-                try:
-                    cursor.execute(
-                        sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(login))
-                    )
-                except errors.DuplicateDatabase:
-                    pass
-            for statement in isolation_statements(database=database, login=login):
-                cursor.execute(statement)
+            provision_role_and_database(cursor, database=database, login=login, password=password)
 
         self._run(work)
         return self.credentials(instance)
