@@ -2,6 +2,7 @@
 from django import forms
 from django.contrib.auth.password_validation import validate_password
 
+from cells.choices import WEEKDAYS
 from cells.models import Instance, Region
 from cells.placement import region_takes_signups
 from cells.validators import validate_instance_name
@@ -91,3 +92,17 @@ class DecommissionForm(forms.Form):
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
         error_messages={"required": "Type the instance's name to confirm."},
     )
+
+
+class MaintenanceWindowForm(forms.Form):
+    """The customer's weekly two-hour maintenance window (UTC), or the region's default."""
+
+    use_region_default = forms.BooleanField(required=False, label="Use my region's default window")
+    weekday = forms.TypedChoiceField(choices=WEEKDAYS, coerce=int, required=False)
+    hour = forms.TypedChoiceField(choices=[(h, f"{h:02d}:00 UTC") for h in range(24)], coerce=int, required=False)
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("use_region_default") and (data.get("weekday") is None or data.get("hour") is None):
+            raise forms.ValidationError("Choose a day and an hour, or use your region's default window.")
+        return data

@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
-from portal.site import views
+from portal.site import maintenance, views
 
 app_name = "site"
 urlpatterns = [
@@ -21,4 +21,5 @@ urlpatterns = [
         "instances/<slug:name>/restore/confirm/", views.instance_restore_confirm_view, name="instance-restore-confirm"
     ),
     path("instances/<slug:name>/decommission/", views.instance_decommission_view, name="instance-decommission"),
+    path("instances/<slug:name>/window/", maintenance.instance_window, name="instance-window"),
 ]
