@@ -1,11 +1,30 @@
-"""Process endpoints for load balancers and Prometheus; none needs a login and none touches instances."""
-from django.db import connection
-from django.db.models import Count
-from django.http import HttpResponse, JsonResponse
-from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+"""Process endpoints for load balancers and Prometheus; none touches instances.
 
-from cells.models import Instance
+- ``/healthz``: the process is alive;
+- ``/readyz``: the database answers and the task broker is reachable (503 naming what is not);
+- ``/metrics``: the fleet in the Prometheus text format, read fresh from the database on each scrape by
+  ``HubCollector`` in a fixed number of queries, whatever the fleet's size. Open by default (scrape it from a
+  private network); with ``CELLHUB_METRICS_TOKEN`` set it answers only ``Authorization: Bearer <that token>``.
+"""
+from __future__ import annotations
+
+import hmac
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Min, OuterRef, Q, Subquery, Sum
+from django.http import HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+
+from cells.choices import InstanceState, OperationKind, OperationState
+from cells.models import Instance, Operation, Region
+
+# Buckets of the operation duration histogram, in seconds: a stop takes seconds, a storage gateway hours.
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600)
 
 
 @require_GET
@@ -35,13 +54,214 @@ def readyz(request):
     return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
 
 
+class HubCollector:
+    """Collects the hub's gauges from the database at each scrape; the number of queries does not grow with the
+    fleet (one or two per family)."""
+
+    def __init__(self, now=None):
+        self.now = now or timezone.now()
+
+    def collect(self):
+        yield from self.instances()
+        yield self.free_slots()
+        yield from self.operations()
+        yield from self.queue()
+        yield from self.backups()
+        yield from self.health()
+        yield self.orphans()
+        yield self.schedules()
+
+    def instances(self):
+        family = GaugeMetricFamily("cellhub_instances", "Instances by state and region", labels=["state", "region"])
+        counts = {
+            (state, region): total
+            for state, region, total in Instance.objects.order_by().values_list("state", "region__slug")
+            .annotate(total=Count("pk"))
+        }
+        for region in Region.objects.order_by("slug").values_list("slug", flat=True):
+            for state in InstanceState.values:
+                family.add_metric([state, region], counts.get((state, region), 0))
+        yield family
+
+    def free_slots(self):
+        from cells.selectors import reefs_with_capacity
+
+        family = GaugeMetricFamily(
+            "cellhub_free_slots",
+            "Free slots per reef and kind: database, storage and compute slots of shared available pools, and "
+            "instance slots (max_instances) and placeable slots (the least of them) of the reef",
+            labels=["region", "reef", "kind"],
+        )
+        reefs = reefs_with_capacity().select_related("region").order_by("region__slug", "slug")
+        for reef in reefs:
+            for kind, value in (
+                ("database", reef.free_database_slots), ("storage", reef.free_storage_slots),
+                ("compute", reef.free_compute_slots), ("instance", reef.free_instance_slots),
+                ("placeable", reef.placeable_slots),
+            ):
+                family.add_metric([reef.region.slug, reef.slug, kind], value)
+        return family
+
+    def operations(self):
+        from provisioning.watchdog import stuck_operations
+
+        counts = {
+            (kind, state): total
+            for kind, state, total in Operation.objects.order_by().values_list("kind", "state")
+            .annotate(total=Count("pk"))
+        }
+        family = GaugeMetricFamily("cellhub_operations", "Operations by kind and state", labels=["kind", "state"])
+        for kind in sorted(set(OperationKind.values) | {kind for kind, _ in counts}):
+            for state in OperationState.values:
+                family.add_metric([kind, state], counts.get((kind, state), 0))
+        yield family
+
+        failed = GaugeMetricFamily(
+            "cellhub_operations_failed", "Operations that ended failed, by kind", labels=["kind"]
+        )
+        for kind in sorted(set(OperationKind.values) | {kind for kind, _ in counts}):
+            failed.add_metric([kind], counts.get((kind, OperationState.FAILED), 0))
+        yield failed
+
+        duration = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
+        buckets = {f"le_{i}": Count("pk", filter=Q(duration__lte=timedelta(seconds=b)))
+                   for i, b in enumerate(DURATION_BUCKETS)}
+        rows = (
+            Operation.objects.filter(
+                state__in=[OperationState.SUCCEEDED, OperationState.FAILED],
+                started_at__isnull=False, finished_at__isnull=False,
+            )
+            .annotate(duration=duration)
+            .order_by()
+            .values("kind", "state")
+            .annotate(total=Count("pk"), seconds=Sum("duration"), **buckets)
+        )
+        histogram = HistogramMetricFamily(
+            "cellhub_operation_duration_seconds",
+            "Duration of finished operations (first claim to end), by kind and outcome",
+            labels=["kind", "outcome"],
+        )
+        for row in rows:
+            cumulative = [(str(float(b)), row[f"le_{i}"]) for i, b in enumerate(DURATION_BUCKETS)]
+            seconds = row["seconds"].total_seconds() if row["seconds"] is not None else 0.0
+            histogram.add_metric([row["kind"], row["state"]], [*cumulative, ("+Inf", row["total"])], seconds)
+        yield histogram
+
+        stuck = GaugeMetricFamily(
+            "cellhub_operations_stuck",
+            "Operations past a time limit the watchdog has not settled yet, by kind and cause",
+            labels=["kind", "cause"],
+        )
+        tally: dict[tuple[str, str], int] = {}
+        for operation, cause, _reason in stuck_operations(now=self.now):
+            tally[(operation.kind, cause)] = tally.get((operation.kind, cause), 0) + 1
+        for (kind, cause), total in sorted(tally.items()):
+            stuck.add_metric([kind, cause], total)
+        yield stuck
+
+    def queue(self):
+        up = GaugeMetricFamily("cellhub_task_broker_up", "1 when the task broker answered this scrape")
+        try:
+            from django_q.brokers import get_broker
+
+            depth = get_broker().queue_size()
+        except Exception:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield GaugeMetricFamily("cellhub_task_queue_depth", "Tasks waiting in the django-q2 queue", value=depth)
+
+    def backups(self):
+        from provisioning.backups.selectors import BACKUP_STATES
+        from provisioning.models import Backup, BackupKind, BackupState
+
+        age = GaugeMetricFamily(
+            "cellhub_backup_age_seconds",
+            "Age of each instance's latest successful backup, over the instances that should have one: the oldest "
+            "(the instance worst off) and the newest",
+            labels=["kind", "aggregate"],
+        )
+        missing = GaugeMetricFamily(
+            "cellhub_instances_without_backup", "Running or stopped instances with no successful backup of a kind",
+            labels=["kind"],
+        )
+        for kind in BackupKind.values:
+            latest = Backup.objects.filter(instance=OuterRef("pk"), kind=kind, state=BackupState.SUCCEEDED).order_by(
+                "-taken_at"
+            ).values("taken_at")[:1]
+            bounds = (
+                Instance.objects.filter(state__in=[str(s) for s in BACKUP_STATES])
+                .annotate(latest=Subquery(latest))
+                .aggregate(oldest=Min("latest"), newest=Max("latest"), without=Count("pk", filter=Q(latest=None)))
+            )
+            if bounds["oldest"] is not None:
+                age.add_metric([kind, "oldest"], (self.now - bounds["oldest"]).total_seconds())
+                age.add_metric([kind, "newest"], (self.now - bounds["newest"]).total_seconds())
+            missing.add_metric([kind], bounds["without"])
+        yield age
+        yield missing
+
+    def health(self):
+        from provisioning.models import HealthStatus
+
+        counts = Instance.objects.filter(state=InstanceState.RUNNING).aggregate(
+            unhealthy=Count("pk", filter=Q(health__status=HealthStatus.UNHEALTHY)),
+            unknown=Count("pk", filter=Q(health__status=HealthStatus.UNKNOWN)),
+            flagged=Count("pk", filter=Q(health__flagged_at__isnull=False)),
+        )
+        family = GaugeMetricFamily(
+            "cellhub_instances_health", "Running instances by their last health check (unhealthy, unknown) and "
+            "those flagged for staff", labels=["status"],
+        )
+        for status in ("unhealthy", "unknown", "flagged"):
+            family.add_metric([status], counts[status])
+        yield family
+
+    def orphans(self):
+        from provisioning.models import ORPHAN_OPEN_STATES, Orphan
+
+        family = GaugeMetricFamily(
+            "cellhub_orphans", "Open reconciler findings by kind and direction (unclaimed resource, missing resource)",
+            labels=["kind", "direction"],
+        )
+        rows = (
+            Orphan.objects.filter(state__in=[str(s) for s in ORPHAN_OPEN_STATES]).order_by()
+            .values_list("kind", "direction").annotate(total=Count("pk"))
+        )
+        for kind, direction, total in rows:
+            family.add_metric([kind, direction], total)
+        return family
+
+    def schedules(self):
+        from django_q.models import Schedule
+
+        family = GaugeMetricFamily(
+            "cellhub_schedule_overdue_seconds",
+            "How late each recurring task is (0 while on time); growing means no worker runs the schedules",
+            labels=["schedule"],
+        )
+        for name, next_run in Schedule.objects.order_by("name").values_list("name", "next_run"):
+            late = (self.now - next_run).total_seconds() if next_run else 0.0
+            family.add_metric([name], max(late, 0.0))
+        return family
+
+
+def _authorized(request) -> bool:
+    token = settings.CELLHUB.get("METRICS_TOKEN")
+    if not token:
+        return True
+    given = request.headers.get("Authorization", "")
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
 @require_GET
 def metrics(request):
-    """Fleet gauges in the Prometheus text format, read fresh from the database on each scrape."""
-    registry = CollectorRegistry()
-    instances = Gauge("cellhub_instances", "Instances by state and region", ["state", "region"], registry=registry)
-    rows = Instance.objects.order_by().values_list("state", "region__slug").annotate(total=Count("pk"))
-    for state, region, count in rows:
-        instances.labels(state=state, region=region).set(count)
+    """The fleet in the Prometheus text format, read fresh from the database on each scrape."""
+    if not _authorized(request):
+        return HttpResponse("metrics need the bearer token\n", status=401, content_type="text/plain",
+                            headers={"WWW-Authenticate": "Bearer"})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
-

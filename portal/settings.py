@@ -216,6 +216,48 @@ CELLHUB = {
     "TOKEN_FAILURE_WINDOW_SECONDS": env.int("CELLHUB_TOKEN_FAILURE_WINDOW_SECONDS", default=600),
     # A running operation whose heartbeat is older than this may be taken over (its worker died).
     "OPERATION_LEASE_SECONDS": env.int("CELLHUB_OPERATION_LEASE_SECONDS", default=120),
+    # Stuck work (provisioning/watchdog.py): how long, in seconds, an operation may stay queued ("queued") and
+    # run per kind ("default" for the others) before the watchdog requeues it once, then fails it with the
+    # reason. CELLHUB_OPERATION_TIME_LIMITS='{"backup": 28800}' overrides single entries.
+    "OPERATION_TIME_LIMITS": {
+        "queued": 30 * 60,
+        "default": 30 * 60,
+        "provision": 30 * 60,
+        "stop": 15 * 60,
+        "start": 15 * 60,
+        "upgrade": 30 * 60,
+        "backup": 6 * 3600,
+        "restore": 6 * 3600,
+        "decommission": 6 * 3600,
+        "scrub": 2 * 3600,
+        "top_up": 8 * 3600,
+        "replace": 8 * 3600,
+        **env.json("CELLHUB_OPERATION_TIME_LIMITS", default={}),
+    },
+    # One call of a step (a driver call) is abandoned after this many seconds and counts as a transient error
+    # (retried, then failed); per kind, "default" for the others. Keep them below Q_TIMEOUT, which kills the
+    # whole worker process. CELLHUB_STEP_TIMEOUTS='{"default": 120}' overrides single entries.
+    "STEP_TIMEOUTS": {
+        "default": 300.0,
+        "backup": 540.0,
+        "restore": 540.0,
+        "decommission": 540.0,
+        "top_up": 540.0,
+        "replace": 540.0,
+        **env.json("CELLHUB_STEP_TIMEOUTS", default={}),
+    },
+    # Health checks (provisioning/health.py): an unhealthy running instance is restarted through its compute
+    # driver up to HEALTH_RESTART_ATTEMPTS times, waiting HEALTH_RESTART_BACKOFF_SECONDS × 2^(n-1) before the
+    # n-th, then flagged for staff. HEALTH_HTTP also asks HEALTH_URL (not for local compute pools).
+    "HEALTH_RESTART_ATTEMPTS": env.int("CELLHUB_HEALTH_RESTART_ATTEMPTS", default=3),
+    "HEALTH_RESTART_BACKOFF_SECONDS": env.float("CELLHUB_HEALTH_RESTART_BACKOFF_SECONDS", default=300.0),
+    "HEALTH_HTTP": env.bool("CELLHUB_HEALTH_HTTP", default=False),
+    "HEALTH_URL": env.str("CELLHUB_HEALTH_URL", default="https://{hostname}/api/health"),
+    "HEALTH_HTTP_TIMEOUT": env.float("CELLHUB_HEALTH_HTTP_TIMEOUT", default=5.0),
+    "HEALTH_DRIVER_TIMEOUT": env.float("CELLHUB_HEALTH_DRIVER_TIMEOUT", default=30.0),
+    "HEALTH_HISTORY_DAYS": env.int("CELLHUB_HEALTH_HISTORY_DAYS", default=14),
+    # /metrics answers only `Authorization: Bearer <token>` when this is set (empty: open, for a private network).
+    "METRICS_TOKEN": env.str("CELLHUB_METRICS_TOKEN", default=""),
     # Capacity top-ups (provisioning/capacity/thresholds.py explains each key; a reef overrides them in the
     # admin). FLOOR, LEAD_TIME_HOURS and POOL_SIZE are keyed by pool kind or provider (a provider wins).
     "CAPACITY": {
@@ -236,10 +278,24 @@ CELLHUB = {
     },
 }
 
+# Logs: one JSON object per line in production (LOG_FORMAT=json, the default when DEBUG is off), readable text in
+# development. Every line written while an operation runs carries its id (portal/logging.py).
+LOG_FORMAT = env.str("LOG_FORMAT", default="text" if DEBUG else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"context": {"()": "portal.logging.ContextFilter"}},
+    "formatters": {
+        "json": {"()": "portal.logging.JsonFormatter"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s%(context)s %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["context"],
+            "formatter": "json" if LOG_FORMAT == "json" else "text",
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -1,8 +1,10 @@
-"""The provisioning app's own records: backups, their schedules, restores, and which database an instance uses.
+"""The provisioning app's own records: backups, their schedules, restores, which database an instance uses, and
+what keeps instances alive and the hub honest: operation watches, health, reconciler findings.
 
 Rows here are written only by the services of ``provisioning.backups`` and the plans they queue
-(``provisioning/plans/backup.py``, ``restore.py``, ``decommission.py``); admin and pages only read them,
-except a schedule's cadence, which staff may edit.
+(``provisioning/plans/backup.py``, ``restore.py``, ``decommission.py``), and — for the rows of the last section —
+by ``provisioning.operations``, ``.watchdog``, ``.health`` and ``.reconcile``; admin and pages only read them,
+except a schedule's cadence, which staff may edit, and the staff decisions on health flags and orphans.
 """
 from django.conf import settings
 from django.db import models
@@ -217,3 +219,178 @@ class InstanceDatabase(models.Model):
 
     def __str__(self):
         return self.name
+
+
+# ---- keeping instances alive and the hub honest (issue 9) ---------------------------------------------------
+
+
+class OperationWatch(models.Model):
+    """What the step runner and the watchdog know about an operation's run beyond its row in ``cells``.
+
+    ``claimed_at``/``worker`` describe the current claim (a worker's attempt: the per-kind time limit counts from
+    it). ``requeues`` counts the watchdog's requeues since a person last queued the operation: the watchdog
+    requeues once, then fails. ``cleanup_pending`` says the operation was ended from outside (cancelled, or failed
+    by the watchdog) and its plan's ``fail`` (the release of what it took) has not finished yet; whoever takes it
+    sets ``cleanup_claimed_at`` first, so it runs once.
+    """
+
+    operation = models.OneToOneField(
+        "cells.Operation", on_delete=models.CASCADE, primary_key=True, related_name="watch"
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=255, blank=True, help_text="host:pid of the worker holding the claim.")
+    requeues = models.PositiveIntegerField(default=0)
+    last_requeued_at = models.DateTimeField(null=True, blank=True)
+    last_reason = models.TextField(blank=True, help_text="Why the watchdog last requeued or failed it.")
+    cleanup_pending = models.BooleanField(default=False, db_index=True)
+    cleanup_reason = models.TextField(blank=True, help_text="The failure the pending cleanup is for.")
+    cleanup_claimed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-operation_id"]
+
+    def __str__(self):
+        return f"watch of operation #{self.operation_id}"
+
+
+class HealthStatus(models.TextChoices):
+    HEALTHY = "healthy", "Healthy"
+    UNHEALTHY = "unhealthy", "Unhealthy"
+    UNKNOWN = "unknown", "Unknown (the check could not ask)"
+
+
+class HealthAction(models.TextChoices):
+    NONE = "none", "None"
+    RESTARTED = "restarted", "Restarted"
+    RESTART_FAILED = "restart_failed", "Restart failed"
+    WAITING = "waiting", "Waiting before the next restart"
+    FLAGGED = "flagged", "Flagged for staff"
+    RECOVERED = "recovered", "Recovered"
+
+
+class InstanceHealth(models.Model):
+    """An instance's health now: the last check, restarts made since it was last healthy, and a flag for staff.
+
+    Written only by ``provisioning.health``; staff clear a flag (which allows restarts again) from the admin.
+    """
+
+    instance = models.OneToOneField(
+        "cells.Instance", on_delete=models.CASCADE, primary_key=True, related_name="health"
+    )
+    status = models.CharField(max_length=10, choices=HealthStatus.choices, default=HealthStatus.UNKNOWN)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    detail = models.TextField(blank=True)
+    unhealthy_since = models.DateTimeField(null=True, blank=True)
+    restart_attempts = models.PositiveIntegerField(default=0, help_text="Restarts since it was last healthy.")
+    last_restart_at = models.DateTimeField(null=True, blank=True)
+    flagged_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    flag_reason = models.TextField(blank=True)
+    checking_since = models.DateTimeField(null=True, blank=True, help_text="A check of it is under way since then.")
+
+    class Meta:
+        ordering = ["instance_id"]
+        verbose_name_plural = "instance health"
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=HealthStatus.values), name="instance_health_status_valid"),
+        ]
+
+    def __str__(self):
+        return f"{self.instance}: {self.status}"
+
+
+class HealthCheck(models.Model):
+    """One health check of one instance: what was found and what the hub did about it (history, pruned after
+    ``HEALTH_HISTORY_DAYS``)."""
+
+    instance = models.ForeignKey("cells.Instance", on_delete=models.CASCADE, related_name="health_checks")
+    checked_at = models.DateTimeField(default=timezone.now, db_index=True)
+    status = models.CharField(max_length=10, choices=HealthStatus.choices)
+    action = models.CharField(max_length=16, choices=HealthAction.choices, default=HealthAction.NONE)
+    detail = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-checked_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=HealthStatus.values), name="health_check_status_valid"),
+            models.CheckConstraint(condition=Q(action__in=HealthAction.values), name="health_check_action_valid"),
+        ]
+        indexes = [models.Index(fields=["instance", "-checked_at"], name="health_check_latest")]
+
+    def __str__(self):
+        return f"{self.instance} {self.status} at {self.checked_at:%Y-%m-%d %H:%M:%S}"
+
+
+class OrphanKind(models.TextChoices):
+    DATABASE = "database", "Database"
+    SHARE = "share", "Share (bucket / file share / folder)"
+    DEPLOYMENT = "deployment", "Deployment"
+    DNS_RECORD = "dns_record", "DNS record"
+
+
+class OrphanDirection(models.TextChoices):
+    UNCLAIMED = "unclaimed", "A resource no instance has"
+    MISSING = "missing", "An instance whose resource is missing"
+
+
+class OrphanState(models.TextChoices):
+    OPEN = "open", "Open"
+    CONFIRMED = "confirmed", "Confirmed by staff (clean-up failed; repeatable)"
+    CLEANED = "cleaned", "Cleaned up"
+    DISMISSED = "dismissed", "Dismissed by staff"
+    RESOLVED = "resolved", "Resolved (no longer found)"
+
+
+ORPHAN_OPEN_STATES = frozenset({OrphanState.OPEN, OrphanState.CONFIRMED})
+
+
+class Orphan(models.Model):
+    """A disagreement the reconciler found between what the drivers report and the hub's rows.
+
+    ``unclaimed``: a resource (database, share, deployment, DNS record) that no live instance or share row claims;
+    staff may clean it up (deleted through its driver) only after confirming. ``missing``: a running or stopped
+    instance whose resource is not there; flagged, never fixed automatically. ``key`` names the finding across
+    passes: a later pass that finds it again touches ``last_seen_at``; one that no longer finds it resolves it.
+    """
+
+    key = models.CharField(max_length=500)
+    kind = models.CharField(max_length=12, choices=OrphanKind.choices)
+    direction = models.CharField(max_length=10, choices=OrphanDirection.choices)
+    resource_name = models.CharField(max_length=500)
+    pool = models.ForeignKey("cells.Pool", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    region = models.ForeignKey("cells.Region", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    instance = models.ForeignKey(
+        "cells.Instance", null=True, blank=True, on_delete=models.CASCADE, related_name="orphans"
+    )
+    state = models.CharField(max_length=10, choices=OrphanState.choices, default=OrphanState.OPEN, db_index=True)
+    detail = models.TextField(blank=True)
+    found_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    confirmed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True, help_text="Why it was dismissed, or what the clean-up did.")
+    error = models.TextField(blank=True, help_text="Why the last clean-up failed.")
+
+    class Meta:
+        ordering = ["-found_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(kind__in=OrphanKind.values), name="orphan_kind_valid"),
+            models.CheckConstraint(condition=Q(direction__in=OrphanDirection.values), name="orphan_direction_valid"),
+            models.CheckConstraint(condition=Q(state__in=OrphanState.values), name="orphan_state_valid"),
+            # A clean-up is only ever confirmed for a resource no instance has.
+            models.CheckConstraint(
+                condition=Q(direction=OrphanDirection.UNCLAIMED)
+                | ~Q(state__in=[OrphanState.CONFIRMED, OrphanState.CLEANED]),
+                name="orphan_only_unclaimed_cleaned",
+            ),
+            models.UniqueConstraint(
+                fields=["key"], condition=Q(state__in=sorted(str(s) for s in ORPHAN_OPEN_STATES)),
+                name="orphan_one_open_per_key",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} {self.resource_name} ({self.get_direction_display().lower()})"

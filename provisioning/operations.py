@@ -5,32 +5,51 @@ Promises:
 - ``operation_run`` is safe to call any number of times, from any number of workers: it claims the
   operation with a conditional update (queued, or running with a heartbeat older than the lease — its
   worker died), skips finished steps, and does nothing if another live worker holds it;
+- a claim is one attempt (``Operation.attempts``): the worker checks before each step, and records each finished
+  step only while the operation is still running under its attempt, so a worker whose operation was cancelled,
+  failed or requeued by the watchdog stops at its next step boundary and never writes over another's run;
+- each call of a step runs under a time limit (``CELLHUB["STEP_TIMEOUTS"]``): a call that does not return in time
+  is abandoned and counts as a transient error. Python cannot kill a thread, so the abandoned call may still finish
+  later; steps are idempotent, so the retry that follows (or a later run) is safe, and a resource a late call
+  makes after the operation failed is what the reconciler reports as an orphan;
 - a transient driver error is retried in place with exponential backoff; when the attempts run out,
   or on a permanent error, the plan's ``fail`` releases what the operation took and the operation ends
-  ``failed`` with the error for staff to read and retry.
+  ``failed`` with the error for staff to read and retry;
+- an operation ended from outside (``operation_cancel``, the watchdog) is ``failed`` at once with the reason; its
+  plan's ``fail`` runs exactly once — at once when no live worker holds it, else by that worker at its next step
+  boundary (or by the watchdog if that worker dies first);
+- every claim and every end is in the audit log, and every log line written during a run carries the operation's id.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
-from django.db.models.functions import Coalesce
+from django.db.models import F, Q, TextField, Value
+from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 
 from cells.choices import OperationState
-from cells.models import Operation
-from cells.states import OPERATION
+from cells.models import Instance, Operation
+from cells.states import OPERATION, IllegalTransition
+from portal.audit import FAILED, SUCCEEDED, audit_record
+from portal.logging import log_context
 from provisioning import faults
 from provisioning.drivers.base import PermanentDriverError, TransientDriverError
+from provisioning.models import OperationWatch
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,34 @@ def plan_for(kind: str) -> Plan:
     return PLANS[str(kind)]
 
 
+def time_limit(kind: str) -> float:
+    """Seconds an operation of ``kind`` may run in one attempt (``"queued"``: may wait to be picked up)."""
+    limits = settings.CELLHUB["OPERATION_TIME_LIMITS"]
+    return float(limits.get(str(kind), limits["default"]))
+
+
+def step_timeout(kind: str) -> float:
+    """Seconds one call of a step of an operation of ``kind`` may take before it is abandoned."""
+    timeouts = settings.CELLHUB["STEP_TIMEOUTS"]
+    return float(timeouts.get(str(kind), timeouts["default"]))
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _describe(operation: Operation) -> str:
+    target = operation.target
+    return f"{operation.kind} #{operation.pk}" + (f" of {target._meta.model_name} {target}" if target else "")
+
+
+def _audit(operation: Operation, action: str, outcome: str = SUCCEEDED, reason: str = "", actor=None, **details):
+    audit_record(
+        action=action, outcome=outcome, target=operation, target_label=_describe(operation), reason=reason,
+        actor=actor, details={"kind": str(operation.kind), "attempt": operation.attempts, **details},
+    )
+
+
 def operation_create(*, kind: str, requested_by=None, params: dict | None = None, steps=None, **target) -> Operation:
     """Create a queued operation on one target (``instance=``, ``reef=``, ``pool=`` or ``share=``) and enqueue it.
 
@@ -68,6 +115,7 @@ def operation_create(*, kind: str, requested_by=None, params: dict | None = None
     operation = Operation.objects.create(
         kind=kind, requested_by=requested_by, params=params or {}, steps=steps or [], **target
     )
+    _audit(operation, "operation.create", actor=requested_by)
     operation_enqueue(operation)
     return operation
 
@@ -94,10 +142,14 @@ def operation_enqueue(operation: Operation) -> None:
 def operation_retry(*, operation: Operation, requested_by=None) -> Operation:
     """Queue a failed operation again; its plan resumes from the first unfinished step.
 
-    Raises ``IllegalTransition`` (naming the current state) unless the operation is failed.
+    Raises ``IllegalTransition`` (naming the current state) unless the operation is failed and its clean-up (after
+    a cancel or the watchdog) has finished. A person queuing it again gives the watchdog its one requeue back.
     """
     with transaction.atomic():
+        if OperationWatch.objects.filter(operation_id=operation.pk, cleanup_pending=True).exists():
+            raise IllegalTransition(operation, "failed and still cleaning up", OperationState.QUEUED)
         OPERATION.change(operation, OperationState.QUEUED, only_from={OperationState.FAILED}, error="")
+        OperationWatch.objects.filter(operation_id=operation.pk).update(requeues=0)
         operation_enqueue(operation)
     return operation
 
@@ -116,14 +168,24 @@ def _claim(operation_id: int) -> Operation | None:
             updated_at=now,
         )
     )
-    return Operation.objects.get(pk=operation_id) if claimed else None
+    if not claimed:
+        return None
+    OperationWatch.objects.update_or_create(
+        operation_id=operation_id, defaults={"claimed_at": now, "worker": worker_name()}
+    )
+    return Operation.objects.get(pk=operation_id)
 
 
 class _Heartbeat:
-    """Touches the operation's ``updated_at`` while a step runs, so a live worker is never taken over."""
+    """Touches the operation's ``updated_at`` while a step runs, so a live worker is never taken over.
 
-    def __init__(self, operation_id: int):
+    It beats only for this worker's attempt: once the operation was requeued and claimed again, or ended from
+    outside, a worker still busy with an abandoned call no longer keeps it alive.
+    """
+
+    def __init__(self, operation_id: int, attempt: int):
         self.operation_id = operation_id
+        self.attempt = attempt
         self.interval = max(settings.CELLHUB["OPERATION_LEASE_SECONDS"] / 3, 0.05)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{operation_id}")
@@ -131,9 +193,9 @@ class _Heartbeat:
     def _beat(self):
         try:
             while not self.stop.wait(self.interval):
-                Operation.objects.filter(pk=self.operation_id, state=OperationState.RUNNING).update(
-                    updated_at=timezone.now()
-                )
+                Operation.objects.filter(
+                    pk=self.operation_id, state=OperationState.RUNNING, attempts=self.attempt
+                ).update(updated_at=timezone.now())
         finally:
             connection.close()
 
@@ -149,61 +211,260 @@ class _Heartbeat:
             self.thread.join()
 
 
+class CallTimedOut(TransientDriverError):
+    """A call did not return within its time limit and was abandoned (it may still finish on its own)."""
+
+
+def call_with_timeout(work: Callable[[threading.Event], T], *, seconds: float | None, name: str) -> T:
+    """Run ``work(abandoned)`` and return its result, giving up after ``seconds`` with ``CallTimedOut``.
+
+    The call runs in a thread of its own (with this thread's log context and a database connection of its own,
+    closed when it ends); ``abandoned`` is set when the caller stops waiting, so work that has not begun its
+    side effect yet can skip it. Python cannot stop the thread: an abandoned call may finish later. Inside an open
+    transaction (a test's, or a caller's that the call must see) the call runs inline, without a limit.
+    """
+    abandoned = threading.Event()
+    if not seconds or connection.in_atomic_block:
+        return work(abandoned)
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = work(abandoned)
+        except BaseException as error:  # handed to the waiting thread
+            outcome["error"] = error
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), daemon=True, name=name)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        abandoned.set()
+        raise CallTimedOut(f"{name} timed out after {seconds:g}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+class _LostClaim(Exception):
+    """This worker's attempt no longer holds the operation (cancelled, failed or requeued from outside)."""
+
+
+def _holding(operation: Operation) -> bool:
+    return Operation.objects.filter(
+        pk=operation.pk, state=OperationState.RUNNING, attempts=operation.attempts
+    ).exists()
+
+
 def _run_step(operation: Operation, name: str, step: Callable[[Operation], None]) -> None:
-    """Run one step, retrying transient errors with exponential backoff; raise the last error when out of tries."""
+    """Run one step, retrying transient errors (a timed-out call is one) with exponential backoff; raise the last
+    error when out of tries, or ``_LostClaim`` when the operation was taken from this worker between tries."""
     attempts = settings.CELLHUB["STEP_ATTEMPTS"]
     delay = settings.CELLHUB["STEP_BACKOFF"]
     point = f"{operation.kind}.{name}"
+    timeout = step_timeout(operation.kind)
+
+    def work(abandoned: threading.Event) -> None:
+        faults.hit(f"{point}.before")
+        if abandoned.is_set():
+            return  # given up on before the step began: never start it late
+        step(operation)
+        faults.hit(f"{point}.after")
+
     for attempt in range(1, attempts + 1):
+        if attempt > 1 and not _holding(operation):
+            raise _LostClaim
         try:
-            faults.hit(f"{point}.before")
-            step(operation)
-            faults.hit(f"{point}.after")
+            call_with_timeout(work, seconds=timeout, name=f"step {name} of {operation.kind} #{operation.pk}")
             return
         except TransientDriverError as error:
             if attempt == attempts:
                 raise PermanentDriverError(f"{name}: gave up after {attempts} attempts: {error}") from error
-            logger.warning("operation %s step %s attempt %s failed, retrying: %s", operation.pk, name, attempt, error)
+            logger.warning(
+                "operation %s step %s attempt %s failed, retrying: %s", operation.pk, name, attempt, error,
+                extra={"step": name, "step_attempt": attempt},
+            )
             time.sleep(min(delay * 2 ** (attempt - 1), settings.CELLHUB["STEP_BACKOFF_MAX"]))
 
 
 def _record_step(operation: Operation, name: str, started_at) -> None:
+    """Record a finished step, only while this worker's attempt still holds the operation (else ``_LostClaim``)."""
     entry = {"name": name, "started_at": started_at.isoformat(), "finished_at": timezone.now().isoformat()}
-    operation.steps = [*operation.steps, entry]
-    Operation.objects.filter(pk=operation.pk).update(steps=operation.steps, updated_at=timezone.now())
+    steps = [*operation.steps, entry]
+    recorded = Operation.objects.filter(
+        pk=operation.pk, state=OperationState.RUNNING, attempts=operation.attempts
+    ).update(steps=steps, updated_at=timezone.now())
+    if not recorded:
+        raise _LostClaim
+    operation.steps = steps
+
+
+def _end(operation: Operation, state: str, error: str = "", *, then: Callable[[], None] | None = None) -> bool:
+    """End this worker's attempt in ``state``; False (nothing changed) when the attempt no longer holds it.
+
+    ``then`` (the plan's ``succeed``) runs in the same transaction, under the operation's row lock: what it changes
+    (the instance now running, say) and the operation's end are seen together or not at all.
+    """
+    with transaction.atomic():
+        current = (
+            Operation.objects.select_for_update().filter(pk=operation.pk).values_list("state", "attempts").first()
+        )
+        if current != (OperationState.RUNNING, operation.attempts):
+            return False
+        if then is not None:
+            then()
+        OPERATION.change(operation, state, finished_at=timezone.now(), error=error)
+    outcome = SUCCEEDED if state == OperationState.SUCCEEDED else FAILED
+    _audit(operation, "operation.end", outcome, reason=error, state=str(state), steps=operation.done_step_names)
+    logger.log(
+        logging.INFO if outcome == SUCCEEDED else logging.WARNING, "operation %s %s%s", operation.pk, state,
+        f": {error}" if error else "",
+    )
+    return True
 
 
 def operation_run(operation_id: int) -> str | None:
-    """Execute the operation if this worker can claim it; returns its final state, or None if not claimed."""
+    """Execute the operation if this worker can claim it; returns its state when this worker lets it go, or None
+    if it could not claim it."""
     operation = _claim(operation_id)
     if operation is None:
         logger.info("operation %s not claimable (finished, or held by a live worker)", operation_id)
         return None
     plan = plan_for(operation.kind)
-    try:
-        with _Heartbeat(operation.pk):
-            plan.begin(operation)
-            for name, step in plan.steps:
-                if name in operation.done_step_names:
-                    continue
-                started_at = timezone.now()
-                _run_step(operation, name, step)
-                _record_step(operation, name, started_at)
-            plan.succeed(operation)
-        OPERATION.change(operation, OperationState.SUCCEEDED, finished_at=timezone.now(), error="")
-    except Exception as error:  # every failure ends in an honest, retryable state
-        if not isinstance(error, PermanentDriverError | TransientDriverError):
-            logger.exception("operation %s failed unexpectedly", operation.pk)
-        message = f"{error.__class__.__name__}: {error}"
-        cleanup = plan.fail(operation, message)
-        operation.refresh_from_db()
-        OPERATION.change(
-            operation,
-            OperationState.FAILED,
-            finished_at=timezone.now(),
-            error=message + (f"\n{cleanup}" if cleanup else ""),
-        )
+    instance = Instance.objects.filter(pk=operation.instance_id).values_list("name", flat=True).first()
+    with log_context(operation_id=operation.pk, operation_kind=str(operation.kind), instance=instance):
+        _audit(operation, "operation.start", worker=worker_name())
+        logger.info("operation %s attempt %s started on %s", operation.pk, operation.attempts, worker_name())
+        try:
+            with _Heartbeat(operation.pk, operation.attempts):
+                plan.begin(operation)
+                for name, step in plan.steps:
+                    if name in operation.done_step_names:
+                        continue
+                    if not _holding(operation):
+                        raise _LostClaim
+                    started_at = timezone.now()
+                    logger.info("step %s started", name, extra={"step": name})
+                    _run_step(operation, name, step)
+                    _record_step(operation, name, started_at)
+                    seconds = (timezone.now() - started_at).total_seconds()
+                    logger.info("step %s finished in %.2fs", name, seconds, extra={"step": name})
+            if not _end(operation, OperationState.SUCCEEDED, then=lambda: plan.succeed(operation)):
+                return _let_go(operation)
+        except _LostClaim:
+            return _let_go(operation)
+        except Exception as error:  # every failure ends in an honest, retryable state
+            if not isinstance(error, PermanentDriverError | TransientDriverError):
+                logger.exception("operation %s failed unexpectedly", operation.pk)
+            message = f"{error.__class__.__name__}: {error}"
+            if not _holding(operation):
+                return _let_go(operation)
+            cleanup = plan.fail(operation, message)
+            operation.refresh_from_db()
+            if not _end(operation, OperationState.FAILED, error=message + (f"\n{cleanup}" if cleanup else "")):
+                return _let_go(operation, cleanup_done=cleanup or "the plan's clean-up ran")
     return operation.state
+
+
+def _let_go(operation: Operation, cleanup_done: str | None = None) -> str | None:
+    """This worker's attempt lost the operation. If it was ended from outside meanwhile (cancelled, failed by the
+    watchdog), the clean-up it owes runs here, once (``cleanup_done``: this worker ran it already)."""
+    state, attempts = Operation.objects.filter(pk=operation.pk).values_list("state", "attempts").get()
+    if state == OperationState.FAILED and attempts == operation.attempts:
+        logger.warning("operation %s was ended from outside while it ran; stopping at the step boundary", operation.pk)
+        operation_run_cleanup(operation.pk, already_done=cleanup_done)
+    else:
+        logger.warning(
+            "operation %s was taken from this worker (now %s, attempt %s); stopping without touching it",
+            operation.pk, state, attempts,
+        )
+    return state
+
+
+def _append_error(operation_id: int, note: str) -> None:
+    Operation.objects.filter(pk=operation_id).update(
+        error=Concat(F("error"), Value(f"\n{note}"), output_field=TextField())
+    )
+
+
+def operation_run_cleanup(operation_id: int, *, already_done: str | None = None) -> bool:
+    """Run the plan's ``fail`` (the release of what the operation took) owed after it was ended from outside, if it
+    is still owed and nobody has taken it; returns whether this call took it. ``already_done`` records a clean-up
+    the caller ran itself instead of running it again. A clean-up that raises is recorded on the operation."""
+    taken = OperationWatch.objects.filter(
+        operation_id=operation_id, cleanup_pending=True, cleanup_claimed_at__isnull=True
+    ).update(cleanup_claimed_at=timezone.now())
+    if not taken:
+        return False
+    watch = OperationWatch.objects.get(operation_id=operation_id)
+    operation = Operation.objects.get(pk=operation_id)
+    if already_done is not None:
+        note = already_done
+    else:
+        try:
+            note = plan_for(operation.kind).fail(operation, watch.cleanup_reason)
+        except Exception as error:
+            logger.exception("clean-up of operation %s failed", operation_id)
+            note = f"clean-up failed ({error.__class__.__name__}: {error}); retry the operation to run it again"
+    if note:
+        _append_error(operation_id, note)
+    OperationWatch.objects.filter(operation_id=operation_id).update(cleanup_pending=False)
+    return True
+
+
+def operation_end_from_outside(
+    *, operation: Operation, reason: str, expected_state: str, expected_attempts: int | None = None, actor=None
+) -> Operation:
+    """Fail an operation that is ``expected_state`` (queued or running; and ``expected_attempts``, when given) with
+    ``reason``, as a conditional change under a row lock; raises ``IllegalTransition`` naming the current state
+    when it is no longer what the caller saw. Its plan's clean-up runs now when no live worker holds it (queued,
+    or running with a stale heartbeat), else by the worker at its next step boundary."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.CELLHUB["OPERATION_LEASE_SECONDS"])
+    with transaction.atomic():
+        locked = Operation.objects.select_for_update().get(pk=operation.pk)
+        if locked.state != expected_state or (expected_attempts is not None and locked.attempts != expected_attempts):
+            raise IllegalTransition(locked, locked.state, OperationState.FAILED)
+        worker_alive = locked.state == OperationState.RUNNING and locked.updated_at >= stale
+        OPERATION.change(locked, OperationState.FAILED, only_from={expected_state}, finished_at=now, error=reason)
+        OperationWatch.objects.update_or_create(
+            operation_id=locked.pk,
+            defaults={"cleanup_pending": True, "cleanup_reason": reason, "cleanup_claimed_at": None},
+        )
+    _audit(locked, "operation.end", FAILED, reason=reason, actor=actor, state=OperationState.FAILED,
+           ended_from_outside=True, worker_alive=worker_alive)
+    logger.warning("operation %s ended from outside: %s", locked.pk, reason)
+    if not worker_alive:
+        operation_run_cleanup(locked.pk)
+    locked.refresh_from_db()
+    return locked
+
+
+def operation_cancel(
+    *, operation: Operation, reason: str, cancelled_by, expected_state: str | None = None
+) -> Operation:
+    """Staff stop a queued or running operation: it ends ``failed`` with "cancelled by <who>: <reason>" and its plan
+    releases what it took (a running worker stops at its next step boundary, without running further steps).
+
+    ``expected_state`` is the state staff saw (default: the one in memory). Raises ``Refused`` (no reason given,
+    or the operation has already ended) or ``IllegalTransition`` (it changed since staff looked).
+    """
+    from provisioning.backups.errors import Refused  # the package imports this module
+
+    reason = (reason or "").strip()
+    if not reason:
+        raise Refused("Say why the operation is cancelled.", field="reason")
+    expected = str(expected_state or operation.state)
+    if expected not in {OperationState.QUEUED, OperationState.RUNNING}:
+        raise Refused(
+            f"operation #{operation.pk} is {expected}: only a queued or running operation can be cancelled",
+            current_state=expected,
+        )
+    who = cancelled_by.get_username() if cancelled_by is not None else "the hub"
+    return operation_end_from_outside(
+        operation=operation, reason=f"cancelled by {who}: {reason}", expected_state=expected, actor=cancelled_by
+    )
 
 
 def operation_progress(operation: Operation | None) -> dict:

@@ -21,6 +21,12 @@ RECURRING = [
               "Start the backups that are due by each instance's cadence."),
     Recurring("backup retention", "provisioning.tasks.backups_expire", 60,
               "Delete expired backups and purge archives past their retention."),
+    Recurring("operation watchdog", "provisioning.tasks.operations_watch", 1,
+              "Requeue once, then fail, operations stuck queued or running past their limits."),
+    Recurring("health checks", "provisioning.tasks.health_check_pass", 5,
+              "Check every running instance; restart the unhealthy, then flag them for staff."),
+    Recurring("reconcile", "provisioning.tasks.reconcile_pass", 30,
+              "Compare what the drivers report with the hub's rows and record orphans both ways."),
 ]
 
 

@@ -26,3 +26,24 @@ def backups_expire() -> int:
     from provisioning.backups import backups_expire as expire
 
     return expire()
+
+
+def operations_watch() -> dict:
+    """The watchdog: requeues each stuck operation once, then fails it with the reason; settles owed clean-ups."""
+    from provisioning.watchdog import operations_watch as watch
+
+    return watch()
+
+
+def health_check_pass() -> dict:
+    """Health checks of every running instance: restart the unhealthy (bounded, with backoff), then flag them."""
+    from provisioning.health import health_check_pass as check
+
+    return check()
+
+
+def reconcile_pass() -> dict:
+    """The reconciler: lists every pool's resources and every DNS zone and records the disagreements."""
+    from provisioning.reconcile import reconcile_pass as reconcile
+
+    return reconcile()

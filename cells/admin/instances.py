@@ -1,17 +1,20 @@
-"""Admin of instances: state, placement, version, their operations; actions that start work.
+"""Admin of instances: state, placement, version, health, their operations; actions that start work.
 
 Backup, restore and decommission actions call the services of ``provisioning.backups``; the restore and
 decommission actions go through an intermediate page (a time inside the restorable window, the
-instance's name typed out) and act on one instance at a time.
+instance's name typed out) and act on one instance at a time. Forcing a state and revealing the database
+connection string ask for a reason on an intermediate page too. Every action is audited (``admin_audit``),
+refusals included.
 """
 from django import forms
 from django.contrib import admin, messages
 from django.db import IntegrityError
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from cells.choices import OperationKind, OperationState
+from cells.admin.audit import admin_audit, admin_refusal
+from cells.choices import InstanceState, OperationKind, OperationState
 from cells.models import Instance, Operation
 from cells.states import IllegalTransition
 from provisioning.backups import (
@@ -26,8 +29,10 @@ from provisioning.backups import (
 from provisioning.backups.restore import when
 from provisioning.backups.selectors import current_database, usable_backups
 from provisioning.drivers.base import DriverError
+from provisioning.health import instance_health_overview
 from provisioning.models import BackupKind
 from provisioning.operations import operation_retry
+from provisioning.watchdog import ForceRefused, instance_force_state
 
 RESTORE_HELP = (
     "Restoring to a time uses the latest database backup taken at or before it. The backup is restored into a "
@@ -79,6 +84,19 @@ class DecommissionForm(forms.Form):
     confirm_name = forms.CharField(label="Type the instance's name to confirm", max_length=100)
 
 
+class ForceStateForm(forms.Form):
+    state = forms.ChoiceField(label="New state", choices=InstanceState.choices)
+    seen_state = forms.CharField(widget=forms.HiddenInput)
+    reason = forms.CharField(label="Why", max_length=500, widget=forms.Textarea(attrs={"rows": 3, "cols": 60}))
+
+
+class RevealForm(forms.Form):
+    reason = forms.CharField(
+        label="Why do you need it?", max_length=500, widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Recorded in the audit log with your name.",
+    )
+
+
 @admin.register(Instance)
 class InstanceAdmin(admin.ModelAdmin):
     list_display = ["name", "owner", "region", "reef", "state", "server_version", "tier", "hostname", "created_at"]
@@ -86,13 +104,13 @@ class InstanceAdmin(admin.ModelAdmin):
     search_fields = ["name", "hostname", "owner__email", "owner__username"]
     list_select_related = ["owner", "region", "reef__region"]
     raw_id_fields = ["owner", "reef", "database_pool", "compute_pool"]
-    readonly_fields = ["state", "created_at", "updated_at", "database_in_use", "backups"]
+    readonly_fields = ["state", "created_at", "updated_at", "database_in_use", "backups", "health_history"]
     date_hierarchy = "created_at"
     show_full_result_count = False  # a second COUNT(*) over the whole table buys nothing
     inlines = [OperationInline]
     actions = [
         "retry_provision", "back_up_now", "restore_to_point_in_time", "restore_files", "confirm_restore",
-        "decommission",
+        "decommission", "force_state", "reveal_credentials",
     ]
 
     @admin.display(description="database in use")
@@ -110,6 +128,32 @@ class InstanceAdmin(admin.ModelAdmin):
         url = reverse("admin:provisioning_backup_changelist") + f"?instance__id__exact={instance.pk}"
         return format_html('<a href="{}">all backups</a> ({})', url, span)
 
+    @admin.display(description="health")
+    def health_history(self, instance):
+        """The current health (and a flag for staff) and the last checks, newest first."""
+        if not instance.pk:
+            return "—"
+        overview = instance_health_overview(instance)
+        current, checks = overview["health"], overview["health_checks"]
+        if current is None:
+            return "not checked yet"
+        summary = f"{current.get_status_display()}"
+        if current.restart_attempts:
+            summary += f", {current.restart_attempts} restart(s) since it was last healthy"
+        flag = format_html('<p class="errornote">Flagged {}: {}</p>', current.flagged_at, current.flag_reason) if (
+            current.flagged_at) else ""
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((f"{c.checked_at:%Y-%m-%d %H:%M:%S}", c.get_status_display(), c.get_action_display(), c.detail)
+             for c in checks),
+        )
+        url = reverse("admin:provisioning_healthcheck_changelist") + f"?instance__id__exact={instance.pk}"
+        return format_html(
+            '{}<p>{} — <a href="{}">all checks</a></p><table data-role="health-checks"><tr><th>checked (UTC)</th>'
+            "<th>status</th><th>action</th><th>detail</th></tr>{}</table>",
+            flag, summary, url, rows,
+        )
+
     @admin.action(description="Retry the failed provision of the selected instances")
     def retry_provision(self, request, queryset):
         failed = Operation.objects.filter(
@@ -120,11 +164,16 @@ class InstanceAdmin(admin.ModelAdmin):
             try:
                 operation_retry(operation=operation, requested_by=request.user)
                 retried.append(operation.instance.name)
+                admin_audit(request, "instance.retry_provision", operation.instance, operation=operation.pk)
             except (IllegalTransition, IntegrityError) as refusal:
+                admin_refusal(request, "instance.retry_provision", operation.instance, refusal)
                 self.message_user(request, f"{operation.instance}: {refusal}", messages.WARNING)
         if retried:
             self.message_user(request, f"Provision queued again for {', '.join(retried)}.", messages.SUCCESS)
         else:
+            admin_audit(request, "instance.retry_provision", None, "refused",
+                        reason="none of the selected instances has a failed provision",
+                        instances=[instance.name for instance in queryset])
             self.message_user(request, "None of the selected instances has a failed provision.", messages.WARNING)
 
     @admin.action(description="Back up now (database and files)", permissions=["change"])
@@ -135,8 +184,10 @@ class InstanceAdmin(admin.ModelAdmin):
                 for kind in (BackupKind.DATABASE, BackupKind.FILES):
                     operation = instance_backup(instance=instance, kind=kind, requested_by=request.user)
             except Refused as refusal:
+                admin_refusal(request, "instance.backup", instance, refusal)
                 self.message_user(request, str(refusal), messages.WARNING)  # it names the instance
             else:
+                admin_audit(request, "instance.backup", instance, operation=operation.pk)
                 queued.append(f"{instance.name} (operation #{operation.pk})")
         if queued:
             self.message_user(request, f"Backup queued for {', '.join(queued)}.", messages.SUCCESS)
@@ -171,8 +222,10 @@ class InstanceAdmin(admin.ModelAdmin):
                     instance=instance, point_in_time=form.cleaned_data["point_in_time"], requested_by=request.user
                 )
             except (Refused, IllegalTransition) as refusal:
+                admin_refusal(request, "instance.restore", instance, refusal)
                 form.add_error("point_in_time" if getattr(refusal, "field", None) else None, str(refusal))
             else:
+                admin_audit(request, "instance.restore", instance, operation=operation.pk)
                 self.message_user(
                     request, f"Restore of {instance.name} to {when(operation.restores.get().point_in_time)} queued "
                     f"(operation #{operation.pk}).", messages.SUCCESS,
@@ -195,8 +248,10 @@ class InstanceAdmin(admin.ModelAdmin):
                     instance=instance, backup=form.cleaned_data["backup"], requested_by=request.user
                 )
             except (Refused, IllegalTransition) as refusal:
+                admin_refusal(request, "instance.restore_files", instance, refusal)
                 form.add_error(None, str(refusal))
             else:
+                admin_audit(request, "instance.restore_files", instance, operation=operation.pk)
                 self.message_user(
                     request, f"Files restore of {instance.name} queued (operation #{operation.pk}).", messages.SUCCESS
                 )
@@ -212,8 +267,11 @@ class InstanceAdmin(admin.ModelAdmin):
             try:
                 dropped = instance_restore_confirm(instance=instance, requested_by=request.user)
             except (Refused, DriverError) as refusal:
+                outcome = "refused" if isinstance(refusal, Refused) else "failed"
+                admin_audit(request, "instance.restore_confirm", instance, outcome, reason=str(refusal))
                 self.message_user(request, f"{instance}: {refusal}", messages.WARNING)
             else:
+                admin_audit(request, "instance.restore_confirm", instance, dropped=dropped)
                 self.message_user(request, f"{instance}: dropped {', '.join(dropped)}.", messages.SUCCESS)
 
     @admin.action(description="Decommission…", permissions=["change"])
@@ -228,8 +286,10 @@ class InstanceAdmin(admin.ModelAdmin):
                     instance=instance, confirm_name=form.cleaned_data["confirm_name"], requested_by=request.user
                 )
             except (Refused, IllegalTransition) as refusal:
+                admin_refusal(request, "instance.decommission", instance, refusal)
                 form.add_error("confirm_name" if getattr(refusal, "field", None) else None, str(refusal))
             else:
+                admin_audit(request, "instance.decommission", instance, operation=operation.pk)
                 self.message_user(
                     request, f"Decommission of {instance.name} queued (operation #{operation.pk}).", messages.SUCCESS
                 )
@@ -237,4 +297,75 @@ class InstanceAdmin(admin.ModelAdmin):
         return self._page(
             request, "admin/instance_decommission.html", instance, "decommission", form,
             title=f"Decommission {instance.name}",
+        )
+
+    @admin.action(description="Force a state (staff repair)…", permissions=["change"])
+    def force_state(self, request, queryset):
+        """Put one instance into a state of staff's choosing, from the state the page showed; audited with why."""
+        instance = self._one(request, queryset)
+        if instance is None:
+            return None
+        form = ForceStateForm(
+            request.POST if "apply" in request.POST else None, initial={"seen_state": instance.state}
+        )
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                instance_force_state(
+                    instance=instance, state=data["state"], expected_state=data["seen_state"],
+                    reason=data["reason"], forced_by=request.user,
+                )
+            except (ForceRefused, IllegalTransition) as refusal:
+                admin_refusal(request, "instance.force_state", instance, refusal, to_state=data["state"])
+                form.add_error(getattr(refusal, "field", None) if getattr(refusal, "field", None) in form.fields
+                               else None, str(refusal))
+            else:
+                admin_audit(request, "instance.force_state", instance, reason=data["reason"],
+                            from_state=data["seen_state"], to_state=data["state"])
+                self.message_user(
+                    request, f"{instance.name} forced from {data['seen_state']} to {data['state']}.", messages.SUCCESS
+                )
+                return None
+        seen = form.data.get("seen_state") if form.is_bound else instance.state
+        return self._page(
+            request, "admin/instance_force_state.html", instance, "force_state", form,
+            title=f"Force the state of {instance.name}", seen_state=seen,
+        )
+
+    @admin.action(description="Reveal the database connection string…", permissions=["change"])
+    def reveal_credentials(self, request, queryset):
+        """Show one instance's connection string once, after a reason is given; every reveal is audited."""
+        from provisioning import drivers
+        from provisioning.backups.selectors import database_kwargs
+
+        instance = self._one(request, queryset)
+        if instance is None:
+            return None
+        form = RevealForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            reason = form.cleaned_data["reason"]
+            if instance.database_pool_id is None:
+                refusal = f"{instance.name} has no database"
+                admin_audit(request, "credentials.reveal", instance, "refused", reason=refusal)
+                form.add_error(None, refusal)
+            else:
+                try:
+                    credentials = drivers.for_pool(instance.database_pool).credentials(
+                        instance, **database_kwargs(instance)
+                    )
+                except DriverError as error:
+                    admin_audit(request, "credentials.reveal", instance, "failed", reason=str(error))
+                    form.add_error(None, f"The database pool did not answer: {error}")
+                else:
+                    admin_audit(request, "credentials.reveal", instance, reason=reason,
+                                database=credentials.database, login=credentials.login)
+                    response = self._page(
+                        request, "admin/instance_revealed.html", instance, "reveal_credentials", form,
+                        title=f"Connection string of {instance.name}", credentials=credentials,
+                    )
+                    response["Cache-Control"] = "no-store"
+                    return response
+        return self._page(
+            request, "admin/instance_reveal.html", instance, "reveal_credentials", form,
+            title=f"Reveal the connection string of {instance.name}",
         )

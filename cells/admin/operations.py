@@ -1,11 +1,26 @@
-"""Operations as a read-only log for staff, with a retry action for failed ones."""
+"""Operations as a read-only log for staff, with retry (failed ones) and cancel (queued or running ones) actions.
+
+Both actions are audited with who acted; a cancel asks for the reason on an intermediate page.
+"""
+from django import forms
 from django.contrib import admin, messages
+from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
+from cells.admin.audit import admin_audit, admin_refusal
 from cells.choices import OperationState
 from cells.models import Operation
 from cells.states import IllegalTransition
-from provisioning.operations import operation_retry
+from provisioning.backups.errors import Refused
+from provisioning.models import OperationWatch
+from provisioning.operations import operation_cancel, operation_retry
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(
+        label="Why", max_length=500, widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Recorded on the operation and in the audit log.",
+    )
 
 
 @admin.register(Operation)
@@ -19,11 +34,11 @@ class OperationAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     show_full_result_count = False
     fields = [
-        "kind", "state", "target_name", "requested_by", "params", "task_id", "attempts",
+        "kind", "state", "target_name", "requested_by", "params", "task_id", "attempts", "claim",
         "step_log", "error", "created_at", "started_at", "finished_at", "updated_at",
     ]
     readonly_fields = fields
-    actions = ["retry"]
+    actions = ["retry", "cancel"]
 
     def has_add_permission(self, request):
         return False
@@ -34,19 +49,52 @@ class OperationAdmin(admin.ModelAdmin):
     def has_retry_permission(self, request):
         return request.user.is_active and request.user.is_staff and request.user.has_perm("cells.change_instance")
 
+    has_cancel_permission = has_retry_permission
+
     @admin.action(description="Retry the selected failed operations", permissions=["retry"])
     def retry(self, request, queryset):
         retried = 0
         for operation in queryset.filter(state=OperationState.FAILED):
             try:
                 operation_retry(operation=operation, requested_by=request.user)
-                retried += 1
             except IllegalTransition as refusal:
+                admin_refusal(request, "operation.retry", operation, refusal)
                 self.message_user(request, str(refusal), messages.WARNING)
-        skipped = queryset.exclude(state=OperationState.FAILED).count()
+            else:
+                admin_audit(request, "operation.retry", operation)
+                retried += 1
+        skipped = queryset.exclude(state=OperationState.FAILED)
+        for operation in skipped:
+            admin_audit(request, "operation.retry", operation, "refused", reason=f"operation is {operation.state}")
         self.message_user(request, f"Queued {retried} operation(s) again.", messages.SUCCESS)
         if skipped:
-            self.message_user(request, f"Skipped {skipped} operation(s) that are not failed.", messages.WARNING)
+            self.message_user(request, f"Skipped {len(skipped)} operation(s) that are not failed.", messages.WARNING)
+
+    @admin.action(description="Cancel the selected queued or running operations…", permissions=["cancel"])
+    def cancel(self, request, queryset):
+        """Ask why, then end each selected queued or running operation failed; audited one by one."""
+        selected = list(queryset.select_related("instance", "pool", "reef", "share"))
+        form = ReasonForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            return TemplateResponse(request, "admin/operation_cancel.html", {
+                **self.admin_site.each_context(request),
+                "opts": self.model._meta, "objects": selected, "form": form, "action": "cancel",
+                "title": "Cancel operations",
+            })
+        cancelled = []
+        for operation in selected:
+            try:
+                operation_cancel(operation=operation, reason=form.cleaned_data["reason"], cancelled_by=request.user)
+            except (Refused, IllegalTransition) as refusal:
+                admin_refusal(request, "operation.cancel", operation, refusal)
+                self.message_user(request, f"#{operation.pk}: {refusal}", messages.WARNING)
+            else:
+                admin_audit(request, "operation.cancel", operation, reason=form.cleaned_data["reason"],
+                            seen_state=str(operation.state))
+                cancelled.append(f"#{operation.pk}")
+        if cancelled:
+            self.message_user(request, f"Cancelled {', '.join(cancelled)}.", messages.SUCCESS)
+        return None
 
     def has_delete_permission(self, request, obj=None):
         return False
@@ -55,6 +103,19 @@ class OperationAdmin(admin.ModelAdmin):
     def target_name(self, operation):
         target = operation.target
         return f"{target._meta.model_name} {target}" if target is not None else "—"
+
+    @admin.display(description="current claim")
+    def claim(self, operation):
+        watch = OperationWatch.objects.filter(operation_id=operation.pk).first()
+        if watch is None:
+            return "never claimed"
+        parts = [f"attempt {operation.attempts} claimed {watch.claimed_at:%Y-%m-%d %H:%M:%S} UTC by {watch.worker}"
+                 if watch.claimed_at else "not claimed yet"]
+        if watch.requeues:
+            parts.append(f"requeued by the watchdog {watch.requeues} time(s), last: {watch.last_reason}")
+        if watch.cleanup_pending:
+            parts.append("its clean-up (the plan's release) is still to run")
+        return "; ".join(parts)
 
     @admin.display(description="steps")
     def step_log(self, operation):
@@ -66,5 +127,3 @@ class OperationAdmin(admin.ModelAdmin):
             ((s.get("name"), s.get("started_at", ""), s.get("finished_at", "")) for s in operation.steps),
         )
         return format_html("<table><tr><th>step</th><th>started</th><th>finished</th></tr>{}</table>", rows)
-
-

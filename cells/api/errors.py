@@ -17,6 +17,7 @@ from cells.placement import NoCapacity
 from cells.services import SignupRefused
 from cells.states import IllegalTransition
 from provisioning.backups.errors import AlreadyUnderWay, Refused
+from provisioning.capacity import CapacityRefused
 from provisioning.lifecycle import OperationInProgress
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ def _translate(exc):
         extra = {"current_state": exc.current_state} if exc.current_state else {}
         code = "illegal_state" if exc.current_state else "refused"
         return HubRefusal(str(exc), code=code, status_code=status.HTTP_409_CONFLICT, **extra)
+    if isinstance(exc, CapacityRefused):
+        return HubRefusal(str(exc), code="refused", status_code=status.HTTP_409_CONFLICT)
     if isinstance(exc, SignupRefused):
         field = exc.field or "non_field_errors"
         return HubRefusal(str(exc), code="invalid", status_code=status.HTTP_400_BAD_REQUEST, fields={field: [str(exc)]})

@@ -3,7 +3,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from cells.choices import PROVIDERS_BY_KIND
+from cells.choices import PROVIDERS_BY_KIND, InstanceState
 from cells.models import Instance, Operation, Pool, Reef, Region, Release, Rollout, RolloutWave, Share
 from cells.placement import region_takes_signups
 from cells.validators import validate_instance_name
@@ -158,6 +158,34 @@ class ConfirmNameSerializer(serializers.Serializer):
 
 class ReasonSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=500)
+
+
+class ForceStateSerializer(serializers.Serializer):
+    """Staff repair: the state to put the instance in, the state they saw it in, and why.
+
+    States are plain strings here (one of the instance states) so the schema keeps a single enum of them.
+    """
+
+    state = serializers.CharField(help_text="One of: " + ", ".join(InstanceState.values) + ".")
+    expected_state = serializers.CharField(help_text="The state you saw: the change applies only if it still is.")
+    reason = serializers.CharField(max_length=500)
+
+    def _state(self, value):
+        if value not in InstanceState.values:
+            raise serializers.ValidationError(f"Not an instance state; use one of: {', '.join(InstanceState.values)}.")
+        return value
+
+    validate_state = validate_expected_state = _state
+
+
+class CredentialsSerializer(serializers.Serializer):
+    """An instance's database connection, password included: shown to staff once per request, stored nowhere."""
+
+    database = serializers.CharField()
+    login = serializers.CharField(allow_blank=True)
+    host = serializers.CharField(allow_blank=True)
+    port = serializers.IntegerField(allow_null=True)
+    url = serializers.CharField(help_text="The connection string, with the password.")
 
 
 class ApiTokenSerializer(serializers.ModelSerializer):

@@ -1,6 +1,8 @@
 """API views: thin — they check roles, call selectors for reads and services for work.
 
-Actions that start work answer 202 with the Operation and its URL in ``Location``.
+Actions that start work answer 202 with the Operation and its URL in ``Location``. Every write through the API
+(POST, PUT, PATCH, DELETE by a signed-in caller) is audited once, in ``AuditedWrites.finalize_response``, with its
+outcome: succeeded (2xx), refused (4xx, with the error's message) or failed (5xx).
 """
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -9,12 +11,13 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
 
 from cells import selectors
 from cells.api import permissions as perms
 from cells.api import serializers as s
-from cells.api.idempotency import idempotent
+from cells.api.idempotency import REPLAYED_HEADER, idempotent
 from cells.choices import ReleaseState
 from cells.filtersets import (
     InstanceFilterSet,
@@ -27,9 +30,10 @@ from cells.filtersets import (
 from cells.models import Instance, Operation, Reef, Release, Rollout, Share
 from cells.services import instance_signup
 from cells.states import RELEASE
+from portal.audit import FAILED, REFUSED, SUCCEEDED, audit_record, request_fields
 from portal.models import ApiToken
 from portal.roles import is_staff_reader
-from provisioning import backups, lifecycle, rollouts
+from provisioning import backups, capacity, lifecycle, rollouts
 from provisioning.models import Backup
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -57,6 +61,66 @@ def accepted(request, operation) -> Response:
     return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 
 
+# Audit action names where ``<resource>.<view action>`` would not say it as the admin and the site do.
+AUDIT_ACTIONS = {
+    ("instance", "create"): "instance.signup",
+    ("instance", "retry"): "instance.retry_provision",
+    ("instance", "reveal_credentials"): "credentials.reveal",
+    ("token", "destroy"): "token.revoke",
+}
+
+
+class AuditedWrites:
+    """Audits every write through the API once, whatever its outcome (a view mixin; place it first)."""
+
+    _audit_target = None
+
+    def get_object(self):
+        obj = super().get_object()
+        self._audit_target = obj
+        return obj
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        user = getattr(request, "user", None)
+        if request.method not in SAFE_METHODS and user is not None and user.is_authenticated:
+            if response.status_code != status.HTTP_429_TOO_MANY_REQUESTS:
+                self._audit(request, response)
+        return response
+
+    def _audit(self, request, response) -> None:
+        basename = getattr(self, "basename", "") or ""
+        action = AUDIT_ACTIONS.get((basename, self.action), f"{basename}.{self.action}")
+        data = response.data if isinstance(response.data, dict) else {}
+        code = response.status_code
+        outcome = SUCCEEDED if code < 400 else REFUSED if code < 500 else FAILED
+        details = {"via": "api", "status": code, **request_fields(request.data)}
+        if response.get(REPLAYED_HEADER):
+            details["replayed"] = True
+        target, target_type, target_id, label = self._audit_target, "", "", ""
+        if target is None:
+            if isinstance(data.get("target"), dict) and data["target"]:
+                target_type, target_id, label = data["target"]["type"], data["target"]["id"], data.get("instance")
+            elif code < 400 and "id" in data:
+                target_type, target_id, label = basename, data["id"], data.get("name") or ""
+            else:
+                lookup = self.kwargs.get(self.lookup_url_kwarg or self.lookup_field, "")
+                target_type, target_id, label = (basename, lookup, lookup) if lookup else ("", "", "")
+        if {"kind", "steps", "id"} <= set(data):
+            details["operation"] = data["id"]  # the work this request started (or the operation it acted on)
+        error = data.get("error") if isinstance(data.get("error"), dict) else None
+        if error:  # the refusal, as the caller read it
+            reason = error.get("message", "") + "".join(
+                f" {field}: {' '.join(map(str, messages))}" for field, messages in (error.get("fields") or {}).items()
+            )
+        else:  # the reason the caller gave, if any
+            reason = str(request.data.get("reason", "")) if hasattr(request.data, "get") else ""
+        audit_record(
+            action=action, outcome=outcome, target=target, target_type=target_type, target_id=target_id,
+            target_label=label or "", reason=reason.strip(), details=details, request=request,
+        )
+
+
 class AnnotatedWrites(mixins.CreateModelMixin, mixins.UpdateModelMixin):
     """Create and update answer with the row re-read through ``get_queryset``, so computed capacity
     fields are present in the reply exactly as in a read."""
@@ -75,7 +139,7 @@ class AnnotatedWrites(mixins.CreateModelMixin, mixins.UpdateModelMixin):
         return Response(self.get_serializer(self.get_queryset().get(pk=updated.pk)).data)
 
 
-class RegionViewSet(AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
+class RegionViewSet(AuditedWrites, AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
     """Regions and their free capacity; everyone signed in reads them, staff change them."""
 
     serializer_class = s.RegionSerializer
@@ -88,7 +152,7 @@ class RegionViewSet(AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
         return selectors.regions_with_capacity()
 
 
-class ReefViewSet(AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
+class ReefViewSet(AuditedWrites, AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
     serializer_class = s.ReefSerializer
     permission_classes = [perms.StaffOnly]
     filterset_class = ReefFilterSet
@@ -98,7 +162,7 @@ class ReefViewSet(AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
         return selectors.reefs_with_capacity(Reef.objects.select_related("region"))
 
 
-class PoolViewSet(AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
+class PoolViewSet(AuditedWrites, AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
     serializer_class = s.PoolSerializer
     permission_classes = [perms.StaffOnly]
     filterset_class = PoolFilterSet
@@ -108,7 +172,7 @@ class PoolViewSet(AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
         return selectors.pools_with_usage()
 
 
-class ShareViewSet(viewsets.ReadOnlyModelViewSet):
+class ShareViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     serializer_class = s.ShareSerializer
     permission_classes = [perms.StaffOnly]
     filterset_class = ShareFilterSet
@@ -116,7 +180,7 @@ class ShareViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Share.objects.select_related("instance")
 
 
-class OperationViewSet(viewsets.ReadOnlyModelViewSet):
+class OperationViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     """Operations: customers see those on their own instances, staff all."""
 
     serializer_class = s.OperationSerializer
@@ -142,10 +206,26 @@ class OperationViewSet(viewsets.ReadOnlyModelViewSet):
         operation = self.get_object()
         return accepted(request, operation_retry(operation=operation, requested_by=request.user))
 
+    @extend_schema(request=s.ReasonSerializer, responses={200: s.OperationSerializer},
+                   parameters=[IDEMPOTENCY_HEADER])
+    @action(detail=True, methods=["post"], permission_classes=[perms.StaffOnly])
+    @idempotent
+    def cancel(self, request, pk=None):
+        """Staff: end a queued or running operation failed ("cancelled by <you>: <reason>"); its plan releases
+        what it took. A running worker stops at its next step boundary."""
+        from provisioning.operations import operation_cancel
+
+        data = s.ReasonSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        operation = operation_cancel(
+            operation=self.get_object(), reason=data.validated_data["reason"], cancelled_by=request.user
+        )
+        return Response(s.OperationSerializer(operation, context={"request": request}).data)
+
 
 @extend_schema_view(create=extend_schema(request=s.SignupSerializer, responses={202: s.OperationSerializer},
                                          parameters=[IDEMPOTENCY_HEADER]))
-class InstanceViewSet(viewsets.ReadOnlyModelViewSet):
+class InstanceViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     """Instances: customers see and act on their own (others' answer 404), staff on all."""
 
     serializer_class = s.InstanceSerializer
@@ -241,6 +321,37 @@ class InstanceViewSet(viewsets.ReadOnlyModelViewSet):
         return accepted(request, backups.instance_restore_files(instance=instance, backup=backup,
                                                                 requested_by=request.user))
 
+    @extend_schema(request=s.ForceStateSerializer, responses={200: s.InstanceSerializer},
+                   parameters=[IDEMPOTENCY_HEADER])
+    @action(detail=True, methods=["post"], url_path="force-state", permission_classes=[perms.StaffOnly])
+    @idempotent
+    def force_state(self, request, name=None):
+        """Staff: put the instance into ``state`` whatever the life cycle allows (only the record changes), if it
+        is still ``expected_state``; refused while an operation is under way on it. Audited with the reason."""
+        from provisioning.watchdog import instance_force_state
+
+        data = self._with(request, s.ForceStateSerializer)
+        instance = instance_force_state(
+            instance=self.get_object(), state=data["state"], expected_state=data["expected_state"],
+            reason=data["reason"], forced_by=request.user,
+        )
+        return Response(s.InstanceSerializer(instance, context={"request": request}).data)
+
+    @extend_schema(request=s.ReasonSerializer, responses={200: s.CredentialsSerializer})
+    @action(detail=True, methods=["post"], url_path="reveal-credentials", permission_classes=[perms.StaffOnly])
+    def reveal_credentials(self, request, name=None):
+        """Staff: the instance's database connection string, with its password. Never stored (not even for an
+        Idempotency-Key); each reveal is audited with the reason given."""
+        from provisioning import drivers
+        from provisioning.backups.selectors import database_kwargs
+
+        self._with(request, s.ReasonSerializer)  # a reason is required: AuditedWrites records it with the reveal
+        instance = self.get_object()
+        if instance.database_pool_id is None:
+            raise backups.Refused(f"{instance.name} has no database", current_state=instance.state)
+        credentials = drivers.for_pool(instance.database_pool).credentials(instance, **database_kwargs(instance))
+        return Response(s.CredentialsSerializer(credentials).data, headers={"Cache-Control": "no-store"})
+
     @extend_schema(request=s.ConfirmNameSerializer, responses={202: s.OperationSerializer},
                    parameters=[IDEMPOTENCY_HEADER])
     @action(detail=True, methods=["post"])
@@ -276,7 +387,7 @@ class InstanceViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(s.InstanceSerializer(instance, context={"request": request}).data)
 
 
-class ReleaseViewSet(AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
+class ReleaseViewSet(AuditedWrites, AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
     """Releases: everyone signed in reads them; staff add them and move them through their states."""
 
     serializer_class = s.ReleaseSerializer
@@ -309,7 +420,7 @@ class ReleaseViewSet(AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
         return self._move(request, lambda r: RELEASE.change(r, ReleaseState.WITHDRAWN))
 
 
-class RolloutViewSet(viewsets.ReadOnlyModelViewSet):
+class RolloutViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     """Rollouts (staff): plan with POST, then start, pause, resume or cancel."""
 
     serializer_class = s.RolloutSerializer
@@ -351,7 +462,7 @@ class RolloutViewSet(viewsets.ReadOnlyModelViewSet):
         return self._control(request, rollouts.rollout_cancel)
 
 
-class BackupViewSet(viewsets.ReadOnlyModelViewSet):
+class BackupViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     """Backups: customers see their own instances' backups, staff all."""
 
     serializer_class = s.BackupSerializer
@@ -367,7 +478,7 @@ class BackupViewSet(viewsets.ReadOnlyModelViewSet):
         return queryset.filter(instance__owner=self.request.user)
 
 
-class ApiTokenViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
+class ApiTokenViewSet(AuditedWrites, mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
     """The caller's own API tokens. The token is shown once, in the reply that creates it; DELETE revokes."""
 
     serializer_class = s.ApiTokenSerializer

@@ -1,4 +1,5 @@
-"""Customer pages: thin views over forms, services and selectors."""
+"""Customer pages: thin views over forms, services and selectors. Every action a customer takes here is audited
+(``_audit``), refusals included."""
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
@@ -13,6 +14,8 @@ from cells.models import Instance, Operation
 from cells.placement import NoCapacity
 from cells.services import SignupRefused, instance_signup
 from cells.states import INSTANCE, IllegalTransition
+from portal.audit import REFUSED, SUCCEEDED, audit_record, request_fields
+from portal.models import ActorKind
 from portal.site.forms import DecommissionForm, InstanceForm, RestoreFilesForm, RestoreForm, SignupForm
 from provisioning.backups import (
     Refused,
@@ -25,10 +28,25 @@ from provisioning.backups import (
 from provisioning.backups.restore import when
 from provisioning.backups.selectors import BACKUP_STATES, RESTORE_STATES, instance_backup_overview
 from provisioning.drivers.base import DriverError
+from provisioning.health import instance_health_overview
 from provisioning.models import BackupKind
 from provisioning.operations import operation_progress
 
 CAPACITY_MESSAGE = "We are adding capacity in {region}; please try again in a few minutes."
+
+
+def _audit(request, action, target=None, outcome=SUCCEEDED, reason="", **details):
+    """Record a customer's action on the site (an anonymous signup counts as the customer's)."""
+    audit_record(
+        action=action, outcome=outcome, target=target, reason=reason, request=request,
+        actor_kind=None if request.user.is_authenticated else ActorKind.CUSTOMER,
+        details={"via": "site", **request_fields(request.POST), **details},
+        **({} if target is not None else {"target_type": "instance", "target_label": request.POST.get("name", "")}),
+    )
+
+
+def _errors(form) -> str:
+    return " ".join(str(message) for messages_ in form.errors.values() for message in messages_)
 
 
 def signup(request):
@@ -53,8 +71,11 @@ def signup(request):
             instance = operation.instance
             if not signed_in:
                 login(request, instance.owner, backend="django.contrib.auth.backends.ModelBackend")
+            _audit(request, "instance.signup", instance, operation=operation.pk)
             messages.success(request, f"{instance.name} is on its way.")
             return redirect("site:instance-detail", name=instance.name)
+    if request.method == "POST":
+        _audit(request, "instance.signup", None, REFUSED, reason=_errors(form))
     return render(request, "site/signup.html", {"form": form}, status=400 if form.errors else 200)
 
 
@@ -107,6 +128,7 @@ def _detail(request, instance, *, status=200, **forms):
         "files_error": forms.get("files_error", ""),
         "keep_days": settings.CELLHUB["RESTORE_KEEP_OLD_DAYS"],
         "archive_days": settings.CELLHUB["ARCHIVE_RETENTION_DAYS"],
+        **instance_health_overview(instance),
     }
     return render(request, "site/instance_detail.html", context, status=status)
 
@@ -125,8 +147,10 @@ def instance_backup_now(request, name):
         for kind in (BackupKind.DATABASE, BackupKind.FILES):
             instance_backup(instance=instance, kind=kind, requested_by=request.user)
     except Refused as refusal:
+        _audit(request, "instance.backup", instance, REFUSED, reason=str(refusal))
         messages.error(request, str(refusal))
         return _detail(request, instance, status=400)
+    _audit(request, "instance.backup", instance)
     messages.success(request, f"A backup of {instance.name} is on its way.")
     return redirect("site:instance-detail", name=instance.name)
 
@@ -145,10 +169,12 @@ def instance_restore_view(request, name):
         except (Refused, IllegalTransition) as refusal:
             form.add_error("point_in_time" if getattr(refusal, "field", None) else None, str(refusal))
         else:
+            _audit(request, "instance.restore", instance)
             messages.success(
                 request, f"{instance.name} is being restored to {when(form.cleaned_data['point_in_time'])}."
             )
             return redirect("site:instance-detail", name=instance.name)
+    _audit(request, "instance.restore", instance, REFUSED, reason=_errors(form))
     return _detail(request, instance, status=400, restore_form=form)
 
 
@@ -164,9 +190,11 @@ def instance_restore_files_view(request, name):
         except (Refused, IllegalTransition) as refusal:
             form.add_error(None, str(refusal))
         else:
+            _audit(request, "instance.restore_files", instance)
             messages.success(request, f"The files of {instance.name} are being restored.")
             return redirect("site:instance-detail", name=instance.name)
     errors = " ".join(message for messages_ in form.errors.values() for message in messages_)
+    _audit(request, "instance.restore_files", instance, REFUSED, reason=errors)
     return _detail(request, instance, status=400, files_error=errors)
 
 
@@ -178,11 +206,14 @@ def instance_restore_confirm_view(request, name):
     try:
         instance_restore_confirm(instance=instance, requested_by=request.user)
     except Refused as refusal:
+        _audit(request, "instance.restore_confirm", instance, REFUSED, reason=str(refusal))
         messages.error(request, str(refusal))
         return _detail(request, instance, status=400)
-    except DriverError:
+    except DriverError as error:
+        _audit(request, "instance.restore_confirm", instance, "failed", reason=str(error))
         messages.error(request, "The previous database could not be deleted right now; please try again later.")
         return _detail(request, instance, status=503)
+    _audit(request, "instance.restore_confirm", instance)
     messages.success(request, "Restore confirmed: the previous database was deleted.")
     return redirect("site:instance-detail", name=instance.name)
 
@@ -201,8 +232,10 @@ def instance_decommission_view(request, name):
         except (Refused, IllegalTransition) as refusal:
             form.add_error("confirm_name" if getattr(refusal, "field", None) else None, str(refusal))
         else:
+            _audit(request, "instance.decommission", instance)
             messages.success(request, f"{instance.name} is being decommissioned.")
             return redirect("site:instance-detail", name=instance.name)
+    _audit(request, "instance.decommission", instance, REFUSED, reason=_errors(form))
     return _detail(request, instance, status=400, decommission_form=form)
 
 
