@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate, pre_migrate
 
 
 class CellsConfig(AppConfig):
@@ -6,3 +7,9 @@ class CellsConfig(AppConfig):
 
     name = "cells"
     verbose_name = "Cells"
+
+    def ready(self):
+        from cells import sqlite_triggers
+
+        pre_migrate.connect(sqlite_triggers.drop_before_migrate, dispatch_uid="cellhub-sqlite-triggers-drop")
+        post_migrate.connect(sqlite_triggers.create_after_migrate, dispatch_uid="cellhub-sqlite-triggers-create")

@@ -163,9 +163,11 @@ SPECTACULAR_SETTINGS = {
 Q_CLUSTER = {
     "name": "cellhub",
     "workers": env.int("Q_WORKERS", default=2),
-    "timeout": env.int("Q_TIMEOUT", default=600),
+    # Backups, restores, top-ups and replaces may run for an hour or more; the operation watchdog (with its
+    # heartbeat lease) is what notices a dead worker quickly, not this timeout.
+    "timeout": env.int("Q_TIMEOUT", default=7200),
     # retry must exceed the longest task so a live task is never delivered twice at once.
-    "retry": env.int("Q_RETRY", default=720),
+    "retry": env.int("Q_RETRY", default=7500),
     "max_attempts": 3,
     "ack_failures": True,
     "catch_up": False,

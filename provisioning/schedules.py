@@ -21,6 +21,8 @@ RECURRING = [
               "Start the backups that are due by each instance's cadence."),
     Recurring("backup retention", "provisioning.tasks.backups_expire", 60,
               "Delete expired backups and purge archives past their retention."),
+    Recurring("rollout tick", "provisioning.tasks.rollouts_tick", 1,
+              "Advance running rollouts: start upgrades in open maintenance windows, bake, halt on failures."),
     Recurring("operation watchdog", "provisioning.tasks.operations_watch", 1,
               "Requeue once, then fail, operations stuck queued or running past their limits."),
     Recurring("health checks", "provisioning.tasks.health_check_pass", 5,

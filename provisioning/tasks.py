@@ -47,3 +47,10 @@ def reconcile_pass() -> dict:
     from provisioning.reconcile import reconcile_pass as reconcile
 
     return reconcile()
+
+
+def rollouts_tick() -> list[int]:
+    """Advance every running rollout one step; safe on many workers at once. Returns the ids it advanced."""
+    from provisioning.rollouts import rollouts_tick as tick
+
+    return tick()

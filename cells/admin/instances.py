@@ -110,8 +110,24 @@ class InstanceAdmin(admin.ModelAdmin):
     inlines = [OperationInline]
     actions = [
         "retry_provision", "back_up_now", "restore_to_point_in_time", "restore_files", "confirm_restore",
-        "decommission", "force_state", "reveal_credentials",
+        "decommission", "force_state", "reveal_credentials", "pin_version", "unpin_version",
     ]
+
+    def _set_pinned(self, request, queryset, pinned: bool):
+        names = list(queryset.values_list("name", flat=True))
+        queryset.update(version_pinned=pinned)
+        for instance in queryset:
+            admin_audit(request, "instance.pin" if pinned else "instance.unpin", instance)
+        verb = "Pinned to their versions (rollouts leave them alone)" if pinned else "Unpinned"
+        self.message_user(request, f"{verb}: {', '.join(names)}", messages.SUCCESS)
+
+    @admin.action(description="Pin to the current version (exempt from rollouts)")
+    def pin_version(self, request, queryset):
+        self._set_pinned(request, queryset, True)
+
+    @admin.action(description="Unpin (rollouts may upgrade them)")
+    def unpin_version(self, request, queryset):
+        self._set_pinned(request, queryset, False)
 
     @admin.display(description="database in use")
     def database_in_use(self, instance):

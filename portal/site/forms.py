@@ -98,8 +98,11 @@ class MaintenanceWindowForm(forms.Form):
     """The customer's weekly two-hour maintenance window (UTC), or the region's default."""
 
     use_region_default = forms.BooleanField(required=False, label="Use my region's default window")
-    weekday = forms.TypedChoiceField(choices=WEEKDAYS, coerce=int, required=False)
-    hour = forms.TypedChoiceField(choices=[(h, f"{h:02d}:00 UTC") for h in range(24)], coerce=int, required=False)
+    weekday = forms.TypedChoiceField(choices=WEEKDAYS, coerce=int, required=False, empty_value=None)
+    hour = forms.TypedChoiceField(
+        choices=[("", "—"), *[(h, f"{h:02d}:00 UTC") for h in range(24)]], coerce=int, required=False,
+        empty_value=None,
+    )
 
     def clean(self):
         data = super().clean()

@@ -173,3 +173,32 @@ def test_releases_are_added_by_staff(world, role):
         assert client.post("/api/v1/releases/9.9.9/make-default/").status_code == 409  # a draft first
         assert client.post("/api/v1/releases/9.9.9/make-available/").json()["state"] == "available"
         assert client.post("/api/v1/releases/9.9.9/make-default/").json()["state"] == "default"
+
+
+CAPACITY_ACTIONS = {
+    #                     anonymous owner other readonly staff
+    ("reefs", "top-up"):      (401, 403, 403, 403, 202),
+    ("reefs", "drain"):       (401, 403, 403, 403, 200),
+    ("pools", "drain"):       (401, 403, 403, 403, 200),
+    ("pools", "mark-failed"): (401, 403, 403, 403, 200),
+}
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("resource,action", CAPACITY_ACTIONS)
+def test_capacity_actions_are_for_staff(world, resource, action, role):
+    target = world["cell"]["reef"].pk if resource == "reefs" else world["cell"]["storage"].pk
+    body = {"reason": "gateway gone"} if action == "mark-failed" else None
+    response = world["clients"][role].post(f"/api/v1/{resource}/{target}/{action}/", body, format="json")
+    assert response.status_code == _expect(CAPACITY_ACTIONS[(resource, action)])[role], response.content
+    if response.status_code == 200:
+        assert response.json()["status"] == ("failed" if action == "mark-failed" else "draining")
+
+
+def test_replace_needs_a_failed_pool_and_then_answers_202(world):
+    client, pool = world["clients"]["staff"], world["cell"]["storage"]
+    refused = client.post(f"/api/v1/pools/{pool.pk}/replace/")
+    assert refused.status_code == 409 and "available" in refused.json()["error"]["message"]
+    client.post(f"/api/v1/pools/{pool.pk}/mark-failed/", {"reason": "gateway gone"}, format="json")
+    accepted = client.post(f"/api/v1/pools/{pool.pk}/replace/")
+    assert accepted.status_code == 202 and accepted.json()["kind"] == "replace"

@@ -51,3 +51,26 @@ def test_fixed_urls_exist(client, staff_user):
     client.force_login(staff_user)
     for url in ["/admin/", "/instances/", "/api/v1/", "/api/schema/", "/api/docs/", "/metrics"]:
         assert client.get(url).status_code == 200, url
+
+
+def test_the_embedded_sqlite_default_migrates_from_scratch_and_enforces_the_share_rules(tmp_path):
+    """The first README command runs on SQLite: every migration applies to an empty file, and the
+    share/pool triggers hold there too."""
+    import sqlite3
+
+    database = tmp_path / "hub.sqlite3"
+    result = _manage("migrate", "--no-input", DATABASE_URL=f"sqlite:///{database}", DEBUG="1",
+                     CELLHUB_VAR_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _manage("seed_demo", DATABASE_URL=f"sqlite:///{database}", DEBUG="1",
+                   CELLHUB_VAR_DIR=str(tmp_path)).returncode == 0
+    with sqlite3.connect(database) as connection:
+        pool_id, capacity = connection.execute(
+            "SELECT id, capacity FROM cells_pool WHERE kind = 'storage' LIMIT 1").fetchone()
+        with pytest.raises(sqlite3.IntegrityError, match="share_slot_below_capacity"):
+            connection.execute("INSERT INTO cells_share (pool_id, slot, name, endpoint, status, firewall_address) "
+                               "VALUES (?, ?, 'x', '', 'available', '')", (pool_id, capacity))
+    # Migrating again (as every start of scripts/dev does) keeps working with the triggers in place.
+    again = _manage("migrate", "--no-input", DATABASE_URL=f"sqlite:///{database}", DEBUG="1",
+                    CELLHUB_VAR_DIR=str(tmp_path))
+    assert again.returncode == 0, again.stderr

@@ -21,7 +21,7 @@ def mine(client):
 
 def test_owner_sets_a_window_and_sees_it(client, mine):
     page = client.get("/instances/windowed/").content.decode()
-    assert "Maintenance window" in page and "your region&#x27;s default" in page and "Sunday 02:00" in page
+    assert "Maintenance window" in page and "your region's default" in page and "Sunday 02:00" in page
     response = client.post("/instances/windowed/window/", {"weekday": 2, "hour": 14}, follow=True)
     assert "Maintenance window saved." in response.content.decode()
     mine.refresh_from_db()
