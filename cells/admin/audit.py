@@ -3,7 +3,7 @@
 Every admin action of the hub records itself through ``admin_audit`` (outcome, and the refusal's text as the
 reason when it was refused).
 """
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -113,3 +113,18 @@ class AuditEventAdmin(admin.ModelAdmin):
     @admin.display(description="reason")
     def short_reason(self, event):
         return event.reason if len(event.reason) <= 120 else event.reason[:117] + "…"
+
+
+def run_for_each(modeladmin, request, queryset, service, done: str, refusals: tuple) -> None:
+    """An admin action's body: call ``service`` on each selected row, tell staff the outcome row by row (a
+    refusal names the current state), and audit each as ``<model>.<action>`` with its outcome."""
+    action = f"{queryset.model._meta.model_name}.{request.POST.get('action', 'action')}"
+    for obj in queryset:
+        try:
+            service(obj)
+        except refusals as refusal:
+            admin_refusal(request, action, obj, refusal)
+            modeladmin.message_user(request, f"{obj}: {refusal}", messages.WARNING)
+        else:
+            admin_audit(request, action, obj)
+            modeladmin.message_user(request, f"{obj}: {done}", messages.SUCCESS)

@@ -3,27 +3,15 @@ read each wave's progress and why a rollout halted."""
 from django.contrib import admin, messages
 from django.db import IntegrityError
 
-from cells.admin.audit import admin_audit, admin_refusal
+from cells.admin.audit import run_for_each
 from cells.choices import ReleaseState, TargetState
 from cells.models import Release, Rollout, RolloutTarget, RolloutWave
 from cells.states import RELEASE, IllegalTransition
 from provisioning import rollouts
 
 
-def _each(modeladmin, request, queryset, service, verb):
-    """Apply ``service`` to each selected object; refusals are told (naming the state) and audited."""
-    done = []
-    action = f"{queryset.model._meta.model_name}.{verb.lower().replace(' ', '_')}"
-    for obj in queryset:
-        try:
-            service(obj)
-            done.append(str(obj))
-            admin_audit(request, action, obj)
-        except (IllegalTransition, IntegrityError) as refusal:
-            admin_refusal(request, action, obj, refusal)
-            modeladmin.message_user(request, f"{obj}: {refusal}", messages.WARNING)
-    if done:
-        modeladmin.message_user(request, f"{verb}: {', '.join(done)}", messages.SUCCESS)
+def _each(modeladmin, request, queryset, service, done: str) -> None:
+    run_for_each(modeladmin, request, queryset, service, done, (IllegalTransition, IntegrityError))
 
 
 @admin.register(Release)

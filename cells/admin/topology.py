@@ -11,6 +11,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from cells import selectors
+from cells.admin.audit import run_for_each
 from cells.admin.capacity import capacity_view
 from cells.models import CapacityShortfall, Pool, Reef, Region, Share
 from cells.states import IllegalTransition
@@ -31,14 +32,7 @@ REFUSALS = (IllegalTransition, CapacityRefused, IntegrityError)
 
 
 def _each(modeladmin, request, queryset, service, done: str) -> None:
-    """Call ``service`` on each selected row; one message per row, a warning naming the refusal."""
-    for obj in queryset:
-        try:
-            service(obj)
-        except REFUSALS as refusal:
-            modeladmin.message_user(request, f"{obj}: {refusal}", messages.WARNING)
-        else:
-            modeladmin.message_user(request, f"{obj}: {done}", messages.SUCCESS)
+    run_for_each(modeladmin, request, queryset, service, done, REFUSALS)
 
 
 def annotation(field: str, description: str):

@@ -115,3 +115,14 @@ def test_pool_and_reef_lists_do_not_grow_with_the_fleet(staff_client, django_ass
     with django_assert_num_queries(len(few.captured_queries)):
         staff_client.get(_url(Pool, "changelist"))
         staff_client.get(_url(Reef, "changelist"))
+
+
+def test_topology_admin_actions_are_audited_with_their_outcome(staff_client):
+    from portal.models import AuditEvent
+
+    cell = make_cell()
+    reef = cell["reef"]
+    staff_client.post(_url(Reef, "changelist"), {"action": "drain", "_selected_action": [reef.pk]}, follow=True)
+    staff_client.post(_url(Reef, "changelist"), {"action": "drain", "_selected_action": [reef.pk]}, follow=True)
+    outcomes = list(AuditEvent.objects.filter(action="reef.drain").order_by("pk").values_list("outcome", flat=True))
+    assert outcomes == ["succeeded", "refused"]  # the second drain is refused: the reef is draining already

@@ -32,7 +32,7 @@ def test_release_actions_and_starting_a_rollout(staff_client, fleet):
     page = _act(staff_client, "release", "start_rollout", fleet.pk).content.decode()
     rollout = Rollout.objects.get()
     assert "Rollout started" in page and rollout.state == RolloutState.RUNNING and rollout.targets.count() == 3
-    assert AuditEvent.objects.filter(action="release.rollout_started", outcome="succeeded").exists()
+    assert AuditEvent.objects.filter(action="release.start_rollout", outcome="succeeded").exists()
 
 
 def test_rollout_pause_resume_and_refusals_are_audited(staff_client, fleet):
@@ -42,7 +42,7 @@ def test_rollout_pause_resume_and_refusals_are_audited(staff_client, fleet):
     rollout = rollout_create(release=Release.objects.get(pk=fleet.pk))
     page = _act(staff_client, "rollout", "pause", rollout.pk).content.decode()
     assert "is planned" in page  # only a running rollout pauses
-    assert AuditEvent.objects.filter(action="rollout.paused", outcome="refused").exists()
+    assert AuditEvent.objects.filter(action="rollout.pause", outcome="refused").exists()
     _act(staff_client, "rollout", "start", rollout.pk)
     _act(staff_client, "rollout", "pause", rollout.pk)
     assert Rollout.objects.get(pk=rollout.pk).state == RolloutState.PAUSED
