@@ -35,6 +35,15 @@ def _each(modeladmin, request, queryset, service, done: str) -> None:
     run_for_each(modeladmin, request, queryset, service, done, REFUSALS)
 
 
+class StatusByActions:
+    """On an existing row the status is read-only: it changes through the actions (the state machine),
+    never by editing the field."""
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        return [*fields, "status"] if obj is not None and "status" not in fields else fields
+
+
 def annotation(field: str, description: str):
     """A sortable list column showing an annotation that the admin's queryset computes (no query per row)."""
 
@@ -46,7 +55,7 @@ def annotation(field: str, description: str):
 
 
 @admin.register(Region)
-class RegionAdmin(admin.ModelAdmin):
+class RegionAdmin(StatusByActions, admin.ModelAdmin):
     list_display = ["slug", "name", "cloud", "location", "status", "reef_count", "instance_count", "free_slots"]
     list_filter = ["status", "cloud"]
     search_fields = ["slug", "name", "location"]
@@ -68,7 +77,7 @@ class PoolInline(admin.TabularInline):
 
 
 @admin.register(Reef)
-class ReefAdmin(admin.ModelAdmin):
+class ReefAdmin(StatusByActions, admin.ModelAdmin):
     list_display = [
         "slug", "region", "status", "rollout_ring", "used", "max_instances",
         "free_database", "free_storage", "free_compute", "placeable",
@@ -162,7 +171,7 @@ class ShareInline(admin.TabularInline):
 
 
 @admin.register(Pool)
-class PoolAdmin(admin.ModelAdmin):
+class PoolAdmin(StatusByActions, admin.ModelAdmin):
     list_display = ["name", "reef", "kind", "provider", "status", "dedicated", "capacity", "used", "free"]
     list_filter = ["status", "kind", "provider", "dedicated", "reef__region"]
     search_fields = ["name", "external_id", "reef__slug"]

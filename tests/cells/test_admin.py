@@ -126,3 +126,11 @@ def test_topology_admin_actions_are_audited_with_their_outcome(staff_client):
     staff_client.post(_url(Reef, "changelist"), {"action": "drain", "_selected_action": [reef.pk]}, follow=True)
     outcomes = list(AuditEvent.objects.filter(action="reef.drain").order_by("pk").values_list("outcome", flat=True))
     assert outcomes == ["succeeded", "refused"]  # the second drain is refused: the reef is draining already
+
+
+def test_status_of_existing_topology_changes_only_through_actions(staff_client):
+    cell = make_cell()
+    for model, obj in [(Reef, cell["reef"]), (Pool, cell["storage"]), (Region, cell["reef"].region)]:
+        form = staff_client.get(_url(model, "change", obj.pk)).context["adminform"].form
+        assert "status" not in form.fields, model
+    assert "status" in staff_client.get(_url(Pool, "add")).context["adminform"].form.fields
