@@ -225,6 +225,21 @@ class InstanceAdmin(admin.ModelAdmin):
             **context,
         })
 
+    def _start_from_form(self, request, instance, form, audit_action: str, start, done, error_field=None):
+        """Start ``start(data)`` once ``form`` is valid: on success audit it, tell staff ``done(operation)`` and
+        return True; on a refusal audit it and put it on the form (on ``error_field`` when the input is at fault)."""
+        if not form.is_valid():
+            return False
+        try:
+            operation = start(form.cleaned_data)
+        except (Refused, IllegalTransition) as refusal:
+            admin_refusal(request, audit_action, instance, refusal)
+            form.add_error(error_field if getattr(refusal, "field", None) else None, str(refusal))
+            return False
+        admin_audit(request, audit_action, instance, operation=operation.pk)
+        self.message_user(request, f"{done(operation)} (operation #{operation.pk}).", messages.SUCCESS)
+        return True
+
     @admin.action(description="Restore the database to a point in time…", permissions=["change"])
     def restore_to_point_in_time(self, request, queryset):
         instance = self._one(request, queryset)
@@ -232,21 +247,14 @@ class InstanceAdmin(admin.ModelAdmin):
             return None
         window = restorable_window(instance=instance)
         form = PointInTimeForm(request.POST if "apply" in request.POST else None, window=window)
-        if form.is_valid():
-            try:
-                operation = instance_restore(
-                    instance=instance, point_in_time=form.cleaned_data["point_in_time"], requested_by=request.user
-                )
-            except (Refused, IllegalTransition) as refusal:
-                admin_refusal(request, "instance.restore", instance, refusal)
-                form.add_error("point_in_time" if getattr(refusal, "field", None) else None, str(refusal))
-            else:
-                admin_audit(request, "instance.restore", instance, operation=operation.pk)
-                self.message_user(
-                    request, f"Restore of {instance.name} to {when(operation.restores.get().point_in_time)} queued "
-                    f"(operation #{operation.pk}).", messages.SUCCESS,
-                )
-                return None
+        if self._start_from_form(
+            request, instance, form, "instance.restore",
+            lambda data: instance_restore(instance=instance, point_in_time=data["point_in_time"],
+                                          requested_by=request.user),
+            lambda op: f"Restore of {instance.name} to {when(op.restores.get().point_in_time)} queued",
+            error_field="point_in_time",
+        ):
+            return None
         return self._page(
             request, "admin/instance_restore.html", instance, "restore_to_point_in_time", form,
             title=f"Restore {instance.name} to a point in time", window=window, help=RESTORE_HELP,
@@ -258,20 +266,12 @@ class InstanceAdmin(admin.ModelAdmin):
         if instance is None:
             return None
         form = FilesBackupForm(request.POST if "apply" in request.POST else None, instance=instance)
-        if form.is_valid():
-            try:
-                operation = instance_restore_files(
-                    instance=instance, backup=form.cleaned_data["backup"], requested_by=request.user
-                )
-            except (Refused, IllegalTransition) as refusal:
-                admin_refusal(request, "instance.restore_files", instance, refusal)
-                form.add_error(None, str(refusal))
-            else:
-                admin_audit(request, "instance.restore_files", instance, operation=operation.pk)
-                self.message_user(
-                    request, f"Files restore of {instance.name} queued (operation #{operation.pk}).", messages.SUCCESS
-                )
-                return None
+        if self._start_from_form(
+            request, instance, form, "instance.restore_files",
+            lambda data: instance_restore_files(instance=instance, backup=data["backup"], requested_by=request.user),
+            lambda op: f"Files restore of {instance.name} queued",
+        ):
+            return None
         return self._page(
             request, "admin/instance_restore_files.html", instance, "restore_files", form,
             title=f"Restore the files of {instance.name}",
@@ -296,20 +296,14 @@ class InstanceAdmin(admin.ModelAdmin):
         if instance is None:
             return None
         form = DecommissionForm(request.POST if "apply" in request.POST else None)
-        if form.is_valid():
-            try:
-                operation = instance_decommission(
-                    instance=instance, confirm_name=form.cleaned_data["confirm_name"], requested_by=request.user
-                )
-            except (Refused, IllegalTransition) as refusal:
-                admin_refusal(request, "instance.decommission", instance, refusal)
-                form.add_error("confirm_name" if getattr(refusal, "field", None) else None, str(refusal))
-            else:
-                admin_audit(request, "instance.decommission", instance, operation=operation.pk)
-                self.message_user(
-                    request, f"Decommission of {instance.name} queued (operation #{operation.pk}).", messages.SUCCESS
-                )
-                return None
+        if self._start_from_form(
+            request, instance, form, "instance.decommission",
+            lambda data: instance_decommission(instance=instance, confirm_name=data["confirm_name"],
+                                               requested_by=request.user),
+            lambda op: f"Decommission of {instance.name} queued",
+            error_field="confirm_name",
+        ):
+            return None
         return self._page(
             request, "admin/instance_decommission.html", instance, "decommission", form,
             title=f"Decommission {instance.name}",
