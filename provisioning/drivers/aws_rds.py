@@ -17,7 +17,6 @@ a NEW RDS instance, where the instance's database keeps its name.
 """
 from __future__ import annotations
 
-import os
 import re
 from datetime import datetime
 
@@ -32,6 +31,7 @@ from provisioning.drivers.base import (
     TransientDriverError,
     resource_name,
     resource_prefix,
+    secret_from_environment,
 )
 from provisioning.drivers.cloud_retry import CloudConflictError, CloudNotFoundError, aws_client, cloud_call
 from provisioning.drivers.postgres import provision_role_and_database
@@ -102,15 +102,7 @@ class RdsDatabaseDriver(DatabaseDriver):
         return self.config.get("master_username", "cellhub_admin")
 
     def _master_password(self) -> str:
-        env_name = self.config.get("master_password_env")
-        if not env_name:
-            raise PermanentDriverError(f"RDS pool {self.pool}: config is missing master_password_env")
-        password = os.environ.get(env_name)
-        if not password:
-            raise PermanentDriverError(
-                f"RDS pool {self.pool}: environment variable {env_name} (the master password) is not set"
-            )
-        return password
+        return secret_from_environment(self.pool, "master_password_env", what="the RDS master password")
 
     def describe(self, identifier: str | None = None) -> dict | None:
         """The RDS instance's description, or ``None`` when it does not exist."""

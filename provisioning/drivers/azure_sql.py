@@ -21,7 +21,6 @@ so it can open no other): Azure has no management API for that, so it is created
 """
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 
 from azure.mgmt.sql import SqlManagementClient
@@ -34,6 +33,7 @@ from provisioning.drivers.base import (
     PermanentDriverError,
     TransientDriverError,
     resource_prefix,
+    secret_from_environment,
 )
 from provisioning.drivers.cloud_retry import (
     CloudNotFoundError,
@@ -117,15 +117,7 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         return self.config.get("admin_login", "cellhubadmin")
 
     def _admin_password(self) -> str:
-        env_name = self.config.get("admin_password_env")
-        if not env_name:
-            raise PermanentDriverError(f"Azure SQL pool {self.pool}: config is missing admin_password_env")
-        password = os.environ.get(env_name)
-        if not password:
-            raise PermanentDriverError(
-                f"Azure SQL pool {self.pool}: environment variable {env_name} (the server admin password) is not set"
-            )
-        return password
+        return secret_from_environment(self.pool, "admin_password_env", what="the server admin password")
 
     def _host(self) -> str:
         return self.config.get("server_fqdn") or f"{self.required['server']}.database.windows.net"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -103,6 +104,23 @@ class DeploymentStatus:
     ready_replicas: int = 0
     replicas: int = 0
     image: str = ""
+
+
+def secret_from_environment(pool: Pool, config_key: str, *, what: str, required: bool = True) -> str | None:
+    """The secret held by the environment variable whose *name* the pool's config gives under ``config_key``.
+
+    The database stores only the variable's name. Raises ``PermanentDriverError`` naming what is missing:
+    the config key (when ``required``) or the variable. Returns None when not required and not configured.
+    """
+    env_name = (pool.config or {}).get(config_key)
+    if not env_name:
+        if not required:
+            return None
+        raise PermanentDriverError(f"pool {pool}: config is missing {config_key}")
+    value = os.environ.get(env_name)
+    if not value:
+        raise PermanentDriverError(f"pool {pool}: environment variable {env_name} ({what}) is not set")
+    return value
 
 
 class PoolDriver:

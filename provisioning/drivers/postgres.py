@@ -31,6 +31,7 @@ from provisioning.drivers.base import (
     PermanentDriverError,
     TransientDriverError,
     resource_prefix,
+    secret_from_environment,
 )
 from provisioning.drivers.local_paths import var_path
 
@@ -103,13 +104,9 @@ class PostgresDatabaseDriver(DatabaseDriver):
             "dbname": dbname or config.get("admin_database", "postgres"),
             "connect_timeout": int(config.get("connect_timeout", 10)),
         }
-        password_env = config.get("admin_password_env")
-        if password_env:
-            if password_env not in os.environ:
-                raise PermanentDriverError(
-                    f"pool {self.pool}: environment variable {password_env} (the admin password) is not set"
-                )
-            kwargs["password"] = os.environ[password_env]
+        password = secret_from_environment(self.pool, "admin_password_env", what="the admin password", required=False)
+        if password is not None:
+            kwargs["password"] = password
         if config.get("sslmode"):
             kwargs["sslmode"] = config["sslmode"]
         return kwargs

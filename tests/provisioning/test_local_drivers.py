@@ -152,3 +152,16 @@ def test_unknown_provider_is_a_permanent_error():
     pool.provider = "oracle"
     with pytest.raises(PermanentDriverError, match="oracle"):
         drivers.for_pool(pool)
+
+
+def test_secrets_come_from_the_environment_variable_the_config_names(monkeypatch):
+    from provisioning.drivers.base import secret_from_environment
+
+    pool = make_pool(kind=PoolKind.DATABASE, provider=Provider.AWS_RDS, config={"master_password_env": "RDS_PW"})
+    with pytest.raises(PermanentDriverError, match="environment variable RDS_PW .the master password. is not set"):
+        secret_from_environment(pool, "master_password_env", what="the master password")
+    monkeypatch.setenv("RDS_PW", "s3cret")
+    assert secret_from_environment(pool, "master_password_env", what="the master password") == "s3cret"
+    with pytest.raises(PermanentDriverError, match="config is missing admin_password_env"):
+        secret_from_environment(pool, "admin_password_env", what="x")
+    assert secret_from_environment(pool, "admin_password_env", what="x", required=False) is None
