@@ -11,7 +11,7 @@ admin.site.index_title = "Fleet"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/v1/", include("cells.api.urls", namespace="api")),
+    path("api/v1/", include("portal.api.urls", namespace="api")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", health.healthz, name="healthz"),
@@ -25,7 +25,7 @@ def handler404(request, exception=None):
     """API paths answer in the API's error shape; pages get Django's page."""
     from django.views.defaults import page_not_found
 
-    from cells.api.errors import json_not_found
+    from portal.api.errors import json_not_found
 
     if request.path.startswith("/api/"):
         return json_not_found(request, exception)
@@ -35,7 +35,7 @@ def handler404(request, exception=None):
 def handler500(request):
     from django.views.defaults import server_error
 
-    from cells.api.errors import json_server_error
+    from portal.api.errors import json_server_error
 
     if request.path.startswith("/api/"):
         return json_server_error(request)

@@ -259,7 +259,7 @@ def test_cancelling_a_running_operation_stops_its_worker_at_the_next_step(staff_
 
 
 def test_cancel_through_the_api_and_its_refusals_are_audited(instance, staff_user):
-    from tests.api.conftest import token_client
+    from tests.portal.api.conftest import token_client
 
     operation = Operation.objects.create(kind=OperationKind.STOP, instance=instance)
     staff, customer = token_client(staff_user), token_client(instance.owner)
@@ -332,7 +332,7 @@ def test_force_state_is_refused_while_an_operation_is_under_way(instance, staff_
 
 
 def test_force_state_through_the_api(instance, staff_user):
-    from tests.api.conftest import token_client
+    from tests.portal.api.conftest import token_client
 
     client = token_client(staff_user)
     body = {"state": "stopped", "expected_state": "pending", "reason": "record repair"}

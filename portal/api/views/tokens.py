@@ -3,9 +3,9 @@ from django.utils import timezone
 from rest_framework import mixins, status, viewsets
 from rest_framework.response import Response
 
-from cells.api import permissions as perms
-from cells.api import serializers as s
-from cells.api.views.common import (
+from portal.api import permissions as perms
+from portal.api import serializers as s
+from portal.api.views.common import (
     AuditedWrites,
     NewestFirst,
 )

@@ -1,7 +1,7 @@
 """Routes of /api/v1/: kebab-case plural resources."""
 from rest_framework.routers import DefaultRouter
 
-from cells.api import views
+from portal.api import views
 
 app_name = "api"
 router = DefaultRouter()

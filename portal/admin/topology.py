@@ -11,8 +11,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from cells import selectors
-from cells.admin.audit import run_for_each
-from cells.admin.capacity import capacity_view
+from portal.admin.audit import run_for_each
+from portal.admin.capacity import capacity_view
 from cells.models import CapacityShortfall, Pool, Reef, Region, Share
 from cells.states import IllegalTransition
 from provisioning.capacity import (

@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
-from cells.admin.audit import admin_audit, admin_refusal
+from portal.admin.audit import admin_audit, admin_refusal
 from cells.choices import OperationState
 from cells.models import Operation
 from cells.states import IllegalTransition

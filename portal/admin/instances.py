@@ -13,7 +13,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from cells.admin.audit import admin_audit, admin_refusal
+from portal.admin.audit import admin_audit, admin_refusal
 from cells.choices import InstanceState, OperationKind, OperationState
 from cells.models import Instance, Operation
 from cells.states import IllegalTransition

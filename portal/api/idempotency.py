@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from rest_framework import status
 from rest_framework.response import Response
 
-from cells.api.errors import HubRefusal
+from portal.api.errors import HubRefusal
 from portal.models import IdempotencyRecord
 
 HEADER = "Idempotency-Key"

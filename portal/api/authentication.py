@@ -75,7 +75,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
 class BearerTokenScheme(OpenApiAuthenticationExtension):
     """Tells the OpenAPI schema how to send the token."""
 
-    target_class = "cells.api.authentication.BearerTokenAuthentication"
+    target_class = "portal.api.authentication.BearerTokenAuthentication"
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema):

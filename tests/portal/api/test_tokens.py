@@ -5,7 +5,7 @@ import pytest
 from django.utils import timezone
 
 from portal.models import ApiToken, hash_token_secret
-from tests.api.conftest import token_client
+from tests.portal.api.conftest import token_client
 
 pytestmark = pytest.mark.django_db
 

@@ -3,7 +3,7 @@ read each wave's progress and why a rollout halted."""
 from django.contrib import admin, messages
 from django.db import IntegrityError
 
-from cells.admin.audit import run_for_each
+from portal.admin.audit import run_for_each
 from cells.choices import ReleaseState, TargetState
 from cells.models import Release, Rollout, RolloutTarget, RolloutWave
 from cells.states import RELEASE, IllegalTransition

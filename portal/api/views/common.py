@@ -5,8 +5,8 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
 
-from cells.api import serializers as s
-from cells.api.idempotency import REPLAYED_HEADER
+from portal.api import serializers as s
+from portal.api.idempotency import REPLAYED_HEADER
 from portal.audit import FAILED, REFUSED, SUCCEEDED, audit_record, request_fields
 
 IDEMPOTENCY_HEADER = OpenApiParameter(

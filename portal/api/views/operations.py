@@ -4,11 +4,11 @@ from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from cells.api import permissions as perms
-from cells.api import serializers as s
-from cells.api.idempotency import idempotent
-from cells.api.views.common import IDEMPOTENCY_HEADER, AuditedWrites, NewestFirst, accepted
-from cells.filtersets import (
+from portal.api import permissions as perms
+from portal.api import serializers as s
+from portal.api.idempotency import idempotent
+from portal.api.views.common import IDEMPOTENCY_HEADER, AuditedWrites, NewestFirst, accepted
+from portal.api.filtersets import (
     OperationFilterSet,
 )
 from cells.models import Operation

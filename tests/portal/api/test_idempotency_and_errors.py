@@ -2,7 +2,7 @@
 import pytest
 
 from cells.models import Instance, Operation
-from tests.api.conftest import token_client
+from tests.portal.api.conftest import token_client
 
 pytestmark = pytest.mark.django_db
 
