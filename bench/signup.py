@@ -57,7 +57,7 @@ def run_signups(count, region):
     from django_q.conf import Conf
 
     from cells.models import Instance
-    from cells.services import instance_signup
+    from provisioning.lifecycle import instance_signup
 
     Conf.SYNC = True  # the task body runs inline: the worker's code path without broker latency
     owner = get_user_model().objects.create_user(username="bench", email="bench@example.com", password="x")

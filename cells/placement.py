@@ -21,22 +21,9 @@ from cells.choices import (
     ShareStatus,
     Tier,
 )
+from cells.errors import NoCapacity, Refused
 from cells.models import Instance, Pool, Reef, Share
 from cells.states import SHARE
-
-
-class PlacementError(Exception):
-    """The instance cannot be placed; ``field`` names the input at fault for forms and the API."""
-
-    field = None
-
-
-class RegionClosed(PlacementError):
-    field = "region"
-
-
-class NoCapacity(PlacementError):
-    """No reef in the region has a free slot of every kind right now."""
 
 
 def region_takes_signups(region) -> bool:
@@ -239,7 +226,7 @@ def _attempt(cursor, instance: Instance, lock_reef) -> tuple[int | None, bool]:
 def instance_place(*, instance: Instance) -> None:
     """Give ``instance`` a reef, a database pool, a compute pool and a share; idempotent.
 
-    Raises ``RegionClosed`` when its region takes no signups and ``NoCapacity`` when no reef has a free
+    Raises ``Refused`` (field ``region``) when its region takes no signups and ``NoCapacity`` when no reef has a free
     slot of every kind; in both cases nothing is taken. The common path costs three statements.
     """
     region = instance.region
@@ -250,7 +237,7 @@ def instance_place(*, instance: Instance) -> None:
             return
         raise NoCapacity(f"reef {instance.reef} has no room left for what {instance} lacks")
     if not region_takes_signups(region):
-        raise RegionClosed(f"region {region.name} is {region.status} and takes no new instances")
+        raise Refused(f"region {region.name} is {region.status} and takes no new instances", field="region")
     with connection.cursor() as cursor:
         tried = []
         while True:

@@ -17,22 +17,8 @@ from cells.choices import (
     RolloutState,
     ShareStatus,
 )
+from cells.errors import IllegalTransition
 from cells.models import Instance, Operation, Pool, Reef, Region, Release, Rollout, Share
-
-
-class IllegalTransition(Exception):
-    """A state change that the current state does not allow."""
-
-    def __init__(self, obj: models.Model, current: str | None, target: str):
-        self.obj = obj
-        self.current = current
-        self.target = target
-        label = obj._meta.verbose_name
-        if current is None:
-            message = f"{label} {obj.pk} no longer exists"
-        else:
-            message = f"{label} {obj} is {current}; it cannot become {target}"
-        super().__init__(message)
 
 
 class StateMachine:

@@ -15,7 +15,7 @@ import logging
 
 from django.db import models, transaction
 
-from portal.models import ActorKind, AuditEvent, AuditOutcome
+from portal.models import ActorKind, ApiToken, AuditEvent, AuditOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,6 @@ SECRET_FIELDS = frozenset({"password", "password1", "password2", "token", "secre
 def actor_kind_of(user, request=None) -> str:
     """staff / customer by the user's role; ``api_token`` for a request authenticated with a token; scheduler
     when nobody signed in acted (the hub's own work)."""
-    from portal.models import ApiToken
-
     if request is not None and isinstance(getattr(request, "auth", None), ApiToken):
         return ActorKind.API_TOKEN
     if user is None or not getattr(user, "is_authenticated", False):

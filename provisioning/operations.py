@@ -40,8 +40,9 @@ from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 
 from cells.choices import OperationState
+from cells.errors import IllegalTransition, Refused
 from cells.models import Instance, Operation
-from cells.states import OPERATION, IllegalTransition
+from cells.states import OPERATION
 from portal.audit import FAILED, SUCCEEDED, audit_record
 from portal.logging import log_context
 from provisioning import faults
@@ -450,7 +451,6 @@ def operation_cancel(
     ``expected_state`` is the state staff saw (default: the one in memory). Raises ``Refused`` (no reason given,
     or the operation has already ended) or ``IllegalTransition`` (it changed since staff looked).
     """
-    from provisioning.backups.errors import Refused  # the package imports this module
 
     reason = (reason or "").strip()
     if not reason:

@@ -39,9 +39,9 @@ from cells.choices import (
     PoolKind,
     PoolStatus,
 )
+from cells.errors import Refused
 from cells.models import Instance, Operation, Pool, Region, Share
 from provisioning import drivers
-from provisioning.backups.errors import Refused
 from provisioning.drivers.base import ComputeDriver, DatabaseDriver, resource_prefix
 from provisioning.models import (
     ORPHAN_OPEN_STATES,
@@ -62,11 +62,6 @@ COMPLETE_STATES = (InstanceState.RUNNING, InstanceState.STOPPED, InstanceState.U
 POOL_KIND_OF = {OrphanKind.DATABASE: PoolKind.DATABASE, OrphanKind.SHARE: PoolKind.STORAGE,
                 OrphanKind.DEPLOYMENT: PoolKind.COMPUTE}
 _OPEN = [str(s) for s in ORPHAN_OPEN_STATES]
-
-
-class CleanRefused(Refused):
-    """A clean-up staff may not make (a missing-resource finding, a finding already closed, a name the driver
-    cannot be asked to delete)."""
 
 
 # ---- what the hub claims ----------------------------------------------------------------------------------
@@ -354,7 +349,7 @@ def _still_unclaimed(orphan: Orphan) -> bool | None:
 
 
 def _delete(orphan: Orphan) -> str:
-    """Delete the resource through its driver; returns what was done. Raises ``CleanRefused`` for a name the
+    """Delete the resource through its driver; returns what was done. Raises ``Refused`` for a name the
     driver's interface cannot address, ``DriverError`` when the provider refuses."""
     name = orphan.resource_name
     if orphan.kind == OrphanKind.DNS_RECORD:
@@ -367,7 +362,7 @@ def _delete(orphan: Orphan) -> str:
     if orphan.kind == OrphanKind.DEPLOYMENT:
         pk = _derived_pk(name, "-")
         if pk is None or driver.namespace(Instance(pk=pk)) != name:
-            raise CleanRefused(f"{name} is not a name the hub derives: delete it by hand in pool {orphan.pool.name}")
+            raise Refused(f"{name} is not a name the hub derives: delete it by hand in pool {orphan.pool.name}")
         driver.delete(instance=Instance(pk=pk))
         return f"deployment {name} deleted from pool {orphan.pool.name}"
     pk = _derived_pk(name, "_")
@@ -378,7 +373,7 @@ def _delete(orphan: Orphan) -> str:
     elif derived:
         driver.drop_database(instance=stand_in)
     else:
-        raise CleanRefused(f"the {orphan.pool.provider} driver only drops databases named after an instance: "
+        raise Refused(f"the {orphan.pool.provider} driver only drops databases named after an instance: "
                            f"drop {name} by hand")
     return f"database {name} dropped from pool {orphan.pool.name}" + (" with its login" if derived else "")
 
@@ -387,19 +382,19 @@ def orphan_clean(*, orphan: Orphan, confirmed_by) -> str:
     """Delete an unclaimed resource staff confirmed: recorded as confirmed first, then checked again (it must
     still exist and still be nobody's), then deleted through its driver; returns what was done.
 
-    Raises ``CleanRefused`` for a missing-resource finding (flagged, never fixed here) or one no longer open, and
+    Raises ``Refused`` for a missing-resource finding (flagged, never fixed here) or one no longer open, and
     re-raises a driver's error after recording it (the finding stays confirmed: the clean-up can be repeated).
     A resource gone meanwhile, or claimed meanwhile, is not touched and the finding is resolved.
     """
     if orphan.direction != OrphanDirection.UNCLAIMED:
-        raise CleanRefused(f"{orphan} is a missing resource: it is flagged for staff, never cleaned up here")
+        raise Refused(f"{orphan} is a missing resource: it is flagged for staff, never cleaned up here")
     now = timezone.now()
     confirmed = Orphan.objects.filter(pk=orphan.pk, state__in=_OPEN).update(
         state=OrphanState.CONFIRMED, confirmed_by=confirmed_by, confirmed_at=now
     )
     if not confirmed:
         orphan.refresh_from_db()
-        raise CleanRefused(f"{orphan} is {orphan.state}: there is nothing to clean up", current_state=orphan.state)
+        raise Refused(f"{orphan} is {orphan.state}: there is nothing to clean up", current_state=orphan.state)
     orphan.refresh_from_db()
     try:
         still = _still_unclaimed(orphan)
@@ -424,13 +419,13 @@ def orphan_dismiss(*, orphan: Orphan, dismissed_by, reason: str) -> None:
     """Staff decide a finding needs nothing (a resource kept on purpose, a known gap); it stays on record."""
     reason = (reason or "").strip()
     if not reason:
-        raise CleanRefused("Say why the finding is dismissed.", field="reason")
+        raise Refused("Say why the finding is dismissed.", field="reason")
     who = dismissed_by.get_username() if dismissed_by is not None else "the hub"
     dismissed = Orphan.objects.filter(pk=orphan.pk, state=OrphanState.OPEN).update(
         state=OrphanState.DISMISSED, closed_at=timezone.now(), note=f"dismissed by {who}: {reason}"
     )
     if not dismissed:
         orphan.refresh_from_db()
-        raise CleanRefused(f"{orphan} is {orphan.state}: only an open finding can be dismissed",
+        raise Refused(f"{orphan} is {orphan.state}: only an open finding can be dismissed",
                            current_state=orphan.state)
 

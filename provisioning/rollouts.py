@@ -27,8 +27,9 @@ from cells.choices import (
     TargetState,
     WaveState,
 )
+from cells.errors import IllegalTransition
 from cells.models import Instance, Operation, Release, Rollout, RolloutTarget, RolloutWave
-from cells.states import RELEASE, ROLLOUT, IllegalTransition
+from cells.states import RELEASE, ROLLOUT
 from provisioning.operations import operation_create
 
 logger = logging.getLogger(__name__)

@@ -27,11 +27,11 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from cells.choices import OPERATION_ACTIVE_STATES, InstanceState, OperationState
-from cells.models import Instance, Operation
-from cells.states import OPERATION, IllegalTransition, StateMachine
+from cells.choices import OperationState
+from cells.errors import IllegalTransition
+from cells.models import Operation
+from cells.states import OPERATION
 from portal.audit import SUCCEEDED, audit_record
-from provisioning.backups.errors import Refused
 from provisioning.models import OperationWatch
 from provisioning.operations import (
     operation_end_from_outside,
@@ -189,47 +189,3 @@ def operations_watch(*, now: datetime | None = None) -> dict[str, list[int]]:
                 summary["failed"].append(operation.pk)
     summary["cleaned_up"] = _settle_cleanups(now)
     return summary
-
-
-# ---- staff override: force an instance's state ---------------------------------------------------------------
-
-# Every state may become any other: this machine is used only by ``instance_force_state``, deliberately.
-FORCE_INSTANCE = StateMachine(
-    Instance, "state", {state: set(InstanceState.values) - {state} for state in InstanceState.values}
-)
-
-
-class ForceRefused(Refused):
-    """A force-state staff may not make now (no reason, an unknown or unchanged state, work under way)."""
-
-
-def instance_force_state(*, instance: Instance, state: str, expected_state: str, reason: str, forced_by) -> Instance:
-    """Put the instance into ``state`` whatever the transition table says, for staff repairing a record by hand.
-
-    Nothing else changes (no driver is called): staff use it when the row is wrong about the world. It is a
-    conditional update from ``expected_state`` (the state staff saw): raises ``IllegalTransition`` naming the
-    current state when someone changed it meanwhile, and ``ForceRefused`` without a reason, for an unknown or
-    unchanged state, or while an operation is queued or running on the instance (cancel it first).
-    """
-    reason = (reason or "").strip()
-    if not reason:
-        raise ForceRefused("Say why the state is forced.", field="reason")
-    if state not in InstanceState.values:
-        raise ForceRefused(f"{state!r} is not an instance state", field="state")
-    if state == expected_state:
-        raise ForceRefused(f"instance {instance.name} is already {state}", field="state", current_state=expected_state)
-    active = (
-        Operation.objects.filter(instance=instance, state__in=[str(s) for s in OPERATION_ACTIVE_STATES])
-        .order_by("created_at")
-        .first()
-    )
-    if active is not None:
-        raise ForceRefused(
-            f"operation #{active.pk} ({active.kind}) is {active.state} on {instance.name}: cancel it first",
-            current_state=expected_state,
-        )
-    FORCE_INSTANCE.change(instance, state, only_from={expected_state})
-    logger.warning(
-        "instance %s forced from %s to %s by %s: %s", instance.name, expected_state, state, forced_by, reason
-    )
-    return instance

@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from portal.audit import REFUSED, SUCCEEDED, audit_record, request_fields
-from portal.models import AuditEvent
+from portal.models import ActorKind, AuditEvent
 
 # Where an audit row's target opens in the admin, by target type.
 TARGET_ADMIN = {
@@ -37,8 +37,6 @@ class ActorKindFilter(admin.SimpleListFilter):
     parameter_name = "actor_kind"
 
     def lookups(self, request, model_admin):
-        from portal.models import ActorKind
-
         return ActorKind.choices
 
     def queryset(self, request, queryset):

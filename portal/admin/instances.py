@@ -13,12 +13,11 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from portal.admin.audit import admin_audit, admin_refusal
 from cells.choices import InstanceState, OperationKind, OperationState
+from cells.errors import Refused
 from cells.models import Instance, Operation
-from cells.states import IllegalTransition
+from portal.admin.audit import admin_audit, admin_refusal
 from provisioning.backups import (
-    Refused,
     instance_backup,
     instance_decommission,
     instance_restore,
@@ -27,12 +26,12 @@ from provisioning.backups import (
     restorable_window,
 )
 from provisioning.backups.restore import when
-from provisioning.backups.selectors import current_database, usable_backups
+from provisioning.backups.selectors import current_database, instance_database_credentials, usable_backups
 from provisioning.drivers.base import DriverError
 from provisioning.health import instance_health_overview
+from provisioning.lifecycle import instance_force_state
 from provisioning.models import BackupKind
 from provisioning.operations import operation_retry
-from provisioning.watchdog import ForceRefused, instance_force_state
 
 RESTORE_HELP = (
     "Restoring to a time uses the latest database backup taken at or before it. The backup is restored into a "
@@ -181,7 +180,7 @@ class InstanceAdmin(admin.ModelAdmin):
                 operation_retry(operation=operation, requested_by=request.user)
                 retried.append(operation.instance.name)
                 admin_audit(request, "instance.retry_provision", operation.instance, operation=operation.pk)
-            except (IllegalTransition, IntegrityError) as refusal:
+            except (Refused, IntegrityError) as refusal:
                 admin_refusal(request, "instance.retry_provision", operation.instance, refusal)
                 self.message_user(request, f"{operation.instance}: {refusal}", messages.WARNING)
         if retried:
@@ -232,7 +231,7 @@ class InstanceAdmin(admin.ModelAdmin):
             return False
         try:
             operation = start(form.cleaned_data)
-        except (Refused, IllegalTransition) as refusal:
+        except Refused as refusal:
             admin_refusal(request, audit_action, instance, refusal)
             form.add_error(error_field if getattr(refusal, "field", None) else None, str(refusal))
             return False
@@ -325,7 +324,7 @@ class InstanceAdmin(admin.ModelAdmin):
                     instance=instance, state=data["state"], expected_state=data["seen_state"],
                     reason=data["reason"], forced_by=request.user,
                 )
-            except (ForceRefused, IllegalTransition) as refusal:
+            except Refused as refusal:
                 admin_refusal(request, "instance.force_state", instance, refusal, to_state=data["state"])
                 form.add_error(getattr(refusal, "field", None) if getattr(refusal, "field", None) in form.fields
                                else None, str(refusal))
@@ -345,36 +344,29 @@ class InstanceAdmin(admin.ModelAdmin):
     @admin.action(description="Reveal the database connection string…", permissions=["change"])
     def reveal_credentials(self, request, queryset):
         """Show one instance's connection string once, after a reason is given; every reveal is audited."""
-        from provisioning import drivers
-        from provisioning.backups.selectors import database_kwargs
-
         instance = self._one(request, queryset)
         if instance is None:
             return None
         form = RevealForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             reason = form.cleaned_data["reason"]
-            if instance.database_pool_id is None:
-                refusal = f"{instance.name} has no database"
-                admin_audit(request, "credentials.reveal", instance, "refused", reason=refusal)
-                form.add_error(None, refusal)
+            try:
+                credentials = instance_database_credentials(instance=instance)
+            except Refused as refusal:
+                admin_audit(request, "credentials.reveal", instance, "refused", reason=str(refusal))
+                form.add_error(None, str(refusal))
+            except DriverError as error:
+                admin_audit(request, "credentials.reveal", instance, "failed", reason=str(error))
+                form.add_error(None, f"The database pool did not answer: {error}")
             else:
-                try:
-                    credentials = drivers.for_pool(instance.database_pool).credentials(
-                        instance, **database_kwargs(instance)
-                    )
-                except DriverError as error:
-                    admin_audit(request, "credentials.reveal", instance, "failed", reason=str(error))
-                    form.add_error(None, f"The database pool did not answer: {error}")
-                else:
-                    admin_audit(request, "credentials.reveal", instance, reason=reason,
-                                database=credentials.database, login=credentials.login)
-                    response = self._page(
-                        request, "admin/instance_revealed.html", instance, "reveal_credentials", form,
-                        title=f"Connection string of {instance.name}", credentials=credentials,
-                    )
-                    response["Cache-Control"] = "no-store"
-                    return response
+                admin_audit(request, "credentials.reveal", instance, reason=reason,
+                            database=credentials.database, login=credentials.login)
+                response = self._page(
+                    request, "admin/instance_revealed.html", instance, "reveal_credentials", form,
+                    title=f"Connection string of {instance.name}", credentials=credentials,
+                )
+                response["Cache-Control"] = "no-store"
+                return response
         return self._page(
             request, "admin/instance_reveal.html", instance, "reveal_credentials", form,
             title=f"Reveal the connection string of {instance.name}",

@@ -7,11 +7,10 @@ from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
-from portal.admin.audit import admin_audit, admin_refusal
 from cells.choices import OperationState
+from cells.errors import Refused
 from cells.models import Operation
-from cells.states import IllegalTransition
-from provisioning.backups.errors import Refused
+from portal.admin.audit import admin_audit, admin_refusal
 from provisioning.models import OperationWatch
 from provisioning.operations import operation_cancel, operation_retry
 
@@ -57,7 +56,7 @@ class OperationAdmin(admin.ModelAdmin):
         for operation in queryset.filter(state=OperationState.FAILED):
             try:
                 operation_retry(operation=operation, requested_by=request.user)
-            except IllegalTransition as refusal:
+            except Refused as refusal:
                 admin_refusal(request, "operation.retry", operation, refusal)
                 self.message_user(request, str(refusal), messages.WARNING)
             else:
@@ -85,7 +84,7 @@ class OperationAdmin(admin.ModelAdmin):
         for operation in selected:
             try:
                 operation_cancel(operation=operation, reason=form.cleaned_data["reason"], cancelled_by=request.user)
-            except (Refused, IllegalTransition) as refusal:
+            except Refused as refusal:
                 admin_refusal(request, "operation.cancel", operation, refusal)
                 self.message_user(request, f"#{operation.pk}: {refusal}", messages.WARNING)
             else:

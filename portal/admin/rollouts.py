@@ -3,15 +3,16 @@ read each wave's progress and why a rollout halted."""
 from django.contrib import admin, messages
 from django.db import IntegrityError
 
-from portal.admin.audit import run_for_each
 from cells.choices import ReleaseState, TargetState
+from cells.errors import Refused
 from cells.models import Release, Rollout, RolloutTarget, RolloutWave
-from cells.states import RELEASE, IllegalTransition
+from cells.states import RELEASE
+from portal.admin.audit import run_for_each
 from provisioning import rollouts
 
 
 def _each(modeladmin, request, queryset, service, done: str) -> None:
-    run_for_each(modeladmin, request, queryset, service, done, (IllegalTransition, IntegrityError))
+    run_for_each(modeladmin, request, queryset, service, done, (Refused, IntegrityError))
 
 
 @admin.register(Release)

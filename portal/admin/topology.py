@@ -11,12 +11,11 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from cells import selectors
+from cells.errors import Refused
+from cells.models import CapacityShortfall, Pool, Reef, Region, Share
 from portal.admin.audit import run_for_each
 from portal.admin.capacity import capacity_view
-from cells.models import CapacityShortfall, Pool, Reef, Region, Share
-from cells.states import IllegalTransition
 from provisioning.capacity import (
-    CapacityRefused,
     pool_activate,
     pool_drain,
     pool_instances,
@@ -28,7 +27,7 @@ from provisioning.capacity import (
     reef_top_up,
 )
 
-REFUSALS = (IllegalTransition, CapacityRefused, IntegrityError)
+REFUSALS = (Refused, IntegrityError)
 
 
 def _each(modeladmin, request, queryset, service, done: str) -> None:

@@ -13,12 +13,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from cells.placement import NoCapacity
-from cells.services import SignupRefused
-from cells.states import IllegalTransition
-from provisioning.backups.errors import AlreadyUnderWay, Refused
-from provisioning.capacity import CapacityRefused
-from provisioning.lifecycle import OperationInProgress
+from cells.errors import INVALID, NO_CAPACITY, Refused
 
 logger = logging.getLogger(__name__)
 CAPACITY_RETRY_AFTER_SECONDS = 300
@@ -38,34 +33,29 @@ class HubRefusal(exceptions.APIException):
         self.extra = extra
 
 
+# The HTTP status of each refusal code; a code not listed is a 409 (the request is fine, the hub's state says no).
+REFUSAL_STATUS = {INVALID: status.HTTP_400_BAD_REQUEST}
+
+
+def refusal_response_of(refusal: Refused) -> "HubRefusal":
+    """The API's reading of any refusal of the hub: status from its code, the field it names, its facts."""
+    message = refusal.message
+    if refusal.code == NO_CAPACITY:  # the customer-facing promise; the reason itself is for staff
+        message = "We are adding capacity in this region; please try again in a few minutes."
+    fields = {}
+    if refusal.code == INVALID:
+        fields = {refusal.field or "non_field_errors": [message]}
+    extra = dict(refusal.extra)
+    if refusal.current_state is not None:
+        extra["current_state"] = refusal.current_state
+    status_code = REFUSAL_STATUS.get(refusal.code, status.HTTP_409_CONFLICT)
+    return HubRefusal(message, code=refusal.code, status_code=status_code, fields=fields, **extra)
+
+
 def _translate(exc):
-    """Turn the hub's own exceptions into API exceptions."""
-    if isinstance(exc, IllegalTransition):
-        return HubRefusal(str(exc), code="illegal_state", status_code=status.HTTP_409_CONFLICT,
-                          current_state=exc.current)
-    if isinstance(exc, OperationInProgress):
-        return HubRefusal(str(exc), code="operation_in_progress", status_code=status.HTTP_409_CONFLICT,
-                          operation=exc.operation.pk)
-    if isinstance(exc, NoCapacity):
-        return HubRefusal(
-            "We are adding capacity in this region; please try again in a few minutes.",
-            code="no_capacity", status_code=status.HTTP_409_CONFLICT,
-        )
-    if isinstance(exc, AlreadyUnderWay):
-        return HubRefusal(str(exc), code="operation_in_progress", status_code=status.HTTP_409_CONFLICT,
-                          operation=exc.operation.pk)
+    """Turn the hub's own exceptions (and Django's) into API exceptions."""
     if isinstance(exc, Refused):
-        if exc.field:
-            return HubRefusal(str(exc), code="invalid", status_code=status.HTTP_400_BAD_REQUEST,
-                              fields={exc.field: [str(exc)]})
-        extra = {"current_state": exc.current_state} if exc.current_state else {}
-        code = "illegal_state" if exc.current_state else "refused"
-        return HubRefusal(str(exc), code=code, status_code=status.HTTP_409_CONFLICT, **extra)
-    if isinstance(exc, CapacityRefused):
-        return HubRefusal(str(exc), code="refused", status_code=status.HTTP_409_CONFLICT)
-    if isinstance(exc, SignupRefused):
-        field = exc.field or "non_field_errors"
-        return HubRefusal(str(exc), code="invalid", status_code=status.HTTP_400_BAD_REQUEST, fields={field: [str(exc)]})
+        return refusal_response_of(exc)
     if isinstance(exc, DjangoValidationError):
         fields = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         return exceptions.ValidationError(fields)
@@ -86,7 +76,7 @@ def api_exception_handler(exc, context):
             error_body(exc.get_codes(), str(exc.detail), exc.fields, **exc.extra),
             status=exc.status_code,
         )
-        if exc.get_codes() == "no_capacity":
+        if exc.get_codes() == NO_CAPACITY:
             response["Retry-After"] = str(CAPACITY_RETRY_AFTER_SECONDS)
         return response
     response = exception_handler(exc, context)

@@ -9,6 +9,7 @@ from cells.placement import region_takes_signups
 from cells.validators import validate_instance_name
 from portal.models import ApiToken
 from portal.roles import is_staff_reader
+from provisioning.models import Backup
 
 
 class ErrorDetailSerializer(serializers.Serializer):
@@ -205,8 +206,6 @@ class BackupSerializer(serializers.ModelSerializer):
     instance = serializers.SlugRelatedField(slug_field="name", read_only=True)
 
     class Meta:
-        from provisioning.models import Backup
-
         model = Backup
         fields = ["id", "instance", "kind", "reason", "state", "started_at", "finished_at", "taken_at", "location",
                   "size_bytes", "checksum", "encrypted_with", "expires_at", "deleted_at"]

@@ -6,6 +6,8 @@ from cells.choices import WEEKDAYS
 from cells.models import Instance, Region
 from cells.placement import region_takes_signups
 from cells.validators import validate_instance_name
+from provisioning.backups.selectors import usable_backups
+from provisioning.models import BackupKind
 
 
 class RegionChoiceField(forms.ModelChoiceField):
@@ -77,9 +79,6 @@ class RestoreFilesForm(forms.Form):
     )
 
     def __init__(self, *args, instance, **kwargs):
-        from provisioning.backups.selectors import usable_backups
-        from provisioning.models import BackupKind
-
         super().__init__(*args, **kwargs)
         self.fields["backup"].queryset = usable_backups(instance, BackupKind.FILES)
 

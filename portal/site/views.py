@@ -10,15 +10,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from cells.choices import InstanceState, OperationKind
+from cells.errors import NoCapacity, Refused
 from cells.models import Instance, Operation
-from cells.placement import NoCapacity
-from cells.services import SignupRefused, instance_signup
-from cells.states import INSTANCE, IllegalTransition
+from cells.states import INSTANCE
 from portal.audit import REFUSED, SUCCEEDED, audit_record, request_fields
 from portal.models import ActorKind
 from portal.site.forms import DecommissionForm, InstanceForm, RestoreFilesForm, RestoreForm, SignupForm
 from provisioning.backups import (
-    Refused,
     instance_backup,
     instance_decommission,
     instance_restore,
@@ -29,6 +27,7 @@ from provisioning.backups.restore import when
 from provisioning.backups.selectors import BACKUP_STATES, RESTORE_STATES, instance_backup_overview
 from provisioning.drivers.base import DriverError
 from provisioning.health import instance_health_overview
+from provisioning.lifecycle import instance_signup
 from provisioning.models import BackupKind
 from provisioning.operations import operation_progress
 
@@ -63,10 +62,10 @@ def signup(request):
                 owner=request.user if signed_in else None,
                 new_owner=None if signed_in else {"email": data["email"], "password": data["password"]},
             )
-        except SignupRefused as refusal:
-            form.add_error(refusal.field, str(refusal))
         except NoCapacity:
             form.add_error(None, CAPACITY_MESSAGE.format(region=data["region"].name))
+        except Refused as refusal:
+            form.add_error(refusal.field, str(refusal))
         else:
             instance = operation.instance
             if not signed_in:
@@ -166,7 +165,7 @@ def instance_restore_view(request, name):
             instance_restore(
                 instance=instance, point_in_time=form.cleaned_data["point_in_time"], requested_by=request.user
             )
-        except (Refused, IllegalTransition) as refusal:
+        except Refused as refusal:
             form.add_error("point_in_time" if getattr(refusal, "field", None) else None, str(refusal))
         else:
             _audit(request, "instance.restore", instance)
@@ -187,7 +186,7 @@ def instance_restore_files_view(request, name):
     if form.is_valid():
         try:
             instance_restore_files(instance=instance, backup=form.cleaned_data["backup"], requested_by=request.user)
-        except (Refused, IllegalTransition) as refusal:
+        except Refused as refusal:
             form.add_error(None, str(refusal))
         else:
             _audit(request, "instance.restore_files", instance)
@@ -229,7 +228,7 @@ def instance_decommission_view(request, name):
             instance_decommission(
                 instance=instance, confirm_name=form.cleaned_data["confirm_name"], requested_by=request.user
             )
-        except (Refused, IllegalTransition) as refusal:
+        except Refused as refusal:
             form.add_error("confirm_name" if getattr(refusal, "field", None) else None, str(refusal))
         else:
             _audit(request, "instance.decommission", instance)

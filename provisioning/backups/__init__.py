@@ -1,7 +1,7 @@
 """Backups, restores and decommission: the services the admin, the customer site, the API and the scheduler call.
 
-Writes (each queues an Operation and returns it, or refuses at once with a ``Refused`` — a ``ValueError`` —
-or ``IllegalTransition`` naming the current state):
+Writes (each queues an Operation and returns it, or refuses at once with a ``cells.errors.Refused``:
+``IllegalTransition`` naming the current state, ``OperationInProgress`` naming the operation in the way):
 
 - ``instance_backup(instance=, kind="database"|"files")`` — on demand;
 - ``instance_restore(instance=, point_in_time=)`` — the database into a NEW database, switched to in one step;
@@ -13,13 +13,11 @@ or ``IllegalTransition`` naming the current state):
 Reads: ``restorable_window(instance=)`` and the rest of ``provisioning.backups.selectors``.
 """
 from provisioning.backups.decommission import instance_decommission
-from provisioning.backups.errors import AlreadyUnderWay, BackupRefused, DecommissionRefused, Refused, RestoreRefused
 from provisioning.backups.restore import instance_restore, instance_restore_confirm, instance_restore_files
 from provisioning.backups.selectors import restorable_window
 from provisioning.backups.services import backups_expire, backups_run_due, instance_backup
 
 __all__ = [
-    "AlreadyUnderWay", "BackupRefused", "DecommissionRefused", "Refused", "RestoreRefused",
     "backups_expire", "backups_run_due", "instance_backup", "instance_decommission", "instance_restore",
     "instance_restore_confirm", "instance_restore_files", "restorable_window",
 ]

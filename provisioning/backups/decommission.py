@@ -9,9 +9,9 @@ from __future__ import annotations
 from django.db import transaction
 
 from cells.choices import InstanceState, OperationKind, OperationState
+from cells.errors import IllegalTransition, OperationInProgress, Refused
 from cells.models import Instance, Operation, Share
-from cells.states import INSTANCE, IllegalTransition
-from provisioning.backups.errors import AlreadyUnderWay, DecommissionRefused
+from cells.states import INSTANCE
 from provisioning.backups.selectors import active_operations
 from provisioning.backups.services import instance_backup_cancel_schedule
 from provisioning.operations import operation_create, operation_retry
@@ -20,18 +20,18 @@ from provisioning.operations import operation_create, operation_retry
 def instance_decommission(*, instance: Instance, confirm_name: str, requested_by=None) -> Operation:
     """Queue the decommission of ``instance``; ``confirm_name`` must be its name, typed out (deletion protection).
 
-    Refusals change nothing: ``DecommissionRefused`` (``field="confirm_name"``) for a name that does not
+    Refusals change nothing: ``Refused`` (``field="confirm_name"``) for a name that does not
     match; ``IllegalTransition`` naming the state unless the instance is running, stopped or failed;
-    ``AlreadyUnderWay`` while other work (a backup, a restore, a provision) runs on it. An instance whose
+    ``OperationInProgress`` while other work (a backup, a restore, a provision) runs on it. An instance whose
     decommission failed is already ``decommissioning``: the same request retries that operation, which
     resumes at the step that failed.
     """
     with transaction.atomic():
         locked = Instance.objects.select_for_update().get(pk=instance.pk)
         if (confirm_name or "").strip() != locked.name:
-            raise DecommissionRefused(
+            raise Refused(
                 f"type the instance's name, {locked.name}, to confirm its decommission; nothing was changed",
-                "confirm_name",
+                field="confirm_name",
             )
         if locked.state == InstanceState.DECOMMISSIONING:
             existing = Operation.objects.filter(instance=locked, kind=OperationKind.DECOMMISSION).order_by(
@@ -40,10 +40,10 @@ def instance_decommission(*, instance: Instance, confirm_name: str, requested_by
             if existing is not None and existing.state == OperationState.FAILED:
                 return operation_retry(operation=existing, requested_by=requested_by)
             if existing is not None and existing.state != OperationState.SUCCEEDED:
-                raise AlreadyUnderWay(existing)
+                raise OperationInProgress(existing)
         busy = active_operations(locked).exclude(kind=OperationKind.DECOMMISSION).first()
         if busy is not None:
-            raise AlreadyUnderWay(busy, f"a {busy.kind} of {locked.name} is {busy.state} (operation #{busy.pk}); "
+            raise OperationInProgress(busy, f"a {busy.kind} of {locked.name} is {busy.state} (operation #{busy.pk}); "
                                         "decommission it when that has finished")
         if not INSTANCE.can(locked.state, InstanceState.DECOMMISSIONING):
             raise IllegalTransition(locked, locked.state, InstanceState.DECOMMISSIONING)

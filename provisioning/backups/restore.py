@@ -12,9 +12,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from cells.choices import OperationKind
+from cells.errors import OperationInProgress, Refused
 from cells.models import Instance, Operation, Share
 from provisioning import drivers
-from provisioning.backups.errors import AlreadyUnderWay, RestoreRefused
 from provisioning.backups.selectors import (
     DATABASE_RESTORE_PROVIDERS,
     RESTORE_STATES,
@@ -38,13 +38,13 @@ def _lock_restorable(instance: Instance) -> Instance:
     """The instance, row-locked, if it may be restored now (its state, no other restore under way)."""
     locked = Instance.objects.select_for_update().get(pk=instance.pk)
     if locked.state not in RESTORE_STATES:
-        raise RestoreRefused(
+        raise Refused(
             f"instance {locked.name} is {locked.state}; only a running or stopped instance can be restored",
             current_state=locked.state,
         )
     active = active_operations(locked).filter(kind=OperationKind.RESTORE).first()
     if active is not None:
-        raise AlreadyUnderWay(active)
+        raise OperationInProgress(active)
     return locked
 
 
@@ -62,30 +62,30 @@ def instance_restore(*, instance: Instance, point_in_time: datetime, requested_b
     """Restore the instance's database as it was at ``point_in_time`` into a NEW database and switch to it.
 
     The time must lie in ``restorable_window`` (the latest database backup taken at or before it is
-    used). Raises ``RestoreRefused`` (with ``field="point_in_time"`` when the time is at fault) for a
+    used). Raises ``Refused`` (with ``field="point_in_time"`` when the time is at fault) for a
     naive or out-of-window time, an instance without backups, in another state than running or stopped,
-    or on a database provider that cannot switch; ``AlreadyUnderWay`` while another restore runs.
+    or on a database provider that cannot switch; ``OperationInProgress`` while another restore runs.
     """
     if not isinstance(point_in_time, datetime) or timezone.is_naive(point_in_time):
-        raise RestoreRefused("give the point in time with its time zone", "point_in_time")
+        raise Refused("give the point in time with its time zone", field="point_in_time")
     with transaction.atomic():
         locked = _lock_restorable(instance)
         pool = locked.database_pool
         if pool is None:
-            raise RestoreRefused(f"instance {locked.name} has no database")
+            raise Refused(f"instance {locked.name} has no database")
         if pool.provider not in DATABASE_RESTORE_PROVIDERS:
-            raise RestoreRefused(
+            raise Refused(
                 f"point-in-time restore is not available yet for this instance's database provider "
                 f"({pool.get_provider_display()}); ask support"
             )
         window = restorable_window(instance=locked)
         if window is None:
-            raise RestoreRefused(f"instance {locked.name} has no database backup to restore from yet", "point_in_time")
+            raise Refused(f"instance {locked.name} has no database backup to restore from yet", field="point_in_time")
         start, end = window
         if not start <= point_in_time <= end:
-            raise RestoreRefused(
+            raise Refused(
                 f"{when(point_in_time)} is outside the restorable window, {when(start)} to {when(end)}",
-                "point_in_time",
+                field="point_in_time",
             )
         backup = backup_for_point_in_time(instance=locked, point_in_time=point_in_time)
         restore = Restore.objects.create(
@@ -100,21 +100,21 @@ def instance_restore_files(*, instance: Instance, backup: Backup, requested_by=N
     """Bring the share's content back from ``backup`` (one of the instance's files backups).
 
     The share's current content is backed up first (kept as the restore's ``safeguard``), then replaced.
-    Raises ``RestoreRefused`` (``field="backup"`` when the backup is at fault) and ``AlreadyUnderWay``.
+    Raises ``Refused`` (``field="backup"`` when the backup is at fault) and ``OperationInProgress``.
     """
     with transaction.atomic():
         locked = _lock_restorable(instance)
         backup = Backup.objects.filter(pk=backup.pk).first()
         if backup is None or backup.instance_id != locked.pk or backup.kind != BackupKind.FILES:
-            raise RestoreRefused(f"that is not a files backup of instance {locked.name}", "backup")
+            raise Refused(f"that is not a files backup of instance {locked.name}", field="backup")
         if backup.state != BackupState.SUCCEEDED:
-            raise RestoreRefused(f"backup #{backup.pk} is {backup.state}; only a succeeded backup can be restored",
-                                 "backup")
+            raise Refused(f"backup #{backup.pk} is {backup.state}; only a succeeded backup can be restored",
+                                 field="backup")
         share = Share.objects.select_related("pool").filter(instance=locked).first()
         if share is None:
-            raise RestoreRefused(f"instance {locked.name} has no share")
+            raise Refused(f"instance {locked.name} has no share")
         if type(drivers.for_pool(share.pool)).restore_share is StorageDriver.restore_share:
-            raise RestoreRefused(
+            raise Refused(
                 f"restoring files is not available yet for this instance's storage provider "
                 f"({share.pool.get_provider_display()}); ask support"
             )
@@ -130,7 +130,7 @@ def restore_drop_old_database(*, restore: Restore, confirmed_by=None) -> None:
     driver = drivers.for_pool(instance.database_pool)
     in_use = current_database(instance) or driver.database_name(instance)
     if restore.old_database == in_use:
-        raise RestoreRefused(f"database {in_use} is the one instance {instance.name} uses; it is not dropped")
+        raise Refused(f"database {in_use} is the one instance {instance.name} uses; it is not dropped")
     driver.drop_database(instance=instance, database=restore.old_database, drop_login=False)
     Restore.objects.filter(pk=restore.pk, old_dropped_at__isnull=True).update(
         old_dropped_at=timezone.now(), confirmed_by=confirmed_by
@@ -140,12 +140,12 @@ def restore_drop_old_database(*, restore: Restore, confirmed_by=None) -> None:
 def instance_restore_confirm(*, instance: Instance, requested_by=None) -> list[str]:
     """Accept the restores done: drop the databases they replaced now rather than at the end of the keep period.
 
-    Returns the names dropped. Raises ``RestoreRefused`` when no replaced database is kept; a driver error
+    Returns the names dropped. Raises ``Refused`` when no replaced database is kept; a driver error
     (the server unreachable) propagates and leaves that database recorded as kept.
     """
     kept = list(kept_old_databases(instance))
     if not kept:
-        raise RestoreRefused(f"instance {instance.name} keeps no replaced database: there is nothing to confirm")
+        raise Refused(f"instance {instance.name} keeps no replaced database: there is nothing to confirm")
     dropped = []
     for restore in kept:
         restore_drop_old_database(restore=restore, confirmed_by=requested_by)

@@ -6,7 +6,9 @@ from datetime import datetime
 from django.db.models import Max, Min, QuerySet
 
 from cells.choices import OPERATION_ACTIVE_STATES, InstanceState, OperationKind, Provider
+from cells.errors import Refused
 from cells.models import Instance, Operation
+from provisioning import drivers
 from provisioning.models import Backup, BackupKind, BackupState, InstanceDatabase, Restore, RestoreState
 
 # States in which an instance's data may be backed up or restored (it has a database and a share, and no
@@ -32,6 +34,17 @@ def database_kwargs(instance: Instance) -> dict:
     """
     name = current_database(instance)
     return {"database": name} if name else {}
+
+
+def instance_database_credentials(*, instance: Instance):
+    """How the instance reaches its current database (the one a restore switched to, if any), with its password.
+
+    Never store or log the result. Raises ``Refused`` (naming the instance's state) when the instance has no
+    database, and the driver's ``DriverError`` when the pool does not answer.
+    """
+    if instance.database_pool_id is None:
+        raise Refused(f"{instance.name} has no database", current_state=instance.state)
+    return drivers.for_pool(instance.database_pool).credentials(instance, **database_kwargs(instance))
 
 
 def usable_backups(instance: Instance, kind: str | None = None) -> QuerySet:

@@ -16,9 +16,9 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from cells.choices import InstanceState, OperationKind, OperationState
+from cells.errors import OperationInProgress, Refused
 from cells.models import Instance, Operation, Share
 from provisioning import drivers
-from provisioning.backups.errors import AlreadyUnderWay, BackupRefused, Refused
 from provisioning.backups.selectors import BACKUP_STATES, active_operations, database_kwargs
 from provisioning.drivers.base import DriverError, resource_prefix
 from provisioning.models import (
@@ -63,23 +63,23 @@ def instance_backup(
 
     A backup operation still queued for the instance takes the kind on (so "database" then "files" make
     one operation with both); one already running that covers the kind is returned as is. Raises
-    ``BackupRefused`` naming the state unless the instance is running, stopped or upgrading, and
-    ``AlreadyUnderWay`` when a running backup does not cover the kind.
+    ``Refused`` naming the state unless the instance is running, stopped or upgrading, and
+    ``OperationInProgress`` when a running backup does not cover the kind.
     """
     if kind not in BackupKind.values:
-        raise BackupRefused(f"unknown backup kind {kind!r}; choose database or files", "kind")
+        raise Refused(f"unknown backup kind {kind!r}; choose database or files", field="kind")
     with transaction.atomic():
         locked = Instance.objects.select_for_update().get(pk=instance.pk)
         if locked.state not in BACKUP_STATES:
-            raise BackupRefused(
+            raise Refused(
                 f"instance {locked.name} is {locked.state}; only a running, stopped or upgrading instance can be "
                 "backed up",
                 current_state=locked.state,
             )
         if kind == BackupKind.DATABASE and not locked.database_pool_id:
-            raise BackupRefused(f"instance {locked.name} has no database to back up")
+            raise Refused(f"instance {locked.name} has no database to back up")
         if kind == BackupKind.FILES and not Share.objects.filter(instance=locked).exists():
-            raise BackupRefused(f"instance {locked.name} has no share to back up")
+            raise Refused(f"instance {locked.name} has no share to back up")
         active = active_operations(locked).filter(kind=OperationKind.BACKUP).select_for_update().first()
         if active is not None:
             kinds = list(active.params.get("kinds", []))
@@ -90,7 +90,7 @@ def instance_backup(
                 active.params = {**active.params, "kinds": [*kinds, kind]}
                 Operation.objects.filter(pk=active.pk).update(params=active.params, updated_at=timezone.now())
                 return active
-            raise AlreadyUnderWay(active)
+            raise OperationInProgress(active)
         return operation_create(
             kind=OperationKind.BACKUP, instance=locked, requested_by=requested_by,
             params={"kinds": [kind], "reason": str(reason)},

@@ -8,7 +8,6 @@
 from provisioning.capacity.facts import gather_facts
 from provisioning.capacity.planner import Assessment, Order, ReefKindFacts, Shortfall, TopUpPlan, plan_top_ups
 from provisioning.capacity.services import (
-    CapacityRefused,
     capacity_top_up_pass,
     pool_activate,
     pool_drain,
@@ -23,7 +22,7 @@ from provisioning.capacity.services import (
 from provisioning.capacity.thresholds import Thresholds
 
 __all__ = [
-    "Assessment", "CapacityRefused", "Order", "ReefKindFacts", "Shortfall", "Thresholds", "TopUpPlan",
+    "Assessment", "Order", "ReefKindFacts", "Shortfall", "Thresholds", "TopUpPlan",
     "capacity_top_up_pass", "gather_facts", "plan_top_ups", "pool_activate", "pool_drain", "pool_instances",
     "pool_mark_failed", "pool_replace", "reef_activate", "reef_capacity", "reef_drain", "reef_top_up",
 ]

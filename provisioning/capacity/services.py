@@ -24,6 +24,7 @@ from cells.choices import (
     PoolStatus,
     ReefStatus,
 )
+from cells.errors import Refused
 from cells.models import Instance, Operation, Pool, Reef
 from cells.states import POOL, REEF
 from provisioning import drivers
@@ -53,10 +54,6 @@ _DERIVED_CONFIG = {
     "azure_sql": lambda pool: {"elastic_pool": resource_name("p", pool.pk)},
     "azure_files": lambda pool: {"account_name": _storage_account_name(pool)},
 }
-
-
-class CapacityRefused(Exception):
-    """A capacity action the target's state does not allow; the message names the state and what to do."""
 
 
 def _who(requested_by) -> str:
@@ -95,17 +92,17 @@ def reef_top_up(*, reef: Reef, requested_by=None) -> list[Operation]:
     """Top one reef up now, by the same thresholds as the pass (at least one pool per pass even when automatic
     top-ups are off for it); returns the top-up operations started, none when the reef has enough.
 
-    Raises ``CapacityRefused`` naming the reason for a reef that cannot grow: not active, in a region that is
+    Raises ``Refused`` naming the reason for a reef that cannot grow: not active, in a region that is
     not active, or at its instance limit.
     """
     with transaction.atomic():
         locked = Reef.objects.select_for_update(of=("self",)).select_related("region").get(pk=reef.pk)
         facts = gather_facts(reef_ids=[locked.pk])
         if not facts:
-            raise CapacityRefused(f"reef {locked.region.slug}/{locked.slug} is {locked.status}; only an active reef "
+            raise Refused(f"reef {locked.region.slug}/{locked.slug} is {locked.status}; only an active reef "
                                   "gets new pools")
         if reason := reef_cannot_grow(facts[0]):
-            raise CapacityRefused(f"{reason}; it gets no new pools")
+            raise Refused(f"{reason}; it gets no new pools")
         manual = [
             dataclasses.replace(item, thresholds=dataclasses.replace(
                 item.thresholds, max_pools_per_pass=max(item.thresholds.max_pools_per_pass, 1)))
@@ -234,12 +231,12 @@ def pool_mark_failed(*, pool: Pool, reason: str, requested_by=None) -> list[Inst
     """Mark the pool failed (staff, or a health check): it takes no instance, and a storage pool may then be
     replaced. Returns the instances that depend on it, for staff to look after.
 
-    Raises ``CapacityRefused`` without a reason, ``IllegalTransition`` naming the state if it is failed or
+    Raises ``Refused`` without a reason, ``IllegalTransition`` naming the state if it is failed or
     retired already.
     """
     reason = (reason or "").strip()
     if not reason:
-        raise CapacityRefused(f"say why pool {pool} failed")
+        raise Refused(f"say why pool {pool} failed")
     POOL.change(pool, PoolStatus.FAILED, status_reason=_note(f"failed: {reason}", requested_by))
     return list(pool_instances(pool=pool))
 
@@ -251,13 +248,13 @@ def pool_replace(*, pool: Pool, requested_by=None, config: dict | None = None) -
     ``config`` is merged into the new pool's config (the failed pool's, less what named its host): for an
     AWS Storage Gateway, ``{"gateway_arn": …}`` or ``{"activation_key": …}`` of the replacement appliance.
     Idempotent: returns the replace under way, or retries a failed one (which resumes where it stopped).
-    Raises ``CapacityRefused`` for a pool that is not a failed storage pool, or whose provider cannot move
+    Raises ``Refused`` for a pool that is not a failed storage pool, or whose provider cannot move
     shares to another host.
     """
     with transaction.atomic():
         pool = Pool.objects.select_for_update(of=("self",)).select_related("reef__region").get(pk=pool.pk)
         if pool.kind != PoolKind.STORAGE:
-            raise CapacityRefused(
+            raise Refused(
                 f"pool {pool} is a {pool.kind} pool: only a storage pool's shares move to a new host; "
                 "restore its instances from their backups instead"
             )
@@ -272,12 +269,12 @@ def pool_replace(*, pool: Pool, requested_by=None, config: dict | None = None) -
                 Pool.objects.filter(pk=new.pk).update(config={**new.config, **config})
             return operation_retry(operation=failed, requested_by=requested_by)
         if pool.status != PoolStatus.FAILED:
-            raise CapacityRefused(
+            raise Refused(
                 f"pool {pool} is {pool.status}; mark it failed before replacing it "
                 "(a share must never be served by two hosts at once)"
             )
         if type(drivers.for_pool(pool)).replace_pool is StorageDriver.replace_pool:
-            raise CapacityRefused(
+            raise Refused(
                 f"pool {pool} ({pool.get_provider_display()}) cannot move its shares to another host: its provider "
                 "keeps them inside the pool's own resource; restore the instances' shares from backups instead"
             )

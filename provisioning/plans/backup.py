@@ -7,8 +7,8 @@ rewrites (or finds) the same stored object. A failure leaves earlier backups unt
 from __future__ import annotations
 
 from cells.choices import OperationKind
+from cells.errors import Refused
 from cells.models import Instance, Operation
-from provisioning.backups.errors import BackupRefused
 from provisioning.backups.selectors import BACKUP_STATES
 from provisioning.backups.services import backup_take
 from provisioning.models import Backup, BackupKind, BackupReason, BackupState
@@ -23,7 +23,7 @@ def backup_begin(operation: Operation) -> None:
     """Refuse (naming the state) if the instance left the states a backup may run in since it was queued."""
     instance = _instance(operation)
     if instance.state not in BACKUP_STATES:
-        raise BackupRefused(f"instance {instance.name} is {instance.state}; its backup does not run")
+        raise Refused(f"instance {instance.name} is {instance.state}; its backup does not run")
 
 
 def _step(kind: str):

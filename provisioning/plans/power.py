@@ -1,7 +1,8 @@
 """Stop and start: scale an instance's deployment to zero and back; its database and share stay."""
 from cells.choices import InstanceState, OperationKind
+from cells.errors import IllegalTransition
 from cells.models import Instance, Operation
-from cells.states import INSTANCE, IllegalTransition
+from cells.states import INSTANCE
 from provisioning import drivers
 from provisioning.operations import Plan, register_plan
 

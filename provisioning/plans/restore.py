@@ -22,9 +22,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from cells.choices import InstanceState, OperationKind
+from cells.errors import Refused
 from cells.models import Instance, Operation
 from provisioning import crypto, drivers
-from provisioning.backups.errors import RestoreRefused
 from provisioning.backups.selectors import RESTORE_STATES, current_database
 from provisioning.backups.services import backup_take
 from provisioning.drivers.base import PermanentDriverError
@@ -61,7 +61,7 @@ def restore_begin(operation: Operation) -> None:
     """Refuse (naming the state) unless the instance is running or stopped; a retried restore is pending again."""
     instance = _instance(operation)
     if instance.state not in RESTORE_STATES:
-        raise RestoreRefused(f"instance {instance.name} is {instance.state}; the restore does not run")
+        raise Refused(f"instance {instance.name} is {instance.state}; the restore does not run")
     Restore.objects.filter(pk=operation.params["restore_id"]).update(state=RestoreState.PENDING, finished_at=None)
 
 

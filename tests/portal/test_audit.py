@@ -7,8 +7,8 @@ from cells.choices import InstanceState
 from cells.models import Instance, Operation
 from portal.models import AuditEvent
 from provisioning import drivers, faults
-from tests.portal.api.conftest import token_client
 from tests.factories import make_cell, make_instance, make_user
+from tests.portal.api.conftest import token_client
 from tests.provisioning import test_backups as shared
 from tests.provisioning.test_backups import signup
 

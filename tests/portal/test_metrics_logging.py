@@ -12,9 +12,9 @@ import pytest
 
 from cells.choices import OperationState
 from cells.models import Operation
-from cells.services import instance_signup
 from portal.logging import ContextFilter, JsonFormatter
 from provisioning import faults
+from provisioning.lifecycle import instance_signup
 from provisioning.operations import operation_run
 from tests.factories import make_cell
 

@@ -14,17 +14,11 @@ from cryptography.fernet import Fernet, InvalidToken
 from django.utils import timezone
 
 from cells.choices import InstanceState, OperationKind, OperationState, Provider
+from cells.errors import OperationInProgress, Refused
 from cells.models import Instance, Operation
-from cells.services import instance_signup
 from provisioning import crypto, drivers
-from provisioning.backups import (
-    AlreadyUnderWay,
-    BackupRefused,
-    backups_expire,
-    backups_run_due,
-    instance_backup,
-    restorable_window,
-)
+from provisioning.backups import backups_expire, backups_run_due, instance_backup, restorable_window
+from provisioning.lifecycle import instance_signup
 from provisioning.models import Backup, BackupKind, BackupReason, BackupSchedule, BackupState
 from tests.factories import make_cell, make_instance
 
@@ -223,16 +217,16 @@ def test_a_running_backup_is_returned_for_its_kind_and_blocks_another(sqlite_cel
     operation = instance_backup(instance=instance, kind=BackupKind.DATABASE)
     Operation.objects.filter(pk=operation.pk).update(state=OperationState.RUNNING)
     assert instance_backup(instance=instance, kind=BackupKind.DATABASE) == operation
-    with pytest.raises(AlreadyUnderWay, match=f"operation #{operation.pk}"):
+    with pytest.raises(OperationInProgress, match=f"operation #{operation.pk}"):
         instance_backup(instance=instance, kind=BackupKind.FILES)
 
 
 @pytest.mark.parametrize("state", [InstanceState.DECOMMISSIONED, InstanceState.DECOMMISSIONING, InstanceState.PENDING])
 def test_a_backup_is_refused_naming_the_state(state):
     instance = make_instance(state=state)
-    with pytest.raises(BackupRefused, match=f"is {state};"):
+    with pytest.raises(Refused, match=f"is {state};"):
         instance_backup(instance=instance, kind=BackupKind.DATABASE)
-    with pytest.raises(BackupRefused, match="unknown backup kind"):
+    with pytest.raises(Refused, match="unknown backup kind"):
         instance_backup(instance=instance, kind="everything")
     assert not Operation.objects.filter(instance=instance).exists()
 

@@ -10,11 +10,10 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from cells.choices import InstanceState, OperationKind, OperationState, PoolKind, PoolStatus, ReefStatus, ShareStatus
+from cells.errors import IllegalTransition, Refused
 from cells.models import Instance, Operation, Pool, Reef, Share
-from cells.states import IllegalTransition
 from provisioning import drivers, faults, tasks
 from provisioning.capacity import (
-    CapacityRefused,
     capacity_top_up_pass,
     gather_facts,
     pool_activate,
@@ -259,7 +258,7 @@ def test_a_reef_that_cannot_grow_gets_no_pool_and_shows_a_shortfall(status):
     assert capacity_top_up_pass() == []
     (shortfall,) = reef_capacity(reef=cell["reef"]).shortfalls
     assert (shortfall.kind, shortfall.slots) == ("storage", 3) and f"is {status}" in shortfall.reason
-    with pytest.raises(CapacityRefused, match=f"is {status}; it gets no new pools"):
+    with pytest.raises(Refused, match=f"is {status}; it gets no new pools"):
         reef_top_up(reef=cell["reef"])
 
 
@@ -267,7 +266,7 @@ def test_a_reef_that_cannot_grow_gets_no_pool_and_shows_a_shortfall(status):
 def test_a_reef_at_its_instance_limit_gets_no_pool():
     cell = low_on_storage(max_instances=8)
     assert capacity_top_up_pass() == []
-    with pytest.raises(CapacityRefused, match=r"instance limit \(8 of 8\)"):
+    with pytest.raises(Refused, match=r"instance limit \(8 of 8\)"):
         reef_top_up(reef=cell["reef"])
 
 

@@ -3,8 +3,9 @@ tier=dedicated instance, never a shared one and never a second."""
 import pytest
 
 from cells.choices import PoolKind, PoolStatus, ShareStatus, Tier
+from cells.errors import NoCapacity
 from cells.models import Instance, Share
-from cells.placement import NoCapacity, instance_place
+from cells.placement import instance_place
 from provisioning.capacity import pool_drain, reef_drain
 from tests.factories import make_cell, make_instance, make_pool, make_reef, make_region
 

@@ -7,9 +7,9 @@ from django.db import connection
 
 from cells import selectors
 from cells.choices import PoolKind, ShareStatus
+from cells.errors import NoCapacity
 from cells.models import CapacityShortfall, Instance, Share
-from cells.placement import NoCapacity
-from cells.services import instance_signup
+from provisioning.lifecycle import instance_signup
 from tests.factories import make_cell, make_pool, make_reef, make_region
 
 SIGNUPS = 50

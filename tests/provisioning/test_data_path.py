@@ -14,8 +14,8 @@ from django.db import connections
 
 from cells.choices import InstanceState, Provider
 from cells.models import Instance
-from cells.services import instance_signup
 from provisioning import drivers
+from provisioning.lifecycle import instance_signup
 from tests.conftest import ADMIN_DSN
 from tests.factories import make_cell
 

@@ -14,17 +14,10 @@ from django.core import mail
 from django.utils import timezone
 
 from cells.choices import InstanceState, OperationKind, OperationState, Provider, ShareStatus
+from cells.errors import IllegalTransition, OperationInProgress, Refused
 from cells.models import Operation, Share
-from cells.states import IllegalTransition
 from provisioning import crypto, drivers, faults
-from provisioning.backups import (
-    AlreadyUnderWay,
-    DecommissionRefused,
-    backups_expire,
-    instance_backup,
-    instance_decommission,
-    instance_restore,
-)
+from provisioning.backups import backups_expire, instance_backup, instance_decommission, instance_restore
 from provisioning.models import Backup, BackupKind, BackupReason, BackupSchedule, BackupState, Restore
 from provisioning.operations import operation_retry
 from tests.factories import make_cell, make_instance
@@ -231,7 +224,7 @@ def test_decommission_drops_the_databases_a_restore_kept(run, sqlite_cell):
 @pytest.mark.parametrize("typed", ["", "acm", "ACME", "acme-2", "other"])
 def test_decommission_needs_the_instance_name_typed_and_a_wrong_one_changes_nothing(run, sqlite_cell, typed):
     instance = signup(run, sqlite_cell)
-    with pytest.raises(DecommissionRefused, match="type the instance's name, acme, to confirm") as refusal:
+    with pytest.raises(Refused, match="type the instance's name, acme, to confirm") as refusal:
         instance_decommission(instance=instance, confirm_name=typed)
     assert refusal.value.field == "confirm_name"
     instance.refresh_from_db()
@@ -242,7 +235,7 @@ def test_decommission_needs_the_instance_name_typed_and_a_wrong_one_changes_noth
 def test_decommission_waits_for_other_work_and_refuses_a_decommissioned_instance(run, sqlite_cell):
     instance = signup(run, sqlite_cell)
     backup = instance_backup(instance=instance, kind=BackupKind.DATABASE)  # queued, not run
-    with pytest.raises(AlreadyUnderWay, match=f"a backup of acme is queued \\(operation #{backup.pk}\\)"):
+    with pytest.raises(OperationInProgress, match=f"a backup of acme is queued \\(operation #{backup.pk}\\)"):
         instance_decommission(instance=instance, confirm_name="acme")
     Operation.objects.filter(pk=backup.pk).update(state=OperationState.FAILED)
 

@@ -5,10 +5,11 @@ import pytest
 import yaml
 
 from cells.choices import PoolKind, Provider
+from cells.errors import Refused
 from portal.models import AuditEvent
 from provisioning import drivers
 from provisioning.models import Orphan, OrphanDirection, OrphanKind, OrphanState
-from provisioning.reconcile import CleanRefused, orphan_clean, reconcile_pass
+from provisioning.reconcile import orphan_clean, reconcile_pass
 from tests.conftest import ADMIN_DSN, RUN_PREFIX
 from tests.factories import POSTGRES_POOL_CONFIG, make_cell, make_instance, make_pool
 from tests.provisioning import test_backups as shared
@@ -168,7 +169,7 @@ def test_a_resource_claimed_since_the_pass_is_left_alone(fleet, planted, staff_u
     assert planted["dns"].lookup(name="ghost") == "127.0.0.1"
     ghost.refresh_from_db()
     assert ghost.state == OrphanState.RESOLVED and ghost.confirmed_by == staff_user
-    with pytest.raises(CleanRefused, match="is resolved"):
+    with pytest.raises(Refused, match="is resolved"):
         orphan_clean(orphan=ghost, confirmed_by=staff_user)
 
 

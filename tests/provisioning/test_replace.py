@@ -7,11 +7,11 @@ import pytest
 import yaml
 
 from cells.choices import InstanceState, OperationKind, OperationState, PoolKind, PoolStatus, ShareStatus
+from cells.errors import IllegalTransition, Refused
 from cells.models import Operation, Pool, Share
-from cells.services import instance_signup
-from cells.states import IllegalTransition
 from provisioning import drivers, faults
-from provisioning.capacity import CapacityRefused, pool_mark_failed, pool_replace
+from provisioning.capacity import pool_mark_failed, pool_replace
+from provisioning.lifecycle import instance_signup
 from tests.factories import make_cell, make_pool, make_user
 
 pytestmark = pytest.mark.django_db
@@ -157,11 +157,11 @@ def test_a_fault_after_the_host_step_resumes_from_the_shares(running, django_cap
 
 def test_replace_refusals_name_the_state(running, django_capture_on_commit_callbacks):
     storage = running["storage"]
-    with pytest.raises(CapacityRefused, match=f"pool {storage} is available; mark it failed before replacing it"):
+    with pytest.raises(Refused, match=f"pool {storage} is available; mark it failed before replacing it"):
         pool_replace(pool=storage)
-    with pytest.raises(CapacityRefused, match="is a database pool"):
+    with pytest.raises(Refused, match="is a database pool"):
         pool_replace(pool=running["database"])
-    with pytest.raises(CapacityRefused, match="say why"):
+    with pytest.raises(Refused, match="say why"):
         pool_mark_failed(pool=storage, reason=" ")
     pool_mark_failed(pool=storage, reason="disk lost")
     with pytest.raises(IllegalTransition, match="is failed; it cannot become failed"):
@@ -176,6 +176,6 @@ def test_a_provider_that_cannot_move_shares_is_refused_before_anything_is_made(r
     pool = make_pool(running["reef"], PoolKind.STORAGE, capacity=3, provider="azure_files",
                      config={"subscription_id": "s", "resource_group": "g", "account_name": "a"})
     pool_mark_failed(pool=pool, reason="account deleted")
-    with pytest.raises(CapacityRefused, match="cannot move its shares to another host"):
+    with pytest.raises(Refused, match="cannot move its shares to another host"):
         pool_replace(pool=pool)
     assert not Pool.objects.filter(replaces=pool).exists()

@@ -8,10 +8,10 @@ import yaml
 from django.utils import timezone
 
 from cells.choices import InstanceState, OperationState, PoolKind, Provider
+from cells.errors import Refused
 from cells.models import Instance
 from provisioning import drivers, faults
 from provisioning.backups import (
-    RestoreRefused,
     backups_expire,
     instance_restore,
     instance_restore_confirm,
@@ -104,7 +104,7 @@ def test_postgres_restore_to_a_time_between_two_writes_brings_back_only_the_firs
     assert _rows_the_deployment_sees(instance) == ["first-1", "first-2"]  # the login survives
     restore.refresh_from_db()
     assert restore.old_dropped_at is not None
-    with pytest.raises(RestoreRefused, match="nothing to confirm"):
+    with pytest.raises(Refused, match="nothing to confirm"):
         instance_restore_confirm(instance=instance)
 
 
@@ -183,25 +183,25 @@ def test_files_restore_brings_back_the_backup_and_keeps_what_it_replaced(run, sq
 
 def test_restore_refusals_name_the_reason_and_start_nothing(run, sqlite_cell):
     instance = signup(run, sqlite_cell)
-    with pytest.raises(RestoreRefused, match="no database backup to restore from yet") as refusal:
+    with pytest.raises(Refused, match="no database backup to restore from yet") as refusal:
         instance_restore(instance=instance, point_in_time=timezone.now())
     assert refusal.value.field == "point_in_time"
     backup = Backup.objects.get(operation=back_up(run, instance))
     start, end = restorable_window(instance=instance)
-    with pytest.raises(RestoreRefused, match="outside the restorable window"):
+    with pytest.raises(Refused, match="outside the restorable window"):
         instance_restore(instance=instance, point_in_time=start - timedelta(seconds=1))
-    with pytest.raises(RestoreRefused, match="outside the restorable window"):
+    with pytest.raises(Refused, match="outside the restorable window"):
         instance_restore(instance=instance, point_in_time=end + timedelta(seconds=1))
-    with pytest.raises(RestoreRefused, match="time zone"):
+    with pytest.raises(Refused, match="time zone"):
         instance_restore(instance=instance, point_in_time=end.replace(tzinfo=None))
-    with pytest.raises(RestoreRefused, match="not a files backup"):
+    with pytest.raises(Refused, match="not a files backup"):
         instance_restore_files(instance=instance, backup=backup)
     other = signup(run, sqlite_cell, "other")
     theirs = Backup.objects.get(operation=back_up(run, other, BackupKind.FILES))
-    with pytest.raises(RestoreRefused, match="not a files backup of instance acme"):
+    with pytest.raises(Refused, match="not a files backup of instance acme"):
         instance_restore_files(instance=instance, backup=theirs)
     Instance.objects.filter(pk=instance.pk).update(state=InstanceState.DECOMMISSIONED)
-    with pytest.raises(RestoreRefused, match="is decommissioned;"):
+    with pytest.raises(Refused, match="is decommissioned;"):
         instance_restore(instance=instance, point_in_time=end)
     assert not Restore.objects.exists()
 
@@ -209,5 +209,5 @@ def test_restore_refusals_name_the_reason_and_start_nothing(run, sqlite_cell):
 def test_restore_is_refused_on_a_provider_that_cannot_switch():
     pool = make_pool(kind=PoolKind.DATABASE, provider=Provider.AZURE_SQL)
     instance = make_instance(state=InstanceState.RUNNING, database_pool=pool, reef=pool.reef)
-    with pytest.raises(RestoreRefused, match=r"not available yet .*\(Azure SQL elastic pool\)"):
+    with pytest.raises(Refused, match=r"not available yet .*\(Azure SQL elastic pool\)"):
         instance_restore(instance=instance, point_in_time=timezone.now())

@@ -16,10 +16,10 @@ from cells.choices import (
     TargetState,
     WaveState,
 )
+from cells.errors import IllegalTransition
 from cells.models import Instance, Operation, Release, RolloutTarget
-from cells.services import instance_signup
-from cells.states import IllegalTransition
 from provisioning import drivers, faults
+from provisioning.lifecycle import instance_signup
 from provisioning.rollouts import (
     instance_upgrade,
     next_window,

@@ -10,14 +10,14 @@ from django.db import connection
 from django.utils import timezone
 
 from cells.choices import InstanceState, OperationKind, OperationState, Provider, ShareStatus
+from cells.errors import IllegalTransition, Refused
 from cells.models import Instance, Operation, Share
-from cells.services import instance_signup
-from cells.states import IllegalTransition
 from portal.models import AuditEvent
 from provisioning import drivers, faults
+from provisioning.lifecycle import instance_force_state, instance_signup
 from provisioning.models import OperationWatch
 from provisioning.operations import operation_cancel, operation_retry, operation_run
-from provisioning.watchdog import ForceRefused, instance_force_state, operations_watch
+from provisioning.watchdog import operations_watch
 from tests.conftest import wait_for
 from tests.factories import make_cell, make_instance, make_user
 
@@ -282,7 +282,6 @@ def test_cancel_through_the_api_and_its_refusals_are_audited(instance, staff_use
 
 
 def test_cancel_needs_a_reason_and_an_active_operation(instance, staff_user):
-    from provisioning.backups.errors import Refused
 
     operation = Operation.objects.create(kind=OperationKind.STOP, instance=instance, state=OperationState.SUCCEEDED)
     with pytest.raises(Refused, match="Say why"):
@@ -324,10 +323,10 @@ def test_force_state_from_the_admin_is_audited_with_who_and_why(staff_client, st
 
 def test_force_state_is_refused_while_an_operation_is_under_way(instance, staff_user):
     active = Operation.objects.create(kind=OperationKind.PROVISION, instance=instance, state=OperationState.RUNNING)
-    with pytest.raises(ForceRefused, match=f"operation #{active.pk} \\(provision\\) is running"):
+    with pytest.raises(Refused, match=f"operation #{active.pk} \\(provision\\) is running"):
         instance_force_state(instance=instance, state="failed", expected_state="pending", reason="x",
                              forced_by=staff_user)
-    with pytest.raises(ForceRefused, match="Say why"):
+    with pytest.raises(Refused, match="Say why"):
         instance_force_state(instance=instance, state="failed", expected_state="pending", reason="", forced_by=None)
 
 

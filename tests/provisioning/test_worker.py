@@ -3,8 +3,8 @@ import pytest
 
 from cells.choices import InstanceState, OperationState, Provider, ShareStatus
 from cells.models import Instance, Operation, Share
-from cells.services import instance_signup
 from provisioning import drivers
+from provisioning.lifecycle import instance_signup
 from tests.conftest import wait_for
 from tests.factories import make_cell
 

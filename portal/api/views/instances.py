@@ -5,9 +5,15 @@ from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 
+from cells.errors import Refused
+from cells.models import Instance
 from portal.api import permissions as perms
 from portal.api import serializers as s
+from portal.api.filtersets import (
+    InstanceFilterSet,
+)
 from portal.api.idempotency import idempotent
 from portal.api.views.common import (
     IDEMPOTENCY_HEADER,
@@ -15,13 +21,10 @@ from portal.api.views.common import (
     NewestFirst,
     accepted,
 )
-from portal.api.filtersets import (
-    InstanceFilterSet,
-)
-from cells.models import Instance
-from cells.services import instance_signup
 from portal.roles import is_staff_reader
 from provisioning import backups, lifecycle, rollouts
+from provisioning.backups.selectors import instance_database_credentials
+from provisioning.lifecycle import instance_force_state, instance_signup
 from provisioning.models import Backup
 
 
@@ -39,8 +42,6 @@ class InstanceViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
 
     def get_throttles(self):
         if self.action == "create":
-            from rest_framework.throttling import ScopedRateThrottle
-
             return [ScopedRateThrottle()]
         return super().get_throttles()
 
@@ -130,8 +131,6 @@ class InstanceViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     def force_state(self, request, name=None):
         """Staff: put the instance into ``state`` whatever the life cycle allows (only the record changes), if it
         is still ``expected_state``; refused while an operation is under way on it. Audited with the reason."""
-        from provisioning.watchdog import instance_force_state
-
         data = self._with(request, s.ForceStateSerializer)
         instance = instance_force_state(
             instance=self.get_object(), state=data["state"], expected_state=data["expected_state"],
@@ -144,14 +143,8 @@ class InstanceViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     def reveal_credentials(self, request, name=None):
         """Staff: the instance's database connection string, with its password. Never stored (not even for an
         Idempotency-Key); each reveal is audited with the reason given."""
-        from provisioning import drivers
-        from provisioning.backups.selectors import database_kwargs
-
         self._with(request, s.ReasonSerializer)  # a reason is required: AuditedWrites records it with the reveal
-        instance = self.get_object()
-        if instance.database_pool_id is None:
-            raise backups.Refused(f"{instance.name} has no database", current_state=instance.state)
-        credentials = drivers.for_pool(instance.database_pool).credentials(instance, **database_kwargs(instance))
+        credentials = instance_database_credentials(instance=self.get_object())
         return Response(s.CredentialsSerializer(credentials).data, headers={"Cache-Control": "no-store"})
 
     @extend_schema(request=s.ConfirmNameSerializer, responses={202: s.OperationSerializer},
@@ -163,7 +156,7 @@ class InstanceViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
         data = self._with(request, s.ConfirmNameSerializer)
         try:
             return self._act(request, backups.instance_decommission, confirm_name=data["confirm"])
-        except backups.DecommissionRefused as refusal:
+        except Refused as refusal:
             if refusal.field != "confirm_name":
                 raise
             raise ValidationError({"confirm": [str(refusal)]}) from refusal

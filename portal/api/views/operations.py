@@ -4,16 +4,17 @@ from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from cells.models import Operation
 from portal.api import permissions as perms
 from portal.api import serializers as s
-from portal.api.idempotency import idempotent
-from portal.api.views.common import IDEMPOTENCY_HEADER, AuditedWrites, NewestFirst, accepted
 from portal.api.filtersets import (
     OperationFilterSet,
 )
-from cells.models import Operation
+from portal.api.idempotency import idempotent
+from portal.api.views.common import IDEMPOTENCY_HEADER, AuditedWrites, NewestFirst, accepted
 from portal.roles import is_staff_reader
 from provisioning.models import Backup
+from provisioning.operations import operation_cancel, operation_retry
 
 
 class OperationViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
@@ -37,8 +38,6 @@ class OperationViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     @idempotent
     def retry(self, request, pk=None):
         """Queue a failed operation again; it resumes from its first unfinished step."""
-        from provisioning.operations import operation_retry
-
         operation = self.get_object()
         return accepted(request, operation_retry(operation=operation, requested_by=request.user))
 
@@ -49,8 +48,6 @@ class OperationViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     def cancel(self, request, pk=None):
         """Staff: end a queued or running operation failed ("cancelled by <you>: <reason>"); its plan releases
         what it took. A running worker stops at its next step boundary."""
-        from provisioning.operations import operation_cancel
-
         data = s.ReasonSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         operation = operation_cancel(

@@ -4,12 +4,12 @@ from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from portal.api import permissions as perms
-from portal.api import serializers as s
-from portal.api.views.common import AnnotatedWrites, AuditedWrites, NewestFirst
 from cells.choices import ReleaseState
 from cells.models import Release, Rollout
 from cells.states import RELEASE
+from portal.api import permissions as perms
+from portal.api import serializers as s
+from portal.api.views.common import AnnotatedWrites, AuditedWrites, NewestFirst
 from provisioning import rollouts
 
 

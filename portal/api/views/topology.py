@@ -5,17 +5,17 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from cells import selectors
+from cells.models import Reef, Share
 from portal.api import permissions as perms
 from portal.api import serializers as s
-from portal.api.idempotency import idempotent
-from portal.api.views.common import IDEMPOTENCY_HEADER, AnnotatedWrites, AuditedWrites, OldestFirst, accepted
 from portal.api.filtersets import (
     PoolFilterSet,
     ReefFilterSet,
     RegionFilterSet,
     ShareFilterSet,
 )
-from cells.models import Reef, Share
+from portal.api.idempotency import idempotent
+from portal.api.views.common import IDEMPOTENCY_HEADER, AnnotatedWrites, AuditedWrites, OldestFirst, accepted
 from provisioning import capacity
 
 

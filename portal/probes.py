@@ -17,11 +17,17 @@ from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Mi
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
+from django_q.brokers import get_broker
+from django_q.models import Schedule
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from cells.choices import InstanceState, OperationKind, OperationState
 from cells.models import Instance, Operation, Region
+from cells.selectors import reefs_with_capacity
+from provisioning.backups.selectors import BACKUP_STATES
+from provisioning.models import ORPHAN_OPEN_STATES, Backup, BackupKind, BackupState, HealthStatus, Orphan
+from provisioning.watchdog import stuck_operations
 
 # Buckets of the operation duration histogram, in seconds: a stop takes seconds, a storage gateway hours.
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600)
@@ -44,8 +50,6 @@ def readyz(request):
     except Exception as exc:  # any failure means not ready; say which
         checks["database"] = f"error: {exc.__class__.__name__}"
     try:
-        from django_q.brokers import get_broker
-
         get_broker().ping()
         checks["broker"] = "ok"
     except Exception as exc:
@@ -84,8 +88,6 @@ class HubCollector:
         yield family
 
     def free_slots(self):
-        from cells.selectors import reefs_with_capacity
-
         family = GaugeMetricFamily(
             "cellhub_free_slots",
             "Free slots per reef and kind: database, storage and compute slots of shared available pools, and "
@@ -103,8 +105,6 @@ class HubCollector:
         return family
 
     def operations(self):
-        from provisioning.watchdog import stuck_operations
-
         counts = {
             (kind, state): total
             for kind, state, total in Operation.objects.order_by().values_list("kind", "state")
@@ -162,8 +162,6 @@ class HubCollector:
     def queue(self):
         up = GaugeMetricFamily("cellhub_task_broker_up", "1 when the task broker answered this scrape")
         try:
-            from django_q.brokers import get_broker
-
             depth = get_broker().queue_size()
         except Exception:
             up.add_metric([], 0)
@@ -174,9 +172,6 @@ class HubCollector:
         yield GaugeMetricFamily("cellhub_task_queue_depth", "Tasks waiting in the django-q2 queue", value=depth)
 
     def backups(self):
-        from provisioning.backups.selectors import BACKUP_STATES
-        from provisioning.models import Backup, BackupKind, BackupState
-
         age = GaugeMetricFamily(
             "cellhub_backup_age_seconds",
             "Age of each instance's latest successful backup, over the instances that should have one: the oldest "
@@ -204,8 +199,6 @@ class HubCollector:
         yield missing
 
     def health(self):
-        from provisioning.models import HealthStatus
-
         counts = Instance.objects.filter(state=InstanceState.RUNNING).aggregate(
             unhealthy=Count("pk", filter=Q(health__status=HealthStatus.UNHEALTHY)),
             unknown=Count("pk", filter=Q(health__status=HealthStatus.UNKNOWN)),
@@ -220,8 +213,6 @@ class HubCollector:
         yield family
 
     def orphans(self):
-        from provisioning.models import ORPHAN_OPEN_STATES, Orphan
-
         family = GaugeMetricFamily(
             "cellhub_orphans", "Open reconciler findings by kind and direction (unclaimed resource, missing resource)",
             labels=["kind", "direction"],
@@ -235,8 +226,6 @@ class HubCollector:
         return family
 
     def schedules(self):
-        from django_q.models import Schedule
-
         family = GaugeMetricFamily(
             "cellhub_schedule_overdue_seconds",
             "How late each recurring task is (0 while on time); growing means no worker runs the schedules",

@@ -12,8 +12,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
+from cells.errors import Refused
 from portal.admin.audit import admin_audit, admin_refusal
-from provisioning.backups.errors import Refused
 from provisioning.drivers.base import DriverError
 from provisioning.health import instance_health_flag_clear
 from provisioning.models import HealthCheck, InstanceHealth, Orphan, OrphanDirection, OrphanState
