@@ -170,3 +170,16 @@ RESERVED_INSTANCE_NAMES = (
 INSTANCE_NAME_REGEX = r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$"
 INSTANCE_NAME_MIN_LENGTH = 3
 INSTANCE_NAME_MAX_LENGTH = 40
+
+
+class ActorKind(models.TextChoices):
+    STAFF = "staff", "Staff (admin)"
+    CUSTOMER = "customer", "Customer (site)"
+    API_TOKEN = "api_token", "API"
+    SCHEDULER = "scheduler", "Scheduler and workers"
+
+
+class AuditOutcome(models.TextChoices):
+    SUCCEEDED = "succeeded", "Succeeded"
+    REFUSED = "refused", "Refused"
+    FAILED = "failed", "Failed"

@@ -7,10 +7,13 @@ pool is a storage pool). State changes go through ``cells.states``, never throug
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from cells import choices
 from cells.choices import (
     PROVIDERS_BY_KIND,
+    ActorKind,
+    AuditOutcome,
     InstanceState,
     OperationKind,
     OperationState,
@@ -450,3 +453,44 @@ class RolloutTarget(models.Model):
 
     def __str__(self):
         return f"{self.instance_id} in rollout {self.rollout_id}"
+
+
+class AuditEvent(models.Model):
+    """One thing someone (or the hub itself) did or tried to do: who, when, to what, how it ended, and why.
+
+    Written only through ``cells.audit.audit_record``; never changed or deleted by the hub (the admin shows
+    them read-only, and the database refuses an UPDATE other than forgetting a deleted user, and any DELETE:
+    migration 0004). ``actor_label`` keeps the name of an actor whose account is later deleted. ``details`` never
+    holds a secret (a revealed connection string is recorded as revealed, not copied).
+    """
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=255, blank=True)
+    actor_kind = models.CharField(max_length=10, choices=ActorKind.choices)
+    action = models.CharField(max_length=64, db_index=True, help_text="What was done, e.g. instance.stop.")
+    target_type = models.CharField(max_length=32, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(max_length=255, blank=True)
+    outcome = models.CharField(max_length=10, choices=AuditOutcome.choices)
+    reason = models.TextField(blank=True, help_text="Why: the reason given, or the refusal or error.")
+    details = models.JSONField(default=dict, blank=True)
+    address = models.GenericIPAddressField(null=True, blank=True, help_text="The request's client address.")
+
+    class Meta:
+        db_table = "portal_auditevent"  # its first home; the append-only trigger (portal migration 0004) guards it
+        ordering = ["-at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(actor_kind__in=ActorKind.values), name="audit_actor_kind_valid"),
+            models.CheckConstraint(condition=models.Q(outcome__in=AuditOutcome.values), name="audit_outcome_valid"),
+        ]
+        indexes = [
+            models.Index(fields=["target_type", "target_id", "at"], name="audit_target"),
+            models.Index(fields=["actor", "at"], name="audit_actor"),
+        ]
+
+    def __str__(self):
+        who = self.actor_label or self.get_actor_kind_display()
+        return f"{who}: {self.action} {self.target_type} {self.target_label or self.target_id} — {self.outcome}"

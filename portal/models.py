@@ -1,4 +1,4 @@
-"""Account-side records of the hub: API tokens, the replies remembered for idempotency keys, and the audit log."""
+"""Account-side records of the doors: API tokens and the replies remembered for idempotency keys."""
 import hashlib
 import secrets
 
@@ -76,56 +76,3 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self):
         return f"{self.key} ({self.status or 'in progress'})"
-
-
-class ActorKind(models.TextChoices):
-    STAFF = "staff", "Staff (admin)"
-    CUSTOMER = "customer", "Customer (site)"
-    API_TOKEN = "api_token", "API"
-    SCHEDULER = "scheduler", "Scheduler and workers"
-
-
-class AuditOutcome(models.TextChoices):
-    SUCCEEDED = "succeeded", "Succeeded"
-    REFUSED = "refused", "Refused"
-    FAILED = "failed", "Failed"
-
-
-class AuditEvent(models.Model):
-    """One thing someone (or the hub itself) did or tried to do: who, when, to what, how it ended, and why.
-
-    Written only through ``portal.audit.audit_record``; never changed or deleted by the hub (the admin shows
-    them read-only, and the database refuses an UPDATE other than forgetting a deleted user, and any DELETE:
-    migration 0004). ``actor_label`` keeps the name of an actor whose account is later deleted. ``details`` never
-    holds a secret (a revealed connection string is recorded as revealed, not copied).
-    """
-
-    at = models.DateTimeField(default=timezone.now, db_index=True)
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    actor_label = models.CharField(max_length=255, blank=True)
-    actor_kind = models.CharField(max_length=10, choices=ActorKind.choices)
-    action = models.CharField(max_length=64, db_index=True, help_text="What was done, e.g. instance.stop.")
-    target_type = models.CharField(max_length=32, blank=True)
-    target_id = models.CharField(max_length=64, blank=True)
-    target_label = models.CharField(max_length=255, blank=True)
-    outcome = models.CharField(max_length=10, choices=AuditOutcome.choices)
-    reason = models.TextField(blank=True, help_text="Why: the reason given, or the refusal or error.")
-    details = models.JSONField(default=dict, blank=True)
-    address = models.GenericIPAddressField(null=True, blank=True, help_text="The request's client address.")
-
-    class Meta:
-        ordering = ["-at", "-id"]
-        constraints = [
-            models.CheckConstraint(condition=models.Q(actor_kind__in=ActorKind.values), name="audit_actor_kind_valid"),
-            models.CheckConstraint(condition=models.Q(outcome__in=AuditOutcome.values), name="audit_outcome_valid"),
-        ]
-        indexes = [
-            models.Index(fields=["target_type", "target_id", "at"], name="audit_target"),
-            models.Index(fields=["actor", "at"], name="audit_actor"),
-        ]
-
-    def __str__(self):
-        who = self.actor_label or self.get_actor_kind_display()
-        return f"{who}: {self.action} {self.target_type} {self.target_label or self.target_id} — {self.outcome}"

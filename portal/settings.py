@@ -281,14 +281,14 @@ CELLHUB = {
 }
 
 # Logs: one JSON object per line in production (LOG_FORMAT=json, the default when DEBUG is off), readable text in
-# development. Every line written while an operation runs carries its id (portal/logging.py).
+# development. Every line written while an operation runs carries its id (provisioning/logs.py).
 LOG_FORMAT = env.str("LOG_FORMAT", default="text" if DEBUG else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "portal.logging.ContextFilter"}},
+    "filters": {"context": {"()": "provisioning.logs.ContextFilter"}},
     "formatters": {
-        "json": {"()": "portal.logging.JsonFormatter"},
+        "json": {"()": "provisioning.logs.JsonFormatter"},
         "text": {"format": "%(asctime)s %(levelname)s %(name)s%(context)s %(message)s"},
     },
     "handlers": {

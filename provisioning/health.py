@@ -32,13 +32,15 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from cells.audit import FAILED, SUCCEEDED, audit_record
 from cells.choices import OPERATION_ACTIVE_STATES, InstanceState, Provider
 from cells.models import Instance, Operation, Share
-from portal.audit import FAILED, SUCCEEDED, audit_record
 from provisioning import drivers
+from provisioning.backups.selectors import database_kwargs
 from provisioning.drivers.base import DriverError
 from provisioning.models import HealthAction, HealthCheck, HealthStatus, InstanceHealth
 from provisioning.operations import call_with_timeout
+from provisioning.plans.provision import deployment_spec
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +128,6 @@ def instance_probe(instance: Instance) -> Probe:
 def instance_restart(instance: Instance) -> None:
     """Scale the deployment to zero (when it exists), then deploy it again from the instance's spec: one replica,
     its version's image, its current database. Raises ``DriverError`` (a call that times out is one)."""
-    from provisioning.backups.selectors import database_kwargs
-    from provisioning.plans.provision import deployment_spec
-
     share = Share.objects.get(instance=instance)
     credentials = drivers.for_pool(instance.database_pool).credentials(instance, **database_kwargs(instance))
     spec = dataclasses.replace(deployment_spec(instance, database_url=credentials.url, share=share), replicas=1)

@@ -39,14 +39,14 @@ from django.db.models import F, Q, TextField, Value
 from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 
+from cells.audit import FAILED, SUCCEEDED, audit_record
 from cells.choices import OperationState
 from cells.errors import IllegalTransition, Refused
 from cells.models import Instance, Operation
 from cells.states import OPERATION
-from portal.audit import FAILED, SUCCEEDED, audit_record
-from portal.logging import log_context
 from provisioning import faults
 from provisioning.drivers.base import PermanentDriverError, TransientDriverError
+from provisioning.logs import log_context
 from provisioning.models import OperationWatch
 
 logger = logging.getLogger(__name__)

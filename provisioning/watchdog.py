@@ -27,11 +27,11 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from cells.audit import SUCCEEDED, audit_record
 from cells.choices import OperationState
 from cells.errors import IllegalTransition
 from cells.models import Operation
 from cells.states import OPERATION
-from portal.audit import SUCCEEDED, audit_record
 from provisioning.models import OperationWatch
 from provisioning.operations import (
     operation_end_from_outside,

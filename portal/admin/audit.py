@@ -7,8 +7,9 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html
 
-from portal.audit import REFUSED, SUCCEEDED, audit_record, request_fields
-from portal.models import ActorKind, AuditEvent
+from cells.audit import REFUSED, SUCCEEDED, audit_record, request_fields
+from cells.choices import ActorKind
+from cells.models import AuditEvent
 
 # Where an audit row's target opens in the admin, by target type.
 TARGET_ADMIN = {

@@ -9,12 +9,11 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from cells.choices import InstanceState, OperationKind
+from cells.audit import REFUSED, SUCCEEDED, audit_record, request_fields
+from cells.choices import ActorKind, InstanceState, OperationKind
 from cells.errors import NoCapacity, Refused
 from cells.models import Instance, Operation
 from cells.states import INSTANCE
-from portal.audit import REFUSED, SUCCEEDED, audit_record, request_fields
-from portal.models import ActorKind
 from portal.site.forms import DecommissionForm, InstanceForm, RestoreFilesForm, RestoreForm, SignupForm
 from provisioning.backups import (
     instance_backup,

@@ -10,6 +10,7 @@ from cells.errors import Refused
 from cells.models import Instance, Operation
 from provisioning import drivers
 from provisioning.models import Backup, BackupKind, BackupState, InstanceDatabase, Restore, RestoreState
+from provisioning.operations import operation_progress
 
 # States in which an instance's data may be backed up or restored (it has a database and a share, and no
 # decommission has begun).
@@ -84,8 +85,6 @@ def active_operations(instance: Instance) -> QuerySet:
 
 def instance_backup_overview(instance: Instance, *, limit: int = 20) -> dict:
     """What the customer's and staff's pages show about an instance's backups, restores and lifecycle work."""
-    from provisioning.operations import operation_progress
-
     backups = list(
         Backup.objects.filter(instance=instance).exclude(state=BackupState.DELETED).order_by("-started_at", "-id")[
             :limit

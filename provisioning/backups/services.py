@@ -19,6 +19,7 @@ from cells.choices import InstanceState, OperationKind, OperationState
 from cells.errors import OperationInProgress, Refused
 from cells.models import Instance, Operation, Share
 from provisioning import drivers
+from provisioning.backups.restore import restore_drop_old_database
 from provisioning.backups.selectors import BACKUP_STATES, active_operations, database_kwargs
 from provisioning.drivers.base import DriverError, resource_prefix
 from provisioning.models import (
@@ -248,8 +249,6 @@ def backups_expire(*, now: datetime | None = None) -> int:
         removed += Backup.objects.filter(pk=backup.pk, state=BackupState.SUCCEEDED).update(
             state=BackupState.DELETED, deleted_at=timezone.now()
         )
-    from provisioning.backups.restore import restore_drop_old_database
-
     for restore in Restore.objects.filter(
         state=RestoreState.SUCCEEDED, old_dropped_at__isnull=True, keep_old_until__lte=now
     ).exclude(old_database="").select_related("instance__database_pool"):

@@ -11,7 +11,8 @@ import zipfile
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from provisioning.drivers.base import BackupResult, StorageDriver
+from provisioning import crypto
+from provisioning.drivers.base import BackupResult, PermanentDriverError, StorageDriver
 from provisioning.drivers.local_lock import file_lock
 from provisioning.drivers.local_paths import var_path, write_atomically
 
@@ -81,8 +82,6 @@ class LocalFsStorageDriver(StorageDriver):
         Raises ``PermanentDriverError`` for a share found in both folders (never merged) or in neither though
         it was created (its data is somewhere else: nothing is invented in its place).
         """
-        from provisioning.drivers.base import PermanentDriverError
-
         target_root = Path(new_host)
         target_root.mkdir(parents=True, exist_ok=True)
         shares = list(self.pool.shares.order_by("slot"))
@@ -143,8 +142,6 @@ class LocalFsStorageDriver(StorageDriver):
         ``extra`` counts files and bytes. The same label rewrites the same file. Raises ``BackupKeyError``
         (permanent) without CELLHUB_BACKUP_KEY.
         """
-        from provisioning import crypto
-
         folder = var_path("archive") if archive else var_path("backups", "files", f"pool{self.pool.pk}")
         target = folder / f"{label}.zip.enc"
         root = self.share_path(share)
@@ -176,8 +173,6 @@ class LocalFsStorageDriver(StorageDriver):
         the whole archive. Raises ``BackupKeyError`` / ``BackupCorrupt`` (permanent) for a wrong key or a
         changed file.
         """
-        from provisioning import crypto
-
         path = crypto.check_local_backup(location, checksum="")
         target.mkdir(parents=True, exist_ok=True)
         counts = {"files": 0, "bytes": 0}
@@ -239,6 +234,4 @@ class LocalFsStorageDriver(StorageDriver):
 
     def delete_backup(self, *, location: str) -> None:
         """Remove a files backup or archive of this driver; absent is fine."""
-        from provisioning import crypto
-
         crypto.delete_local_backup(location)

@@ -16,6 +16,7 @@ from cells.models import Instance, Operation, Release, Share
 from cells.placement import instance_place
 from cells.states import INSTANCE, SHARE
 from provisioning import drivers
+from provisioning.backups.selectors import database_kwargs
 from provisioning.drivers.base import DeploymentSpec
 from provisioning.operations import Plan, register_plan
 
@@ -85,8 +86,6 @@ def provision_share(operation: Operation) -> None:
 
 
 def provision_compute(operation: Operation) -> None:
-    from provisioning.backups.selectors import database_kwargs  # after a restore, the database it switched to
-
     instance = _instance(operation)
     credentials = drivers.for_pool(instance.database_pool).credentials(instance, **database_kwargs(instance))
     spec = deployment_spec(instance, database_url=credentials.url, share=instance.share)

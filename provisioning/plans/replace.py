@@ -22,6 +22,7 @@ from cells.choices import InstanceState, OperationKind, PoolStatus
 from cells.models import Instance, Operation, Pool, Share
 from cells.states import POOL
 from provisioning import drivers
+from provisioning.backups.selectors import database_kwargs
 from provisioning.drivers.base import PermanentDriverError
 from provisioning.operations import Plan, register_plan
 from provisioning.plans.provision import deployment_spec
@@ -75,8 +76,6 @@ def replace_shares(operation: Operation) -> None:
 
 def replace_instances(operation: Operation) -> None:
     """Redeploy the instances on the moved shares so they mount the new endpoints (a stopped one stays at zero)."""
-    from provisioning.backups.selectors import database_kwargs  # after a restore, the database it switched to
-
     _, new = _pools(operation)
     instances = Instance.objects.filter(share__pool=new, state__in=REDEPLOYED_STATES).select_related(
         "region", "reef", "database_pool", "compute_pool", "share"

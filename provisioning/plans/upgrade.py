@@ -14,7 +14,10 @@ from cells.choices import InstanceState, OperationKind
 from cells.models import Instance, Operation
 from cells.states import INSTANCE
 from provisioning import drivers
+from provisioning.backups import instance_restore
+from provisioning.backups.services import backup_take
 from provisioning.drivers.base import TransientDriverError
+from provisioning.models import Backup, BackupKind, BackupReason
 from provisioning.operations import Plan, register_plan
 
 logger = logging.getLogger(__name__)
@@ -41,9 +44,6 @@ def upgrade_begin(operation: Operation) -> None:
 
 
 def upgrade_backup(operation: Operation) -> None:
-    from provisioning.backups.services import backup_take
-    from provisioning.models import BackupKind, BackupReason
-
     instance = _instance(operation)
     backup = backup_take(operation=operation, instance=instance, kind=BackupKind.DATABASE,
                          reason=BackupReason.PRE_UPGRADE)
@@ -83,9 +83,6 @@ def upgrade_succeed(operation: Operation) -> None:
 
 def upgrade_fail(operation: Operation, message: str) -> str:
     """Roll back: previous image, previous version, previous state; restore the database if the new image ran."""
-    from provisioning.backups import instance_restore
-    from provisioning.models import Backup
-
     operation.refresh_from_db()
     instance = _instance(operation)
     notes = []

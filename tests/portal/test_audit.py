@@ -3,9 +3,9 @@ start and end, credential reveals, and refusals — with actor, time, target and
 import pytest
 from django.db import IntegrityError, transaction
 
+from cells.audit import audit_record
 from cells.choices import InstanceState
-from cells.models import Instance, Operation
-from portal.models import AuditEvent
+from cells.models import AuditEvent, Instance, Operation
 from provisioning import drivers, faults
 from tests.factories import make_cell, make_instance, make_user
 from tests.portal.api.conftest import token_client
@@ -146,13 +146,13 @@ def test_the_log_is_read_only_filterable_and_outlives_its_actors(staff_client, a
     refused = AuditEvent.objects.get(actor=gone)
     assert refused.outcome == "refused" and refused.target_label == "acme"
 
-    listing = staff_client.get("/admin/portal/auditevent/", {"outcome": "refused"})
+    listing = staff_client.get("/admin/cells/auditevent/", {"outcome": "refused"})
     assert listing.status_code == 200
     assert [row.pk for row in listing.context["cl"].result_list] == [refused.pk]
-    assert staff_client.get("/admin/portal/auditevent/", {"actor_kind": "scheduler"}).status_code == 200
-    assert staff_client.get(f"/admin/portal/auditevent/{refused.pk}/change/").status_code == 200
-    assert staff_client.get("/admin/portal/auditevent/add/").status_code == 403
-    assert staff_client.post(f"/admin/portal/auditevent/{refused.pk}/delete/").status_code == 403
+    assert staff_client.get("/admin/cells/auditevent/", {"actor_kind": "scheduler"}).status_code == 200
+    assert staff_client.get(f"/admin/cells/auditevent/{refused.pk}/change/").status_code == 200
+    assert staff_client.get("/admin/cells/auditevent/add/").status_code == 403
+    assert staff_client.post(f"/admin/cells/auditevent/{refused.pk}/delete/").status_code == 403
 
     for change in (lambda: AuditEvent.objects.filter(pk=refused.pk).update(outcome="succeeded"),
                    lambda: AuditEvent.objects.filter(pk=refused.pk).delete()):
@@ -163,3 +163,24 @@ def test_the_log_is_read_only_filterable_and_outlives_its_actors(staff_client, a
     refused.refresh_from_db()
     assert refused.actor is None and refused.actor_label == label and refused.outcome == "refused"
     assert Instance.objects.filter(name="acme").exists()
+
+
+def test_a_nul_character_never_erases_the_trace_of_a_credential_reveal(staff_user, acme):
+    """PostgreSQL's JSON and text refuse U+0000; the reveal is still recorded (the NUL replaced), never unrecorded."""
+    response = token_client(staff_user).post(
+        "/api/v1/instances/acme/reveal-credentials/", {"reason": "ticket 4712", "note": "a\u0000b"}, format="json"
+    )
+    assert response.status_code == 200 and response.json()["url"]
+    (reveal,) = _rows("credentials.reveal")
+    assert reveal.outcome == "succeeded" and reveal.actor == staff_user
+    assert reveal.reason == "ticket 4712" and reveal.details["note"] == "a\ufffdb"
+
+
+def test_an_audit_row_that_cannot_be_written_takes_the_action_with_it(acme, staff_user):
+    """The row is written in the action's transaction: if it fails, the action is undone too (never done unseen)."""
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Instance.objects.filter(pk=acme.pk).update(state=InstanceState.STOPPED)
+        audit_record(action="instance.stop", target=acme, actor=staff_user, outcome="bogus")
+    acme.refresh_from_db()
+    assert acme.state == InstanceState.RUNNING
+    assert not _rows("instance.stop")

@@ -12,9 +12,9 @@ import pytest
 
 from cells.choices import OperationState
 from cells.models import Operation
-from portal.logging import ContextFilter, JsonFormatter
 from provisioning import faults
 from provisioning.lifecycle import instance_signup
+from provisioning.logs import ContextFilter, JsonFormatter
 from provisioning.operations import operation_run
 from tests.factories import make_cell
 

@@ -10,8 +10,7 @@ from django.core import mail
 from django.utils import timezone
 
 from cells.choices import InstanceState, OperationKind
-from cells.models import Operation
-from portal.models import AuditEvent
+from cells.models import AuditEvent, Operation
 from provisioning import drivers
 from provisioning.health import health_check_pass, instance_health_check
 from provisioning.models import HealthAction, HealthCheck, HealthStatus, InstanceHealth

@@ -6,7 +6,7 @@ import yaml
 
 from cells.choices import PoolKind, Provider
 from cells.errors import Refused
-from portal.models import AuditEvent
+from cells.models import AuditEvent
 from provisioning import drivers
 from provisioning.models import Orphan, OrphanDirection, OrphanKind, OrphanState
 from provisioning.reconcile import orphan_clean, reconcile_pass

@@ -11,8 +11,7 @@ from django.utils import timezone
 
 from cells.choices import InstanceState, OperationKind, OperationState, Provider, ShareStatus
 from cells.errors import IllegalTransition, Refused
-from cells.models import Instance, Operation, Share
-from portal.models import AuditEvent
+from cells.models import AuditEvent, Instance, Operation, Share
 from provisioning import drivers, faults
 from provisioning.lifecycle import instance_force_state, instance_signup
 from provisioning.models import OperationWatch

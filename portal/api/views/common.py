@@ -5,9 +5,9 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
 
+from cells.audit import FAILED, REFUSED, SUCCEEDED, audit_record, request_fields
 from portal.api import serializers as s
 from portal.api.idempotency import REPLAYED_HEADER
-from portal.audit import FAILED, REFUSED, SUCCEEDED, audit_record, request_fields
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,

@@ -118,7 +118,7 @@ def test_pool_and_reef_lists_do_not_grow_with_the_fleet(staff_client, django_ass
 
 
 def test_topology_admin_actions_are_audited_with_their_outcome(staff_client):
-    from portal.models import AuditEvent
+    from cells.models import AuditEvent
 
     cell = make_cell()
     reef = cell["reef"]

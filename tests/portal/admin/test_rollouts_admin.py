@@ -3,8 +3,7 @@ import pytest
 from django_q.models import Schedule
 
 from cells.choices import InstanceState, ReleaseState, RolloutState
-from cells.models import Instance, Release, Rollout
-from portal.models import AuditEvent
+from cells.models import AuditEvent, Instance, Release, Rollout
 from tests.factories import make_cell, make_instance
 
 pytestmark = pytest.mark.django_db

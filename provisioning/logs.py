@@ -30,10 +30,6 @@ def log_context(**fields):
         _context.reset(token)
 
 
-def current_context() -> dict:
-    return dict(_context.get() or {})
-
-
 class ContextFilter(logging.Filter):
     """Stamps the bound fields on each record (None when unbound) and a short ``context`` text for plain formats."""
 

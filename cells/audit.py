@@ -2,8 +2,9 @@
 
 Called from the thin layers that know who acts and through which door (admin actions, the customer site's views,
 the API's views) and from the step runner for an operation's start and end. Refusals are recorded too
-(``outcome="refused"``), with the refusal's text as the reason. A failure to write an audit row is logged and
-never turns a finished action into an error for the person who did it.
+(``outcome="refused"``), with the refusal's text as the reason. The row is written in the caller's transaction:
+if it cannot be written, the error propagates and the action's transaction rolls back with it — an action is
+never done without its trace. Text the database cannot store (the NUL character) is replaced, not refused.
 
 Action names are ``<target>.<verb>`` (``instance.stop``, ``operation.cancel``, ``credentials.reveal``); the admin
 filters by them. Nothing secret is ever passed in ``details``.
@@ -11,13 +12,11 @@ filters by them. Nothing secret is ever passed in ``details``.
 from __future__ import annotations
 
 import ipaddress
-import logging
 
-from django.db import models, transaction
+from django.db import models
 
-from portal.models import ActorKind, ApiToken, AuditEvent, AuditOutcome
-
-logger = logging.getLogger(__name__)
+from cells.choices import ActorKind, AuditOutcome
+from cells.models import AuditEvent
 
 SUCCEEDED, REFUSED, FAILED = AuditOutcome.SUCCEEDED, AuditOutcome.REFUSED, AuditOutcome.FAILED
 # Request fields never copied into an audit row's details.
@@ -25,9 +24,10 @@ SECRET_FIELDS = frozenset({"password", "password1", "password2", "token", "secre
 
 
 def actor_kind_of(user, request=None) -> str:
-    """staff / customer by the user's role; ``api_token`` for a request authenticated with a token; scheduler
-    when nobody signed in acted (the hub's own work)."""
-    if request is not None and isinstance(getattr(request, "auth", None), ApiToken):
+    """staff / customer by the user's role; ``api_token`` for a request authenticated with a credential of its own
+    (DRF's ``request.auth``: the token; a browser session leaves it None); scheduler when nobody signed in acted
+    (the hub's own work)."""
+    if request is not None and getattr(request, "auth", None) is not None:
         return ActorKind.API_TOKEN
     if user is None or not getattr(user, "is_authenticated", False):
         return ActorKind.SCHEDULER
@@ -45,6 +45,20 @@ def _address(value) -> str | None:
         return str(ipaddress.ip_address(value)) if value else None
     except ValueError:
         return None
+
+
+NUL = "\x00"
+
+
+def storable(value):
+    """``value`` with every NUL character replaced (PostgreSQL text and JSON cannot hold one), keys included."""
+    if isinstance(value, str):
+        return value.replace(NUL, "\N{REPLACEMENT CHARACTER}")
+    if isinstance(value, dict):
+        return {storable(str(key)): storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    return value
 
 
 def request_fields(data) -> dict:
@@ -75,13 +89,13 @@ def audit_record(
     request=None,
     actor=None,
     actor_kind: str | None = None,
-) -> AuditEvent | None:
-    """Write one audit row; returns it (None if it could not be written, which is logged, never raised).
+) -> AuditEvent:
+    """Write one audit row in the caller's transaction and return it; a failure to write it raises.
 
     ``request`` supplies the actor (its signed-in user), the actor kind (a token → ``api_token``) and the client
     address; ``actor``/``actor_kind`` say it without a request (the scheduler: both None). ``target`` supplies the
-    target's type, id and label unless they are given. The row is part of the caller's transaction (an action
-    rolled back leaves no "succeeded" row), written in a savepoint so a failed write never breaks it.
+    target's type, id and label unless they are given. The row is part of the caller's transaction: an action
+    rolled back leaves no "succeeded" row, and a row that cannot be written rolls the action back.
     """
     if request is not None and actor is None:
         user = getattr(request, "user", None)
@@ -92,21 +106,16 @@ def audit_record(
         target_id = target_id or target.pk
         target_label = target_label or str(target)
     address = _address(request.META.get("REMOTE_ADDR")) if request is not None else None
-    try:
-        with transaction.atomic():  # a savepoint: a failed write never poisons the caller's transaction
-            return AuditEvent.objects.create(
-                actor=actor,
-                actor_label=_label_of(actor),
-                actor_kind=kind,
-                action=action,
-                target_type=target_type,
-                target_id=str(target_id or ""),
-                target_label=str(target_label)[:255],
-                outcome=str(outcome),
-                reason=str(reason or ""),
-                details=details or {},
-                address=address or None,
-            )
-    except Exception:
-        logger.exception("audit row not written: %s %s %s %s", kind, action, target_type, target_id)
-        return None
+    return AuditEvent.objects.create(
+        actor=actor,
+        actor_label=storable(_label_of(actor)),
+        actor_kind=kind,
+        action=action,
+        target_type=target_type,
+        target_id=storable(str(target_id or "")),
+        target_label=storable(str(target_label))[:255],
+        outcome=str(outcome),
+        reason=storable(str(reason or "")),
+        details=storable(details or {}),
+        address=address or None,
+    )
