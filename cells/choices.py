@@ -156,7 +156,6 @@ SLOT_HOLDING_INSTANCE_STATES = frozenset(
         InstanceState.DECOMMISSIONING,
     }
 )
-TERMINAL_INSTANCE_STATES = frozenset({InstanceState.DECOMMISSIONED})
 OPERATION_ACTIVE_STATES = frozenset({OperationState.QUEUED, OperationState.RUNNING})
 OPERATION_FINAL_STATES = frozenset({OperationState.SUCCEEDED, OperationState.FAILED})
 

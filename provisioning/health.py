@@ -67,10 +67,6 @@ class Probe:
     details: dict
 
 
-class _PoolUnreachable(Exception):
-    pass
-
-
 def _compute_status(instance: Instance):
     compute = drivers.for_pool(instance.compute_pool)
     return call_with_timeout(

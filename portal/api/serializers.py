@@ -12,20 +12,6 @@ from portal.roles import is_staff_reader
 from provisioning.models import Backup
 
 
-class ErrorDetailSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    fields = serializers.DictField(child=serializers.JSONField())
-    current_state = serializers.CharField(required=False)
-    operation = serializers.IntegerField(required=False)
-
-
-class ErrorSerializer(serializers.Serializer):
-    """Every API error has this shape."""
-
-    error = ErrorDetailSerializer()
-
-
 class RegionSerializer(serializers.ModelSerializer):
     reef_count = serializers.IntegerField(read_only=True)
     instance_count = serializers.IntegerField(read_only=True)
