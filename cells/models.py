@@ -21,6 +21,7 @@ from cells.choices import (
     PoolStatus,
     ShareStatus,
 )
+from cells.thresholds import thresholds_validate
 from cells.validators import validate_instance_name
 
 
@@ -57,9 +58,7 @@ class Region(models.Model):
 
 def validate_capacity_overrides(value) -> None:
     """Overrides name known ``CELLHUB["CAPACITY"]`` keys with values of the right shape (see
-    ``provisioning.capacity.thresholds``); raises ``ValidationError`` naming the first fault."""
-    from provisioning.capacity.thresholds import thresholds_validate
-
+    ``cells.thresholds``); raises ``ValidationError`` naming the first fault."""
     thresholds_validate(value)
 
 

@@ -4,13 +4,14 @@ Development defaults are safe and need nothing: SQLite under ``var/``, the djang
 console e-mail. Production sets ``DEBUG=0``, ``SECRET_KEY``, ``ALLOWED_HOSTS`` and ``DATABASE_URL``
 (PostgreSQL through psycopg 3); a secret never has a production default.
 """
+import os
 from pathlib import Path
 
 import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Folders under VAR_DIR are created by the code that writes them, not here.
 VAR_DIR = Path(environ.Env().str("CELLHUB_VAR_DIR", default=str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 env = environ.Env(
     DEBUG=(bool, False),
@@ -76,6 +77,7 @@ TEMPLATES = [
 # The embedded default is SQLite in var/; PostgreSQL is the production (and test) database.
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'hub.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["ENGINE"] = "portal.sqlite"  # Django's, creating the file's folder when it connects
     # Worker and web share the file: wait for the lock instead of failing at once.
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 30, "transaction_mode": "IMMEDIATE"})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -94,8 +96,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "staticfiles"
-STATIC_ROOT.mkdir(exist_ok=True)
+STATIC_ROOT = VAR_DIR / "staticfiles"  # made by collectstatic; in development WhiteNoise reads the finders
+WHITENOISE_AUTOREFRESH = DEBUG
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -260,23 +262,20 @@ CELLHUB = {
     "HEALTH_HISTORY_DAYS": env.int("CELLHUB_HEALTH_HISTORY_DAYS", default=14),
     # /metrics answers only `Authorization: Bearer <token>` when this is set (empty: open, for a private network).
     "METRICS_TOKEN": env.str("CELLHUB_METRICS_TOKEN", default=""),
-    # Capacity top-ups (provisioning/capacity/thresholds.py explains each key; a reef overrides them in the
-    # admin). FLOOR, LEAD_TIME_HOURS and POOL_SIZE are keyed by pool kind or provider (a provider wins).
+    # Capacity top-ups: overrides only. The defaults live with the code that owns them (cells/thresholds.py
+    # explains each key; each driver declares its provider's lead time); a reef overrides them in the admin.
+    # CELLHUB_CAPACITY='{"FLOOR": {"storage": 20}, "NEW_POOL_CONFIG": {"aws_rds": {"db_subnet_group": "x"}}}'.
     "CAPACITY": {
-        "FLOOR": {"database": 5, "storage": 5, "compute": 5},
-        "LEAD_TIME_HOURS": {
-            "sqlite": 0.1, "postgres": 0.5, "azure_sql": 1.0, "aws_rds": 1.0,
-            "local_fs": 0.1, "azure_files": 0.5, "aws_storage_gateway": 4.0,
-            "local_compute": 0.1, "kubernetes": 1.0,
+        **env.json("CELLHUB_CAPACITY", default={}),
+        **{
+            key: cast(os.environ[variable])
+            for key, variable, cast in (
+                ("MARGIN_HOURS", "CELLHUB_CAPACITY_MARGIN_HOURS", float),
+                ("SIGNUP_WINDOW_HOURS", "CELLHUB_CAPACITY_SIGNUP_WINDOW_HOURS", float),
+                ("MAX_POOLS_PER_PASS", "CELLHUB_CAPACITY_MAX_POOLS_PER_PASS", int),
+            )
+            if os.environ.get(variable)
         },
-        "POOL_SIZE": {"database": 100, "storage": 10, "compute": 100},
-        # Provider of new pools per kind; unset: the reef's newest pool's, else its region's cloud default.
-        "PROVIDER": {},
-        "MARGIN_HOURS": env.float("CELLHUB_CAPACITY_MARGIN_HOURS", default=24.0),
-        "SIGNUP_WINDOW_HOURS": env.float("CELLHUB_CAPACITY_SIGNUP_WINDOW_HOURS", default=48.0),
-        "MAX_POOLS_PER_PASS": env.int("CELLHUB_CAPACITY_MAX_POOLS_PER_PASS", default=2),
-        # Provider → config merged into each new pool of it (no secrets), e.g. an RDS subnet group.
-        "NEW_POOL_CONFIG": {},
     },
 }
 

@@ -21,7 +21,6 @@ still unclaimed, then deletes it through its driver; a ``missing`` finding is fl
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 from dataclasses import dataclass, field
@@ -368,7 +367,7 @@ def _delete(orphan: Orphan) -> str:
     pk = _derived_pk(name, "_")
     stand_in = Instance(pk=pk or 0)
     derived = pk is not None and driver.database_name(stand_in) == name
-    if "database" in inspect.signature(driver.drop_database).parameters:
+    if driver.capabilities.database_switching:
         driver.drop_database(instance=stand_in, database=name, drop_login=derived)
     elif derived:
         driver.drop_database(instance=stand_in)

@@ -15,6 +15,7 @@ from cells.errors import Refused
 from cells.models import CapacityShortfall, Pool, Reef, Region, Share
 from portal.admin.audit import run_for_each
 from portal.admin.capacity import capacity_view
+from provisioning.backups import share_scrub
 from provisioning.capacity import (
     pool_activate,
     pool_drain,
@@ -269,6 +270,12 @@ class ShareAdmin(admin.ModelAdmin):
     search_fields = ["name", "endpoint", "instance__name", "pool__name"]
     list_select_related = ["pool", "instance"]
     raw_id_fields = ["instance"]
+    actions = ["scrub"]
+
+    @admin.action(description="Scrub the selected failed shares and return them to their pools", permissions=["change"])
+    def scrub(self, request, queryset):
+        _each(self, request, queryset, lambda share: share_scrub(share=share, requested_by=request.user),
+              "scrub queued: it returns to its pool once wiped and verified empty")
 
 
 @admin.register(CapacityShortfall)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from cells.choices import InstanceState, OperationKind, OperationState
+from cells.choices import InstanceState, OperationKind, OperationState, ShareStatus
 from cells.errors import IllegalTransition, OperationInProgress, Refused
 from cells.models import Instance, Operation, Share
 from cells.states import INSTANCE
@@ -56,3 +56,27 @@ def instance_decommission(*, instance: Instance, confirm_name: str, requested_by
             kind=OperationKind.DECOMMISSION, instance=locked, requested_by=requested_by,
             params={"share_id": share, "confirmed_name": locked.name},
         )
+
+
+def share_scrub(*, share: Share, requested_by=None) -> Operation:
+    """Queue the scrub of a ``failed`` share that holds no instance: wiped, verified empty, returned to its pool.
+
+    Idempotent: returns the scrub under way, or retries a failed one (it resumes at the step that failed).
+    Refuses before any work: ``IllegalTransition`` naming the state unless the share is failed (a share being
+    scrubbed by a decommission is that decommission's to finish). A failed share holds no instance (the database's
+    ``share_assigned_iff_instance``), so no customer's live files are ever wiped here.
+    """
+    with transaction.atomic():
+        locked = Share.objects.select_for_update().get(pk=share.pk)
+        scrubs = Operation.objects.filter(kind=OperationKind.SCRUB, share=locked).order_by("-created_at", "-id")
+        active = scrubs.filter(state__in=[OperationState.QUEUED, OperationState.RUNNING]).first()
+        if active is not None:
+            return active
+        if locked.status == ShareStatus.SCRUBBING:
+            failed = scrubs.filter(state=OperationState.FAILED).first()
+            if failed is not None:
+                return operation_retry(operation=failed, requested_by=requested_by)
+        if locked.status != ShareStatus.FAILED:
+            raise IllegalTransition(locked, locked.status, ShareStatus.SCRUBBING)
+        return operation_create(kind=OperationKind.SCRUB, share=locked, requested_by=requested_by,
+                                params={"share": locked.name, "pool": locked.pool.name})

@@ -12,19 +12,19 @@ from django.db import transaction
 from django.utils import timezone
 
 from cells.choices import OperationKind
-from cells.errors import OperationInProgress, Refused
+from cells.errors import NotSupported, OperationInProgress, Refused
 from cells.models import Instance, Operation, Share
 from provisioning import drivers
 from provisioning.backups.selectors import (
-    DATABASE_RESTORE_PROVIDERS,
     RESTORE_STATES,
     active_operations,
     backup_for_point_in_time,
     current_database,
+    database_restore_supported,
+    file_restore_supported,
     kept_old_databases,
     restorable_window,
 )
-from provisioning.drivers.base import StorageDriver
 from provisioning.models import Backup, BackupKind, BackupState, Restore
 from provisioning.operations import operation_create
 
@@ -63,8 +63,9 @@ def instance_restore(*, instance: Instance, point_in_time: datetime, requested_b
 
     The time must lie in ``restorable_window`` (the latest database backup taken at or before it is
     used). Raises ``Refused`` (with ``field="point_in_time"`` when the time is at fault) for a
-    naive or out-of-window time, an instance without backups, in another state than running or stopped,
-    or on a database provider that cannot switch; ``OperationInProgress`` while another restore runs.
+    naive or out-of-window time, an instance without backups, in another state than running or stopped;
+    ``NotSupported`` on a database provider that cannot restore into a new database and switch to it;
+    ``OperationInProgress`` while another restore runs.
     """
     if not isinstance(point_in_time, datetime) or timezone.is_naive(point_in_time):
         raise Refused("give the point in time with its time zone", field="point_in_time")
@@ -73,8 +74,8 @@ def instance_restore(*, instance: Instance, point_in_time: datetime, requested_b
         pool = locked.database_pool
         if pool is None:
             raise Refused(f"instance {locked.name} has no database")
-        if pool.provider not in DATABASE_RESTORE_PROVIDERS:
-            raise Refused(
+        if not database_restore_supported(pool.provider):
+            raise NotSupported(
                 f"point-in-time restore is not available yet for this instance's database provider "
                 f"({pool.get_provider_display()}); ask support"
             )
@@ -100,7 +101,8 @@ def instance_restore_files(*, instance: Instance, backup: Backup, requested_by=N
     """Bring the share's content back from ``backup`` (one of the instance's files backups).
 
     The share's current content is backed up first (kept as the restore's ``safeguard``), then replaced.
-    Raises ``Refused`` (``field="backup"`` when the backup is at fault) and ``OperationInProgress``.
+    Raises ``Refused`` (``field="backup"`` when the backup is at fault), ``NotSupported`` when the share's
+    provider cannot restore files, and ``OperationInProgress``.
     """
     with transaction.atomic():
         locked = _lock_restorable(instance)
@@ -113,8 +115,8 @@ def instance_restore_files(*, instance: Instance, backup: Backup, requested_by=N
         share = Share.objects.select_related("pool").filter(instance=locked).first()
         if share is None:
             raise Refused(f"instance {locked.name} has no share")
-        if type(drivers.for_pool(share.pool)).restore_share is StorageDriver.restore_share:
-            raise Refused(
+        if not file_restore_supported(share.pool.provider):
+            raise NotSupported(
                 f"restoring files is not available yet for this instance's storage provider "
                 f"({share.pool.get_provider_display()}); ask support"
             )

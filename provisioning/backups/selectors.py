@@ -5,7 +5,7 @@ from datetime import datetime
 
 from django.db.models import Max, Min, QuerySet
 
-from cells.choices import OPERATION_ACTIVE_STATES, InstanceState, OperationKind, Provider
+from cells.choices import OPERATION_ACTIVE_STATES, InstanceState, OperationKind
 from cells.errors import Refused
 from cells.models import Instance, Operation
 from provisioning import drivers
@@ -16,10 +16,19 @@ from provisioning.operations import operation_progress
 # decommission has begun).
 BACKUP_STATES = frozenset({InstanceState.RUNNING, InstanceState.STOPPED, InstanceState.UPGRADING})
 RESTORE_STATES = frozenset({InstanceState.RUNNING, InstanceState.STOPPED})
-# Database providers whose driver restores the hub's own backups into a new database and can be told which
-# database an instance uses (``database=``). Azure SQL and RDS restore natively but cannot switch yet.
-DATABASE_RESTORE_PROVIDERS = frozenset({Provider.POSTGRES, Provider.SQLITE})
 LIFECYCLE_KINDS = (OperationKind.BACKUP, OperationKind.RESTORE, OperationKind.DECOMMISSION)
+
+
+def database_restore_supported(provider: str) -> bool:
+    """Whether an instance on ``provider`` can be restored to a point in time: its driver declares that it
+    restores into a new database and that the instance can then be switched to it (``database=``)."""
+    capabilities = drivers.capabilities(provider)
+    return capabilities.database_restore and capabilities.database_switching
+
+
+def file_restore_supported(provider: str) -> bool:
+    """Whether a share on ``provider`` can get its content back from a files backup (its driver declares it)."""
+    return drivers.capabilities(provider).file_restore
 
 
 def current_database(instance: Instance) -> str | None:

@@ -225,7 +225,8 @@ def backups_expire(*, now: datetime | None = None) -> int:
 
     Never deleted: the newest usable backup of each kind of an instance not decommissioned (whatever its
     age — if scheduled backups stop, the last good one stays), and a backup a restore is using now.
-    A deletion the provider refuses is logged and tried again on the next pass.
+    A deletion the provider refuses is logged and tried again on the next pass; a backup of a provider whose
+    driver declares no ``backup_deletion`` (it keeps and expires its own) is left as it is.
     """
     now = now or timezone.now()
     newer = Backup.objects.filter(
@@ -241,10 +242,15 @@ def backups_expire(*, now: datetime | None = None) -> int:
     )
     removed = 0
     for backup in expired:
+        if not drivers.capabilities(backup.pool.provider).backup_deletion:
+            # The provider keeps (and expires) its own backups; the hub's record stays as it is.
+            logger.info("backup %s (%s) not deleted: %s keeps its own backups", backup.pk, backup.location,
+                        backup.pool.provider)
+            continue
         try:
             _driver_of(backup).delete_backup(location=backup.location)
-        except (DriverError, NotImplementedError) as error:
-            logger.warning("backup %s (%s) not deleted: %s", backup.pk, backup.location, error or "not supported")
+        except DriverError as error:
+            logger.warning("backup %s (%s) not deleted: %s", backup.pk, backup.location, error)
             continue
         removed += Backup.objects.filter(pk=backup.pk, state=BackupState.SUCCEEDED).update(
             state=BackupState.DELETED, deleted_at=timezone.now()

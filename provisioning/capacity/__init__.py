@@ -2,9 +2,11 @@
 
 - ``planner``: the pure planner (facts in, pools to order and shortfalls out);
 - ``facts``: the facts, read from the fleet in a constant number of queries;
-- ``thresholds``: ``CELLHUB["CAPACITY"]`` and each reef's ``capacity_overrides``;
+- ``thresholds``: the capacity settings in effect (``cells.thresholds`` defaults and validation, the drivers'
+  lead times, ``CELLHUB["CAPACITY"]``), which each reef's ``capacity_overrides`` adjust;
 - ``services``: the writes staff, the API and the scheduler call.
 """
+from cells.thresholds import Thresholds
 from provisioning.capacity.facts import gather_facts
 from provisioning.capacity.planner import Assessment, Order, ReefKindFacts, Shortfall, TopUpPlan, plan_top_ups
 from provisioning.capacity.services import (
@@ -19,7 +21,6 @@ from provisioning.capacity.services import (
     reef_drain,
     reef_top_up,
 )
-from provisioning.capacity.thresholds import Thresholds
 
 __all__ = [
     "Assessment", "Order", "ReefKindFacts", "Shortfall", "Thresholds", "TopUpPlan",

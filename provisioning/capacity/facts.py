@@ -26,14 +26,9 @@ from cells.choices import (
     ShareStatus,
 )
 from cells.models import Instance, Pool, Reef, Share
+from cells.thresholds import effective, provider_for, thresholds_for, thresholds_validate
 from provisioning.capacity.planner import ReefKindFacts
-from provisioning.capacity.thresholds import (
-    capacity_settings,
-    effective,
-    provider_for,
-    thresholds_for,
-    thresholds_validate,
-)
+from provisioning.capacity.thresholds import capacity_settings
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from provisioning.capacity.thresholds import Thresholds
+from cells.thresholds import Thresholds
 
 ACTIVE = "active"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 
 from django.db import transaction
 from django.utils import timezone
@@ -24,37 +23,16 @@ from cells.choices import (
     PoolStatus,
     ReefStatus,
 )
-from cells.errors import Refused
+from cells.errors import NotSupported, Refused
 from cells.models import Instance, Operation, Pool, Reef
 from cells.states import POOL, REEF
 from provisioning import drivers
 from provisioning.capacity.facts import gather_facts
 from provisioning.capacity.planner import Order, TopUpPlan, plan_top_ups, reef_cannot_grow
 from provisioning.capacity.thresholds import capacity_settings
-from provisioning.drivers.base import StorageDriver, resource_name, resource_prefix
 from provisioning.operations import operation_create, operation_retry
 
 logger = logging.getLogger(__name__)
-
-# Config keys naming a pool's own resource (its host): never copied to a new pool or a replacement.
-HOST_CONFIG_KEYS = {
-    "aws_rds": ("db_instance_identifier",),
-    "aws_storage_gateway": ("gateway_arn", "activation_key"),
-    "azure_sql": ("elastic_pool",),
-    "azure_files": ("account_name",),
-    "postgres": ("version",),
-}
-# Names a new pool's own resource gets where its driver does not derive one from the pool's id.
-def _storage_account_name(pool) -> str:
-    """3–24 lowercase letters and digits, unique per pool: ``<prefix>p<id>``, its end kept when too long."""
-    return re.sub(r"[^a-z0-9]", "", f"{resource_prefix()}p{pool.pk}".lower())[-24:]
-
-
-_DERIVED_CONFIG = {
-    "azure_sql": lambda pool: {"elastic_pool": resource_name("p", pool.pk)},
-    "azure_files": lambda pool: {"account_name": _storage_account_name(pool)},
-}
-
 
 def _who(requested_by) -> str:
     return getattr(requested_by, "username", "") or "the hub"
@@ -143,7 +121,8 @@ def _free_name(stem: str, taken: set[str], separator: str = "-") -> str:
 
 
 def _template_config(reef: Reef, kind: str, provider: str) -> dict:
-    """The config of the reef's newest working pool of the kind and provider, less what names its own host."""
+    """The config of the reef's newest working pool of the kind and provider, less what names its own host
+    (the keys its driver declares in ``host_config_keys``)."""
     template = (
         Pool.objects.filter(reef=reef, kind=kind, provider=provider)
         .exclude(status__in=[PoolStatus.RETIRED, PoolStatus.FAILED])
@@ -151,7 +130,12 @@ def _template_config(reef: Reef, kind: str, provider: str) -> dict:
         .values_list("config", flat=True)
         .first()
     ) or {}
-    return {key: value for key, value in template.items() if key not in HOST_CONFIG_KEYS.get(provider, ())}
+    return _without_host(template, provider)
+
+
+def _without_host(config: dict, provider: str) -> dict:
+    host = drivers.host_config_keys(provider)
+    return {key: value for key, value in config.items() if key not in host}
 
 
 def _order_pool(order: Order, reef: Reef, requested_by, taken: set[str]) -> Operation:
@@ -170,8 +154,9 @@ def _order_pool(order: Order, reef: Reef, requested_by, taken: set[str]) -> Oper
         config=config,
         status_reason=_note(f"top-up: {order.reason}", requested_by),
     )
-    if order.provider in _DERIVED_CONFIG:
-        pool.config = {**_DERIVED_CONFIG[order.provider](pool), **pool.config}
+    derived = drivers.for_pool(pool).derived_config()
+    if derived:
+        pool.config = {**derived, **pool.config}
         Pool.objects.filter(pk=pool.pk).update(config=pool.config)
     return operation_create(
         kind=OperationKind.TOP_UP,
@@ -248,8 +233,8 @@ def pool_replace(*, pool: Pool, requested_by=None, config: dict | None = None) -
     ``config`` is merged into the new pool's config (the failed pool's, less what named its host): for an
     AWS Storage Gateway, ``{"gateway_arn": …}`` or ``{"activation_key": …}`` of the replacement appliance.
     Idempotent: returns the replace under way, or retries a failed one (which resumes where it stopped).
-    Raises ``Refused`` for a pool that is not a failed storage pool, or whose provider cannot move
-    shares to another host.
+    Raises ``Refused`` for a pool that is not a failed storage pool, ``NotSupported`` when its provider cannot
+    move shares to another host (its driver declares no ``host_replacement``).
     """
     with transaction.atomic():
         pool = Pool.objects.select_for_update(of=("self",)).select_related("reef__region").get(pk=pool.pk)
@@ -273,12 +258,12 @@ def pool_replace(*, pool: Pool, requested_by=None, config: dict | None = None) -
                 f"pool {pool} is {pool.status}; mark it failed before replacing it "
                 "(a share must never be served by two hosts at once)"
             )
-        if type(drivers.for_pool(pool)).replace_pool is StorageDriver.replace_pool:
-            raise Refused(
+        if not drivers.capabilities(pool.provider).host_replacement:
+            raise NotSupported(
                 f"pool {pool} ({pool.get_provider_display()}) cannot move its shares to another host: its provider "
                 "keeps them inside the pool's own resource; restore the instances' shares from backups instead"
             )
-        kept = {key: value for key, value in pool.config.items() if key not in HOST_CONFIG_KEYS.get(pool.provider, ())}
+        kept = _without_host(pool.config, pool.provider)
         taken = set(Pool.objects.filter(reef=pool.reef).values_list("name", flat=True))
         new = Pool.objects.create(
             reef=pool.reef,

@@ -1,56 +1,113 @@
 """Drivers registered by name: a pool's ``provider`` (or a region's DNS provider) picks one.
 
-Modules are imported on first use, so a cloud SDK loads only where a pool of its provider exists.
+The registry is the driver classes themselves: every module of this package is imported once, on the first
+question, and each concrete ``PoolDriver`` (``DnsDriver``) subclass that declares a ``provider`` is registered
+under it. Its class declares everything the hub must know of that provider (``base.PoolDriver``), so adding a
+provider is one module here; ``cells.choices.Provider`` and the database's ``pool_provider_matches_kind``
+constraint list providers too (cells imports nothing of ours), and ``tests/provisioning/test_driver_declarations.py``
+fails until they agree with this registry.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from functools import cache
+
 from django.conf import settings
-from django.utils.module_loading import import_string
 
 from provisioning.drivers.base import (  # noqa: F401  (the public face of the package)
+    DECLARATION,
+    Capabilities,
     DatabaseDriver,
     DnsDriver,
     DriverError,
     PermanentDriverError,
+    PoolDriver,
     StorageDriver,
     TransientDriverError,
 )
 
-POOL_DRIVERS = {
-    "sqlite": "provisioning.drivers.sqlite.SqliteDatabaseDriver",
-    "postgres": "provisioning.drivers.postgres.PostgresDatabaseDriver",
-    "azure_sql": "provisioning.drivers.azure_sql.AzureSqlDatabaseDriver",
-    "aws_rds": "provisioning.drivers.aws_rds.RdsDatabaseDriver",
-    "local_fs": "provisioning.drivers.local_fs.LocalFsStorageDriver",
-    "azure_files": "provisioning.drivers.azure_files.AzureFilesStorageDriver",
-    "aws_storage_gateway": "provisioning.drivers.aws_storage_gateway.StorageGatewayDriver",
-    "local_compute": "provisioning.drivers.local_compute.LocalComputeDriver",
-    "kubernetes": "provisioning.drivers.kubernetes.KubernetesComputeDriver",
-}
 
-DNS_DRIVERS = {
-    "local": "provisioning.drivers.local_dns.ZoneFileDnsDriver",
-    "azure_dns": "provisioning.drivers.azure_dns.AzureDnsDriver",
-    "route53": "provisioning.drivers.route53.Route53DnsDriver",
-}
-# A region's cloud picks its DNS provider unless settings name another.
-DNS_BY_CLOUD = {"local": "local", "azure": "azure_dns", "aws": "route53"}
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+@cache
+def _discovered() -> tuple[dict[str, type[PoolDriver]], dict[str, type[DnsDriver]]]:
+    """Import every module of the package once; the concrete drivers by provider, pool and DNS ones apart."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    pools, dns = {}, {}
+    for registry, base in ((pools, PoolDriver), (dns, DnsDriver)):
+        for cls in _subclasses(base):
+            name = vars(cls).get("provider")
+            if not name or not cls.__module__.startswith(f"{__name__}."):
+                continue  # a kind's base class, or a test's stand-in
+            if name in registry and registry[name] is not cls:
+                raise ImportError(f"two drivers declare provider {name!r}: {registry[name]} and {cls}")
+            registry[name] = cls
+    return pools, dns
+
+
+def registry() -> dict[str, type[PoolDriver]]:
+    """Every pool driver class, by the provider it declares."""
+    return dict(_discovered()[0])
+
+
+def dns_registry() -> dict[str, type[DnsDriver]]:
+    """Every DNS driver class, by the provider it declares."""
+    return dict(_discovered()[1])
+
+
+def driver_class(provider: str) -> type[PoolDriver]:
+    """The driver class of ``provider``. Raises ``PermanentDriverError`` for an unknown one."""
+    try:
+        return _discovered()[0][str(provider)]
+    except KeyError:
+        raise PermanentDriverError(f"no driver registered for provider {provider!r}") from None
+
+
+def capabilities(provider: str) -> Capabilities:
+    """What ``provider`` declares it can do (``base.Capabilities``)."""
+    return driver_class(provider).capabilities
+
+
+def host_config_keys(provider: str) -> tuple[str, ...]:
+    """Config keys naming a pool's own host: never copied into a new pool or a replacement."""
+    return driver_class(provider).host_config_keys
+
+
+def label(provider: str) -> str:
+    return driver_class(provider).label
+
+
+def capacity_defaults() -> dict:
+    """The capacity settings the drivers declare: each provider's lead time, and the provider of a reef's first
+    pool of each kind per cloud (``CELLHUB["CAPACITY"]`` keys ``LEAD_TIME_HOURS`` and ``PROVIDER_BY_CLOUD``)."""
+    lead_times, by_cloud = {}, {}
+    for name, cls in sorted(registry().items()):
+        lead_times[name] = cls.lead_time_hours
+        for cloud in cls.default_for_clouds:
+            by_cloud.setdefault(cloud, {})[cls.kind] = name
+    return {"LEAD_TIME_HOURS": lead_times, "PROVIDER_BY_CLOUD": by_cloud}
 
 
 def for_pool(pool):
     """The driver of ``pool``'s provider, bound to it. Raises ``PermanentDriverError`` for an unknown one."""
-    try:
-        path = POOL_DRIVERS[pool.provider]
-    except KeyError:
-        raise PermanentDriverError(f"no driver registered for provider {pool.provider!r}") from None
-    return import_string(path)(pool)
+    return driver_class(pool.provider)(pool)
 
 
 def for_dns(region):
-    """The DNS driver of ``region``: ``CELLHUB_DNS_PROVIDER`` if set, else the one of its cloud."""
-    name = settings.CELLHUB["DNS_PROVIDER"] or DNS_BY_CLOUD[region.cloud]
+    """The DNS driver of ``region``: ``CELLHUB_DNS_PROVIDER`` if set, else the one its cloud defaults to."""
+    available = dns_registry()
+    name = settings.CELLHUB["DNS_PROVIDER"] or next(
+        (provider for provider, cls in sorted(available.items()) if region.cloud in cls.default_for_clouds), ""
+    )
     try:
-        path = DNS_DRIVERS[name]
+        cls = available[name]
     except KeyError:
-        raise PermanentDriverError(f"no DNS driver registered for {name!r}") from None
-    return import_string(path)(region, settings.CELLHUB["HUB_DOMAIN"])
+        raise PermanentDriverError(f"no DNS driver registered for {name or region.cloud!r}") from None
+    return cls(region, settings.CELLHUB["HUB_DOMAIN"])

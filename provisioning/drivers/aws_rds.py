@@ -25,6 +25,7 @@ from psycopg import errors, sql
 
 from provisioning.drivers.base import (
     BackupResult,
+    Capabilities,
     DatabaseCredentials,
     DatabaseDriver,
     PermanentDriverError,
@@ -83,6 +84,15 @@ def drop_instance_database(connect_kwargs: dict, *, database: str, login: str) -
 
 class RdsDatabaseDriver(DatabaseDriver):
     """Databases on one RDS for PostgreSQL instance; AWS calls through ``cloud_call``, SQL through psycopg."""
+
+    provider = "aws_rds"
+    label = "AWS RDS"
+    clouds = ("aws",)
+    default_for_clouds = ("aws",)
+    lead_time_hours = 1.0
+    host_config_keys = ("db_instance_identifier",)
+    # RDS recovers the whole server to any second, into a new RDS instance; the hub cannot switch an instance yet.
+    capabilities = Capabilities(point_in_time_restore=True, database_restore=True)
 
     def __init__(self, pool):
         super().__init__(pool)
@@ -222,8 +232,9 @@ class RdsDatabaseDriver(DatabaseDriver):
             "connect_timeout": 10,
         }
 
-    def credentials(self, instance) -> DatabaseCredentials:
-        database, login, password = self.database_name(instance), self.login_name(instance), self.password(instance)
+    def credentials(self, instance, *, database: str | None = None) -> DatabaseCredentials:
+        database = self.own_database(instance, database)
+        login, password = self.login_name(instance), self.password(instance)
         host, port = self.endpoint()
         sslmode = self.config.get("sslmode", "require")
         return DatabaseCredentials(
@@ -245,17 +256,19 @@ class RdsDatabaseDriver(DatabaseDriver):
         )
         return self.credentials(instance)
 
-    def drop_database(self, *, instance) -> None:
-        """Drop the database and its login; absent (or no RDS instance at all) is fine."""
+    def drop_database(self, *, instance, database: str | None = None, drop_login: bool = True) -> None:
+        """Drop the database and its login (the login even without ``drop_login``: the database is the derived
+        one); absent (or no RDS instance at all) is fine."""
+        name = self.own_database(instance, database)
         if self.describe() is None:
             return
-        drop_instance_database(
-            self.admin_connect_kwargs(), database=self.database_name(instance), login=self.login_name(instance)
-        )
+        drop_instance_database(self.admin_connect_kwargs(), database=name, login=self.login_name(instance))
 
-    def database_exists(self, *, instance) -> bool:
+    def database_exists(self, *, instance, database: str | None = None) -> bool:
+        name = self.own_database(instance, database)
+
         def work(cursor):
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [self.database_name(instance)])
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
             return cursor.fetchone() is not None
 
         return _run_sql(self.admin_connect_kwargs(), work)
@@ -272,11 +285,12 @@ class RdsDatabaseDriver(DatabaseDriver):
     def snapshot_identifier(self, instance, label: str) -> str:
         return rds_identifier(f"{resource_name('i', instance.pk)}-{label}", max_length=255)
 
-    def backup_database(self, *, instance, label: str) -> BackupResult:
+    def backup_database(self, *, instance, label: str, database: str | None = None) -> BackupResult:
         """A manual snapshot of the RDS instance (it holds the instance's database), one per label.
 
         The same label finds the same snapshot. The snapshot covers every database of the pool.
         """
+        self.own_database(instance, database)
         rds, snapshot_id = self._client("rds"), self.snapshot_identifier(instance, label)
         not_found = ("DBSnapshotNotFound", "DBSnapshotNotFoundFault")
         try:
@@ -315,9 +329,10 @@ class RdsDatabaseDriver(DatabaseDriver):
             },
         )
 
-    def restore_database(self, *, instance, point_in_time: datetime, new_database: str) -> str:
+    def restore_database(self, *, instance, point_in_time: datetime, new_database: str, source: str = "") -> str:
         """Restore the pool's RDS instance as it was at ``point_in_time`` into a NEW RDS instance named from
         ``new_database``; returns that instance's identifier (the instance's database keeps its name there).
+        ``source`` is ignored: RDS keeps the backups.
 
         A repeated call finds the instance it created. The source instance is never written to.
         """

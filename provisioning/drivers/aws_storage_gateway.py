@@ -25,7 +25,13 @@ import shutil
 import tempfile
 import zipfile
 
-from provisioning.drivers.base import BackupResult, PermanentDriverError, StorageDriver, TransientDriverError
+from provisioning.drivers.base import (
+    BackupResult,
+    Capabilities,
+    PermanentDriverError,
+    StorageDriver,
+    TransientDriverError,
+)
 from provisioning.drivers.base import resource_name as _resource_name
 from provisioning.drivers.cloud_retry import CloudConflictError, CloudNotFoundError, aws_client, cloud_call
 
@@ -96,6 +102,15 @@ def bucket_policy(*, bucket: str, role_arn: str, admin_arns: list[str]) -> dict:
 
 class StorageGatewayDriver(StorageDriver):
     """Buckets and NFS file shares of one S3 File Gateway; every AWS call through ``cloud_call``."""
+
+    provider = "aws_storage_gateway"
+    label = "AWS Storage Gateway"
+    clouds = ("aws",)
+    default_for_clouds = ("aws",)
+    lead_time_hours = 4.0
+    host_config_keys = ("gateway_arn", "activation_key")
+    # Buckets outlive their gateway, so a failed gateway's shares move to a new one.
+    capabilities = Capabilities(host_replacement=True)
 
     def __init__(self, pool):
         super().__init__(pool)
@@ -395,20 +410,20 @@ class StorageGatewayDriver(StorageDriver):
             except CloudNotFoundError:
                 pass
 
-    def replace_pool(self, new_gateway_arn: str) -> dict:
-        """Re-associate every share's bucket with ``new_gateway_arn`` (a replacement gateway): NFS file shares
+    def replace_pool(self, new_host: str) -> dict:
+        """Re-associate every share's bucket with ``new_host``, the ARN of a replacement gateway: NFS file shares
         on the new gateway pointing at the SAME buckets, with the same client lists. No data moves or is lost.
 
         Returns ``{"external_id", "config", "endpoints": {share name: new endpoint}}``; safe to repeat.
         """
-        self.ensure_cache(new_gateway_arn)
-        existing = self.file_shares(new_gateway_arn)
+        self.ensure_cache(new_host)
+        existing = self.file_shares(new_host)
         endpoints = {}
         for share in self.pool.shares.order_by("slot"):
-            self.ensure_file_share(new_gateway_arn, share, existing)
-            endpoints[share.name] = self.endpoint(new_gateway_arn, share)
-        self._gateway_arn = new_gateway_arn
-        return {"external_id": new_gateway_arn, "config": {"gateway_arn": new_gateway_arn}, "endpoints": endpoints}
+            self.ensure_file_share(new_host, share, existing)
+            endpoints[share.name] = self.endpoint(new_host, share)
+        self._gateway_arn = new_host
+        return {"external_id": new_host, "config": {"gateway_arn": new_host}, "endpoints": endpoints}
 
     # -- shares ---------------------------------------------------------------------------
     def create_share(self, *, share) -> str:

@@ -50,6 +50,10 @@ def _address_of(record_set: RecordSet) -> str | None:
 class AzureDnsDriver(DnsDriver):
     """Record sets in one Azure DNS zone; every ARM call through ``cloud_call``, idempotent."""
 
+    provider = "azure_dns"
+    label = "Azure DNS"
+    default_for_clouds = ("azure",)
+
     def __init__(self, region, zone: str, *, credential=None, transport=None):
         super().__init__(region, zone)
         self._credential, self._transport = credential, transport

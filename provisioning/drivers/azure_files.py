@@ -22,6 +22,7 @@ through ARM here, and the copy uses the data-plane packages ``azure-storage-file
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 import zipfile
 
@@ -38,6 +39,7 @@ from azure.mgmt.storage.models import (
 
 from provisioning.drivers.base import (
     BackupResult,
+    Capabilities,
     PermanentDriverError,
     StorageDriver,
     TransientDriverError,
@@ -56,6 +58,20 @@ REQUIRED_CONFIG = ("subscription_id", "resource_group", "account_name")
 
 class AzureFilesStorageDriver(StorageDriver):
     """File shares in one storage account; every ARM call through ``cloud_call``."""
+
+    provider = "azure_files"
+    label = "Azure Files"
+    clouds = ("azure",)
+    default_for_clouds = ("azure",)
+    lead_time_hours = 0.5
+    host_config_keys = ("account_name",)
+    # Shares live inside the storage account (no new host); archives are kept by the account's own policies.
+    capabilities = Capabilities()
+
+    def derived_config(self) -> dict:
+        """A new pool's storage account: 3–24 lowercase letters and digits, unique per pool (``<prefix>p<id>``,
+        its end kept when too long)."""
+        return {"account_name": re.sub(r"[^a-z0-9]", "", f"{resource_prefix()}p{self.pool.pk}".lower())[-24:]}
 
     def __init__(self, pool, *, credential=None, transport=None, polling_interval=None):
         super().__init__(pool)

@@ -28,10 +28,12 @@ from azure.mgmt.sql.models import Database, ElasticPool, FirewallRule, LongTermR
 
 from provisioning.drivers.base import (
     BackupResult,
+    Capabilities,
     DatabaseCredentials,
     DatabaseDriver,
     PermanentDriverError,
     TransientDriverError,
+    resource_name,
     resource_prefix,
     secret_from_environment,
 )
@@ -72,6 +74,15 @@ def contained_user_statements(*, login: str, password: str) -> list[str]:
 
 class AzureSqlDatabaseDriver(DatabaseDriver):
     """Databases in one elastic pool of one Azure SQL logical server; every ARM call through ``cloud_call``."""
+
+    provider = "azure_sql"
+    label = "Azure SQL elastic pool"
+    clouds = ("azure",)
+    default_for_clouds = ("azure",)
+    lead_time_hours = 1.0
+    host_config_keys = ("elastic_pool",)
+    # Azure restores to any second natively, into a new database; the hub cannot switch an instance yet.
+    capabilities = Capabilities(point_in_time_restore=True, database_restore=True)
 
     def __init__(self, pool, *, credential=None, transport=None, polling_interval=None):
         super().__init__(pool)
@@ -201,8 +212,13 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
             pass
 
     # -- databases ------------------------------------------------------------------------
-    def credentials(self, instance) -> DatabaseCredentials:
-        database, login, password = self.database_name(instance), self.login_name(instance), self.password(instance)
+    def derived_config(self) -> dict:
+        """A new pool's elastic pool is named after the pool's id."""
+        return {"elastic_pool": resource_name("p", self.pool.pk)}
+
+    def credentials(self, instance, *, database: str | None = None) -> DatabaseCredentials:
+        database = self.own_database(instance, database)
+        login, password = self.login_name(instance), self.password(instance)
         host = self._host()
         return DatabaseCredentials(
             database=database,
@@ -268,9 +284,9 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         except pyodbc.Error as error:
             raise PermanentDriverError(f"Azure SQL database {database}: T-SQL failed ({error})") from error
 
-    def drop_database(self, *, instance) -> None:
-        """Delete the database (its contained user goes with it); absent is fine."""
-        s, database = self.required, self.database_name(instance)
+    def drop_database(self, *, instance, database: str | None = None, drop_login: bool = True) -> None:
+        """Delete the database (its contained user goes with it, whatever ``drop_login``); absent is fine."""
+        s, database = self.required, self.own_database(instance, database)
         try:
             cloud_call(
                 f"delete Azure SQL database {database}",
@@ -286,9 +302,9 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
             lambda: self.client.databases.get(s["resource_group"], s["server"], name),
         )
 
-    def database_exists(self, *, instance) -> bool:
+    def database_exists(self, *, instance, database: str | None = None) -> bool:
         try:
-            self._get_database(self.database_name(instance))
+            self._get_database(self.own_database(instance, database))
         except CloudNotFoundError:
             return False
         return True
@@ -305,13 +321,13 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         )
         return sorted(name for name in names if name.startswith(f"{resource_prefix()}_i"))
 
-    def backup_database(self, *, instance, label: str) -> BackupResult:
+    def backup_database(self, *, instance, label: str, database: str | None = None) -> BackupResult:
         """Azure backs every database up by itself (point-in-time restore within the retention window);
         this applies the pool's long-term retention policy, if configured, and returns the restore point.
 
         ``size_bytes`` is 0 and ``checksum`` empty: the service keeps the backup and reports neither.
         """
-        s, database = self.required, self.database_name(instance)
+        s, database = self.required, self.own_database(instance, database)
         found = self._get_database(database)
         extra = {"label": label, "earliest_restore_date": str(found.earliest_restore_date or "")}
         retention = self.config.get("long_term_retention")
@@ -347,10 +363,11 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
             extra=extra,
         )
 
-    def restore_database(self, *, instance, point_in_time: datetime, new_database: str) -> str:
+    def restore_database(self, *, instance, point_in_time: datetime, new_database: str, source: str = "") -> str:
         """Restore the instance's database as it was at ``point_in_time`` into the NEW database ``new_database``
         in the same elastic pool (createMode ``PointInTimeRestore``). If ``new_database`` exists already (a
-        repeated call) it is returned as is; the source is never written to."""
+        repeated call) it is returned as is; the source is never written to. ``source`` is ignored: Azure keeps
+        the backups."""
         s, source = self.required, self.database_name(instance)
         if new_database == source:
             raise PermanentDriverError(f"restore of {source} must go to a new database, not onto itself")

@@ -123,12 +123,59 @@ def secret_from_environment(pool: Pool, config_key: str, *, what: str, required:
     return value
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider can do beyond its kind's basics. The services read these and refuse (``NotSupported``)
+    a request the provider cannot serve *before* any work starts; a driver implements exactly the methods its
+    capabilities promise (``tests/provisioning/test_driver_declarations.py`` holds every driver to it)."""
+
+    point_in_time_restore: bool = False  # the provider itself restores a database to any second of its window
+    database_restore: bool = False  # ``restore_database``: a backup restored into a NEW database
+    database_switching: bool = False  # calls take ``database=``: an instance can be switched to a restored one
+    file_restore: bool = False  # ``restore_share``: a share's content brought back from a files backup
+    backup_deletion: bool = False  # ``delete_backup``: retention deletes the hub's backups through the driver
+    host_replacement: bool = False  # ``replace_pool``: a failed pool's shares re-associated with a new host
+
+
+# The declaration every pool driver fills in on its own class (``drivers.registry()`` reads it).
+DECLARATION = ("provider", "label", "clouds", "default_for_clouds", "lead_time_hours", "host_config_keys",
+               "capabilities")
+
+
 class PoolDriver:
-    """Shared by the pool kinds: a driver is bound to one pool row."""
+    """Shared by the pool kinds: a driver is bound to one pool row.
+
+    Each concrete driver declares, on its class, everything the hub must know of its provider (NetBox-backend
+    style), so adding a provider is one module here (plus ``cells.choices.Provider`` and a migration, because
+    the database's ``pool_provider_matches_kind`` constraint lists providers):
+
+    - ``provider`` / ``label``: the name pools carry in ``Pool.provider`` and how people read it;
+    - ``kind``: the pool kind (declared by the kind's base class below);
+    - ``clouds``: the clouds whose regions it serves; ``default_for_clouds``: those where it is the provider of
+      a reef's first pool of its kind (unless ``CELLHUB["CAPACITY"]["PROVIDER_BY_CLOUD"]`` says otherwise);
+    - ``lead_time_hours``: how long a new pool takes to become available (the top-up planner's default);
+    - ``host_config_keys``: config keys naming the pool's own resource (its host) — never copied into a new
+      pool by a top-up nor into a replacement;
+    - ``capabilities``: a ``Capabilities``.
+    """
+
+    kind: str = ""
+    provider: str = ""
+    label: str = ""
+    clouds: tuple[str, ...] = ()
+    default_for_clouds: tuple[str, ...] = ()
+    lead_time_hours: float = 0.0
+    host_config_keys: tuple[str, ...] = ()
+    capabilities: Capabilities = Capabilities()
 
     def __init__(self, pool: Pool):
         self.pool = pool
         self.config = pool.config or {}
+
+    def derived_config(self) -> dict:
+        """Config a NEW pool of this provider gets from its own id (e.g. the name of its resource, where
+        ``provision_pool`` does not derive one itself); what the pool's config already holds wins."""
+        return {}
 
     def provision_pool(self) -> dict:
         """Create (or find) the pool's own resource; returns ``{"external_id": ..., "config": {...}}``."""
@@ -140,7 +187,14 @@ class PoolDriver:
 
 
 class DatabaseDriver(PoolDriver):
-    """A database pool: one database and one login per instance, the login allowed on its database only."""
+    """A database pool: one database and one login per instance, the login allowed on its database only.
+
+    ``database`` (where a method takes it) names the database when it is not the derived one, after a restore
+    switched the instance to a new database; only drivers whose ``capabilities.database_switching`` is set are
+    ever given one, the others raise ``PermanentDriverError`` (``own_database``).
+    """
+
+    kind = "database"
 
     def database_name(self, instance: Instance) -> str:
         return resource_name("i", instance.pk, separator="_")
@@ -151,18 +205,30 @@ class DatabaseDriver(PoolDriver):
     def password(self, instance: Instance) -> str:
         return derive_secret("database-login", instance.pk)
 
+    def own_database(self, instance: Instance, database: str | None) -> str:
+        """The derived database name; raises ``PermanentDriverError`` for another one (a driver that cannot
+        switch databases was handed one: the services refuse that before calling)."""
+        name = self.database_name(instance)
+        if database and database != name:
+            raise PermanentDriverError(
+                f"{type(self).__name__} works on the derived database {name} only, not {database}"
+            )
+        return name
+
     def create_database(self, *, instance: Instance) -> DatabaseCredentials:
         raise NotImplementedError
 
-    def credentials(self, instance: Instance) -> DatabaseCredentials:
-        """How the instance connects to its existing database. Drivers where ``create_database`` is costly
-        compute this without calling the provider."""
-        return self.create_database(instance=instance)
-
-    def drop_database(self, *, instance: Instance) -> None:
+    def credentials(self, instance: Instance, *, database: str | None = None) -> DatabaseCredentials:
+        """How the instance connects to its existing database (``database``, else the derived one). Drivers where
+        ``create_database`` is costly compute this without calling the provider."""
         raise NotImplementedError
 
-    def database_exists(self, *, instance: Instance) -> bool:
+    def drop_database(self, *, instance: Instance, database: str | None = None, drop_login: bool = True) -> None:
+        """Drop the database (``database``, else the derived one) and, with ``drop_login``, the instance's login;
+        absent is fine."""
+        raise NotImplementedError
+
+    def database_exists(self, *, instance: Instance, database: str | None = None) -> bool:
         raise NotImplementedError
 
     def list_databases(self) -> list[str]:
@@ -172,9 +238,8 @@ class DatabaseDriver(PoolDriver):
     def backup_database(self, *, instance: Instance, label: str, database: str | None = None) -> BackupResult:
         """Back the instance's database up; the same ``label`` rewrites (or finds) the same backup.
 
-        ``database`` names the database when it is not the derived one (after a restore switched the
-        instance to a new database); drivers that cannot restore into a new database never get it.
-        ``BackupResult.extra["taken_at"]`` (ISO 8601), when given, is the moment the content is from.
+        ``database``: see the class. ``BackupResult.extra["taken_at"]`` (ISO 8601), when given, is the moment the
+        content is from.
         """
         raise NotImplementedError
 
@@ -185,16 +250,20 @@ class DatabaseDriver(PoolDriver):
 
         ``source`` is the location of one of this driver's own backups to restore from (drivers that
         keep dumps, the local ones); providers that restore to a point in time natively ignore it.
+        Only drivers with ``capabilities.database_restore`` implement it.
         """
         raise NotImplementedError
 
     def delete_backup(self, *, location: str) -> None:
-        """Delete one of this driver's backups (retention); absent is fine."""
+        """Delete one of this driver's backups (retention); absent is fine. Only drivers with
+        ``capabilities.backup_deletion`` implement it."""
         raise NotImplementedError
 
 
 class StorageDriver(PoolDriver):
     """A storage pool: shares, each backed by its own bucket / file share, firewalled to one address."""
+
+    kind = "storage"
 
     def create_share(self, *, share: Share) -> str:
         """Create (or find) the share; returns its endpoint."""
@@ -225,11 +294,13 @@ class StorageDriver(PoolDriver):
         return self.archive_share(share=share, label=label)
 
     def restore_share(self, *, share: Share, location: str) -> None:
-        """Replace the share's content with the backup at ``location`` (made by ``backup_share``)."""
+        """Replace the share's content with the backup at ``location`` (made by ``backup_share``). Only drivers
+        with ``capabilities.file_restore`` implement it."""
         raise NotImplementedError
 
     def delete_backup(self, *, location: str) -> None:
-        """Delete one of this driver's backups or archives (retention); absent is fine."""
+        """Delete one of this driver's backups or archives (retention); absent is fine. Only drivers with
+        ``capabilities.backup_deletion`` implement it."""
         raise NotImplementedError
 
     def scrub_share(self, *, share: Share) -> None:
@@ -242,8 +313,8 @@ class StorageDriver(PoolDriver):
         file kept, the firewall address kept.
 
         Returns ``{"external_id", "config", "endpoints": {share name: its endpoint on the new host}}``. Safe to
-        repeat: a share already re-associated is found. Providers that keep shares inside the pool's own
-        resource cannot do this and raise ``PermanentDriverError`` (this default).
+        repeat: a share already re-associated is found. Only drivers with ``capabilities.host_replacement``
+        implement it; the others (shares kept inside the pool's own resource) raise ``PermanentDriverError``.
         """
         raise PermanentDriverError(
             f"{type(self).__name__}: the shares of pool {self.pool} cannot be re-associated with another host"
@@ -252,6 +323,8 @@ class StorageDriver(PoolDriver):
 
 class ComputeDriver(PoolDriver):
     """A compute pool (a Kubernetes cluster or its local stand-in): one deployment per instance."""
+
+    kind = "compute"
 
     def namespace(self, instance: Instance) -> str:
         return resource_name("i", instance.pk)
@@ -280,7 +353,15 @@ class ComputeDriver(PoolDriver):
 
 
 class DnsDriver:
-    """The hub's DNS zone: one A (or CNAME) record per instance."""
+    """The hub's DNS zone: one A (or CNAME) record per instance.
+
+    A concrete driver declares its ``provider`` (the name ``CELLHUB_DNS_PROVIDER`` takes), a ``label``, and the
+    clouds whose regions use it unless settings name another (``default_for_clouds``).
+    """
+
+    provider: str = ""
+    label: str = ""
+    default_for_clouds: tuple[str, ...] = ()
 
     def __init__(self, region: Region, zone: str):
         self.region = region

@@ -13,7 +13,13 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from provisioning.drivers import manifests
-from provisioning.drivers.base import ComputeDriver, DeploymentSpec, DeploymentStatus, PermanentDriverError
+from provisioning.drivers.base import (
+    Capabilities,
+    ComputeDriver,
+    DeploymentSpec,
+    DeploymentStatus,
+    PermanentDriverError,
+)
 from provisioning.drivers.cloud_retry import CloudConflictError, CloudNotFoundError, cloud_call
 
 MANAGED_BY = "app.kubernetes.io/managed-by=cellhub"
@@ -36,6 +42,14 @@ def load_api_client(config: dict) -> k8s.ApiClient:
 
 class KubernetesComputeDriver(ComputeDriver):
     """Deployments on one cluster. ``api_client`` replaces the one built from the config (tests use it)."""
+
+    provider = "kubernetes"
+    label = "Kubernetes"
+    clouds = ("azure", "aws")  # AKS, EKS: any cluster the kubeconfig reaches
+    default_for_clouds = ("azure", "aws")
+    lead_time_hours = 1.0
+    host_config_keys = ()
+    capabilities = Capabilities()
 
     def __init__(self, pool, *, api_client: k8s.ApiClient | None = None):
         super().__init__(pool)

@@ -9,7 +9,13 @@ from pathlib import Path
 import yaml
 
 from provisioning.drivers import manifests
-from provisioning.drivers.base import ComputeDriver, DeploymentSpec, DeploymentStatus, PermanentDriverError
+from provisioning.drivers.base import (
+    Capabilities,
+    ComputeDriver,
+    DeploymentSpec,
+    DeploymentStatus,
+    PermanentDriverError,
+)
 from provisioning.drivers.local_paths import var_path, write_atomically
 
 MANIFEST_FILE = "manifests.yaml"
@@ -17,6 +23,14 @@ MANIFEST_FILE = "manifests.yaml"
 
 class LocalComputeDriver(ComputeDriver):
     """Deploy = write the manifests; scale and set_image edit the Deployment in place."""
+
+    provider = "local_compute"
+    label = "Local manifests"
+    clouds = ("local",)
+    default_for_clouds = ("local",)
+    lead_time_hours = 0.1
+    host_config_keys = ()
+    capabilities = Capabilities()
 
     def _root(self) -> Path:
         return var_path("compute", f"pool{self.pool.pk}")

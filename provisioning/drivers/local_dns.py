@@ -20,6 +20,10 @@ def _record_type(address: str) -> str:
 class ZoneFileDnsDriver(DnsDriver):
     """Records live in a BIND-style zone file; upsert and delete are idempotent."""
 
+    provider = "local"
+    label = "Zone file"
+    default_for_clouds = ("local",)
+
     def zone_file(self) -> Path:
         return var_path("dns") / f"{self.zone}.zone"
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from provisioning import crypto
-from provisioning.drivers.base import BackupResult, PermanentDriverError, StorageDriver
+from provisioning.drivers.base import BackupResult, Capabilities, PermanentDriverError, StorageDriver
 from provisioning.drivers.local_lock import file_lock
 from provisioning.drivers.local_paths import var_path, write_atomically
 
@@ -27,6 +27,14 @@ def sha256_of(path: Path) -> str:
 
 class LocalFsStorageDriver(StorageDriver):
     """Shares are folders; every call is idempotent."""
+
+    provider = "local_fs"
+    label = "Local folders"
+    clouds = ("local",)
+    default_for_clouds = ("local",)
+    lead_time_hours = 0.1
+    host_config_keys = ()
+    capabilities = Capabilities(file_restore=True, backup_deletion=True, host_replacement=True)
 
     def _root(self) -> Path:
         return var_path("storage", f"pool{self.pool.pk}")

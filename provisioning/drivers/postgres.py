@@ -26,6 +26,7 @@ from psycopg import errors, sql
 from provisioning import crypto
 from provisioning.drivers.base import (
     BackupResult,
+    Capabilities,
     DatabaseCredentials,
     DatabaseDriver,
     PermanentDriverError,
@@ -95,6 +96,16 @@ def provision_role_and_database(cursor, *, database: str, login: str, password: 
 class PostgresDatabaseDriver(DatabaseDriver):
     """Creates and drops databases and roles on the server named in the pool's config."""
 
+    provider = "postgres"
+    label = "PostgreSQL server"
+    clouds = ("local", "azure", "aws")  # any server the hub reaches
+    default_for_clouds = ()
+    lead_time_hours = 0.5
+    host_config_keys = ("version",)  # of the server it runs on
+    # The hub's own dumps, restored into a new database the instance is then switched to (to the latest backup at
+    # or before the time asked: not to any second).
+    capabilities = Capabilities(database_restore=True, database_switching=True, backup_deletion=True)
+
     def _connect_kwargs(self, dbname: str | None = None) -> dict:
         config = self.config
         kwargs = {
@@ -140,7 +151,7 @@ class PostgresDatabaseDriver(DatabaseDriver):
     def delete_pool(self) -> None:
         """The server outlives the pool row; nothing to delete."""
 
-    def credentials(self, instance, database: str | None = None) -> DatabaseCredentials:
+    def credentials(self, instance, *, database: str | None = None) -> DatabaseCredentials:
         """How the instance connects to ``database`` (default: its derived database) with its own login."""
         kwargs = self._connect_kwargs()
         database = database or self.database_name(instance)

@@ -33,6 +33,10 @@ def _absolute(name: str) -> str:
 class Route53DnsDriver(DnsDriver):
     """Records in one Route 53 hosted zone; every call through ``cloud_call``, idempotent."""
 
+    provider = "route53"
+    label = "AWS Route 53"
+    default_for_clouds = ("aws",)
+
     def __init__(self, region, zone: str):
         super().__init__(region, zone)
         self._client = None

@@ -13,6 +13,7 @@ from pathlib import Path
 from provisioning import crypto
 from provisioning.drivers.base import (
     BackupResult,
+    Capabilities,
     DatabaseCredentials,
     DatabaseDriver,
     PermanentDriverError,
@@ -23,6 +24,16 @@ from provisioning.drivers.local_paths import var_path
 
 class SqliteDatabaseDriver(DatabaseDriver):
     """Databases are files; create makes the file (with a marker table), drop removes it."""
+
+    provider = "sqlite"
+    label = "SQLite files"
+    clouds = ("local",)
+    default_for_clouds = ("local",)
+    lead_time_hours = 0.1
+    host_config_keys = ()
+    # The hub's own dumps, restored into a new database the instance is then switched to (to the latest backup at
+    # or before the time asked: not to any second).
+    capabilities = Capabilities(database_restore=True, database_switching=True, backup_deletion=True)
 
     def _folder(self):
         return var_path("databases", f"pool{self.pool.pk}")
@@ -51,7 +62,7 @@ class SqliteDatabaseDriver(DatabaseDriver):
             raise TransientDriverError(f"sqlite database {path}: {error}") from error
         return self.credentials(instance)
 
-    def credentials(self, instance, database: str | None = None) -> DatabaseCredentials:
+    def credentials(self, instance, *, database: str | None = None) -> DatabaseCredentials:
         """The instance's file (``database`` names another one, e.g. after a restore), without touching it."""
         database = database or self.database_name(instance)
         path = self._file(instance, database)

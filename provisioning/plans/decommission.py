@@ -138,6 +138,12 @@ def decommission_scrub_share(operation: Operation) -> None:
         SHARE.change(share, ShareStatus.SCRUBBING)
     elif share.status != ShareStatus.SCRUBBING:
         raise PermanentDriverError(f"share {share} is {share.status}, not scrubbing")
+    share_scrub_and_verify(share)
+
+
+def share_scrub_and_verify(share: Share) -> None:
+    """Remove every file of ``share`` and close its firewall, then prove it empty where the driver can list it.
+    Safe to repeat. Raises ``PermanentDriverError`` naming what is left."""
     storage = drivers.for_pool(share.pool)
     if storage.share_exists(share=share):
         storage.scrub_share(share=share)

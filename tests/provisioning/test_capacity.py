@@ -12,6 +12,7 @@ from django.utils import timezone
 from cells.choices import InstanceState, OperationKind, OperationState, PoolKind, PoolStatus, ReefStatus, ShareStatus
 from cells.errors import IllegalTransition, Refused
 from cells.models import Instance, Operation, Pool, Reef, Share
+from cells.thresholds import thresholds_validate
 from provisioning import drivers, faults, tasks
 from provisioning.capacity import (
     capacity_top_up_pass,
@@ -23,7 +24,6 @@ from provisioning.capacity import (
     reef_drain,
     reef_top_up,
 )
-from provisioning.capacity.thresholds import thresholds_validate
 from provisioning.operations import operation_retry
 from tests.factories import make_cell, make_instance, make_pool, make_reef, make_region, make_user
 

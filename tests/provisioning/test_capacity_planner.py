@@ -3,8 +3,8 @@ import dataclasses
 
 import pytest
 
+from cells.thresholds import Thresholds
 from provisioning.capacity.planner import ReefKindFacts, assess, plan_top_ups
-from provisioning.capacity.thresholds import Thresholds
 
 # 24 signups in a 48 h window: 0.5 per hour; lead 4 h + margin 20 h = 24 h → 12 slots wanted by the rate.
 LIMITS = Thresholds(floor=5, lead_time_hours=4, margin_hours=20, window_hours=48, pool_size=10, max_pools_per_pass=2)
