@@ -65,6 +65,10 @@ class IllegalTransition(Refused):
         super().__init__(message, current_state=current)
 
 
+def _a(word) -> str:
+    return f"{'an' if str(word)[:1] in 'aeiou' else 'a'} {word}"
+
+
 class OperationInProgress(Refused):
     """Another operation on the same target must finish first; ``operation`` is the one in the way (its id, kind
     and state are in ``extra`` as ``operation``, ``operation_kind``, ``operation_state``). ``wanted``: the kind
@@ -77,13 +81,13 @@ class OperationInProgress(Refused):
         target = operation.target
         if message is None and (wanted is None or str(wanted) == str(operation.kind)):
             message = (
-                f"a {operation.kind} of {target} is already {operation.state} (operation #{operation.pk}); "
+                f"{_a(operation.kind)} of {target} is already {operation.state} (operation #{operation.pk}); "
                 "try again when it has finished"
             )
         elif message is None:
             message = (
-                f"a {operation.kind} of {target} is {operation.state} (operation #{operation.pk}); "
-                f"a {wanted} must wait until it has finished"
+                f"{_a(operation.kind)} of {target} is {operation.state} (operation #{operation.pk}); "
+                f"{_a(wanted)} must wait until it has finished"
             )
         super().__init__(
             message, operation=operation.pk, operation_kind=str(operation.kind), operation_state=str(operation.state)

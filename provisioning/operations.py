@@ -28,7 +28,7 @@ Promises:
 Which kinds exclude which on one instance (x: never at the same time; the same kind twice is always excluded):
 
     ============  =========  ======  =======  =======  ====  =====  ============
-    queued ↓ \    provision  backup  restore  upgrade  stop  start  decommission
+    asked ↓ / in  provision  backup  restore  upgrade  stop  start  decommission
     ============  =========  ======  =======  =======  ====  =====  ============
     provision     x          x       x        x        x     x      x
     backup        x          x       x        .        .     .      x
