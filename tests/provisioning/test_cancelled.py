@@ -8,8 +8,7 @@ from django.utils import timezone
 
 from cells.choices import CleanupState, InstanceState, OperationKind, OperationState, PoolKind, PoolStatus
 from cells.errors import IllegalTransition
-from cells.models import Operation
-from portal.models import AuditEvent
+from cells.models import AuditEvent, Operation
 from provisioning.operations import operation_cancel, operation_progress, operation_retry
 from provisioning.watchdog import operations_watch
 from tests.factories import make_cell, make_instance, make_pool
