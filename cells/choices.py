@@ -98,6 +98,18 @@ class OperationState(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class CleanupState(models.TextChoices):
+    """What an operation ended from outside (cancelled by staff, failed by the watchdog) still owes: its plan's
+    release of what it took runs once, after the end, by the worker at its next step boundary or by the watchdog."""
+
+    NONE = "none", "Nothing owed"
+    OWED = "owed", "Owed (not started)"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed (retry the operation to run it again)"
 
 
 class ReleaseState(models.TextChoices):
@@ -157,7 +169,11 @@ SLOT_HOLDING_INSTANCE_STATES = frozenset(
     }
 )
 OPERATION_ACTIVE_STATES = frozenset({OperationState.QUEUED, OperationState.RUNNING})
-OPERATION_FINAL_STATES = frozenset({OperationState.SUCCEEDED, OperationState.FAILED})
+OPERATION_FINAL_STATES = frozenset({OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED})
+# An operation that ended without succeeding: a person may queue it again (it resumes at its first unfinished step).
+OPERATION_RETRYABLE_STATES = frozenset({OperationState.FAILED, OperationState.CANCELLED})
+# A clean-up in these states has not finished: the operation may not be queued again yet.
+CLEANUP_UNFINISHED_STATES = frozenset({CleanupState.OWED, CleanupState.RUNNING})
 
 # Names an instance may never take: they are the hub's own hostnames.
 RESERVED_INSTANCE_NAMES = (

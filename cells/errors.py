@@ -65,19 +65,32 @@ class IllegalTransition(Refused):
         super().__init__(message, current_state=current)
 
 
+def _a(word) -> str:
+    return f"{'an' if str(word)[:1] in 'aeiou' else 'a'} {word}"
+
+
 class OperationInProgress(Refused):
-    """Another operation on the same target must finish first; ``operation`` is the one in the way."""
+    """Another operation on the same target must finish first; ``operation`` is the one in the way (its id, kind
+    and state are in ``extra`` as ``operation``, ``operation_kind``, ``operation_state``). ``wanted``: the kind
+    that was refused, when it differs from the one in the way."""
 
     default_code = OPERATION_IN_PROGRESS
 
-    def __init__(self, operation, message: str | None = None):
+    def __init__(self, operation, message: str | None = None, *, wanted: str | None = None):
         self.operation = operation
-        target = operation.instance if operation.instance_id else (operation.pool or operation.reef)
+        target = operation.target
+        if message is None and (wanted is None or str(wanted) == str(operation.kind)):
+            message = (
+                f"{_a(operation.kind)} of {target} is already {operation.state} (operation #{operation.pk}); "
+                "try again when it has finished"
+            )
+        elif message is None:
+            message = (
+                f"{_a(operation.kind)} of {target} is {operation.state} (operation #{operation.pk}); "
+                f"{_a(wanted)} must wait until it has finished"
+            )
         super().__init__(
-            message
-            or f"a {operation.kind} of {target} is already {operation.state} (operation #{operation.pk}); "
-            "try again when it has finished",
-            operation=operation.pk,
+            message, operation=operation.pk, operation_kind=str(operation.kind), operation_state=str(operation.state)
         )
 
 

@@ -14,6 +14,7 @@ from cells.choices import (
     PROVIDERS_BY_KIND,
     ActorKind,
     AuditOutcome,
+    CleanupState,
     InstanceState,
     OperationKind,
     OperationState,
@@ -263,7 +264,12 @@ class Operation(models.Model):
     """A long action on one target, the record staff read, customers watch and retries resume from.
 
     ``steps`` is a list of ``{"name", "started_at", "finished_at"}`` for the steps finished so far;
-    a re-run skips them. At most one queued or running operation of a kind exists per target.
+    a re-run skips them. At most one queued or running operation of a kind exists per target (and kinds that
+    exclude each other never overlap on one instance: ``provisioning.operations.operation_create`` refuses).
+
+    An operation ends ``succeeded``, ``failed`` or — stopped by staff — ``cancelled``. One ended from outside
+    (cancelled, or failed by the watchdog) still owes its plan's release of what it took: ``cleanup_state`` says
+    whether that is owed, running (since ``cleanup_claimed_at``), done or failed (``cleanup_error`` says why).
     """
 
     kind = models.CharField(max_length=16, choices=OperationKind.choices)
@@ -282,6 +288,12 @@ class Operation(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     steps = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
+    cleanup_state = models.CharField(
+        max_length=8, choices=CleanupState.choices, default=CleanupState.NONE, db_index=True,
+        help_text="The plan's release still owed after the operation was ended from outside.",
+    )
+    cleanup_claimed_at = models.DateTimeField(null=True, blank=True, help_text="When the owed clean-up was taken.")
+    cleanup_error = models.TextField(blank=True, help_text="Why the owed clean-up failed.")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -292,6 +304,14 @@ class Operation(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(kind__in=OperationKind.values), name="operation_kind_valid"),
             models.CheckConstraint(condition=Q(state__in=OperationState.values), name="operation_state_valid"),
+            models.CheckConstraint(
+                condition=Q(cleanup_state__in=CleanupState.values), name="operation_cleanup_state_valid"
+            ),
+            # Only an operation that has ended owes a clean-up.
+            models.CheckConstraint(
+                condition=Q(cleanup_state=CleanupState.NONE) | ~Q(state__in=_ACTIVE),
+                name="operation_cleanup_only_when_ended",
+            ),
             # Exactly one target.
             models.CheckConstraint(
                 condition=(

@@ -78,10 +78,11 @@ OPERATION = StateMachine(
     Operation,
     "state",
     {
-        OP.QUEUED: {OP.RUNNING, OP.FAILED},
+        OP.QUEUED: {OP.RUNNING, OP.FAILED, OP.CANCELLED},
         # running → queued is a requeue after a crash or a transient error.
-        OP.RUNNING: {OP.SUCCEEDED, OP.FAILED, OP.QUEUED},
+        OP.RUNNING: {OP.SUCCEEDED, OP.FAILED, OP.CANCELLED, OP.QUEUED},
         OP.FAILED: {OP.QUEUED},  # a retry
+        OP.CANCELLED: {OP.QUEUED},  # a retry, as of a failed one
         OP.SUCCEEDED: set(),
     },
 )

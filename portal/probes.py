@@ -22,7 +22,7 @@ from django_q.models import Schedule
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
-from cells.choices import InstanceState, OperationKind, OperationState
+from cells.choices import OPERATION_FINAL_STATES, InstanceState, OperationKind, OperationState
 from cells.models import Instance, Operation, Region
 from cells.selectors import reefs_with_capacity
 from provisioning.backups.selectors import BACKUP_STATES
@@ -128,7 +128,7 @@ class HubCollector:
                    for i, b in enumerate(DURATION_BUCKETS)}
         rows = (
             Operation.objects.filter(
-                state__in=[OperationState.SUCCEEDED, OperationState.FAILED],
+                state__in=sorted(str(state) for state in OPERATION_FINAL_STATES),
                 started_at__isnull=False, finished_at__isnull=False,
             )
             .annotate(duration=duration)

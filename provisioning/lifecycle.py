@@ -13,40 +13,35 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from cells.choices import OPERATION_ACTIVE_STATES, InstanceState, OperationKind, OperationState, ReleaseState, Tier
-from cells.errors import IllegalTransition, NoCapacity, OperationInProgress, Refused
+from cells.choices import OPERATION_ACTIVE_STATES, InstanceState, OperationKind, ReleaseState, Tier
+from cells.errors import IllegalTransition, NoCapacity, Refused
 from cells.models import CapacityShortfall, Instance, Operation, Region, Release
 from cells.placement import instance_place
 from cells.states import INSTANCE, StateMachine
 from cells.validators import validate_instance_name
-from provisioning.operations import operation_create, operation_retry
+from provisioning.operations import operation_create, operation_refuse_conflicts, operation_retry
 
 logger = logging.getLogger(__name__)
 
 
 def _start(instance: Instance, kind: str, target_state: str, requested_by) -> Operation:
-    instance.refresh_from_db(fields=["state"])
-    if not INSTANCE.can(instance.state, target_state):
-        raise IllegalTransition(instance, instance.state, target_state)
-    try:
-        with transaction.atomic():
-            return operation_create(kind=kind, instance=instance, requested_by=requested_by)
-    except IntegrityError:
-        active = Operation.objects.filter(
-            instance=instance, kind=kind, state__in=[OperationState.QUEUED, OperationState.RUNNING]
-        ).first()
-        if active is None:
-            raise
-        raise OperationInProgress(active) from None
+    with transaction.atomic():
+        # Work in the way first (under the instance's row lock): "a stop is queued" says more than the state.
+        operation_refuse_conflicts(kind=kind, instance=instance)
+        instance.refresh_from_db(fields=["state"])
+        if not INSTANCE.can(instance.state, target_state):
+            raise IllegalTransition(instance, instance.state, target_state)
+        return operation_create(kind=kind, instance=instance, requested_by=requested_by)
 
 
 def instance_stop(*, instance: Instance, requested_by=None) -> Operation:
-    """Scale the instance to zero; it keeps its database, share and name."""
+    """Scale the instance to zero; it keeps its database, share and name. ``OperationInProgress`` while a stop,
+    start, restore, upgrade or decommission is queued or running on it."""
     return _start(instance, OperationKind.STOP, InstanceState.STOPPED, requested_by)
 
 
 def instance_start(*, instance: Instance, requested_by=None) -> Operation:
-    """Scale a stopped instance back up."""
+    """Scale a stopped instance back up. ``OperationInProgress`` as ``instance_stop``."""
     return _start(instance, OperationKind.START, InstanceState.RUNNING, requested_by)
 
 

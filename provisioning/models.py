@@ -229,9 +229,8 @@ class OperationWatch(models.Model):
 
     ``claimed_at``/``worker`` describe the current claim (a worker's attempt: the per-kind time limit counts from
     it). ``requeues`` counts the watchdog's requeues since a person last queued the operation: the watchdog
-    requeues once, then fails. ``cleanup_pending`` says the operation was ended from outside (cancelled, or failed
-    by the watchdog) and its plan's ``fail`` (the release of what it took) has not finished yet; whoever takes it
-    sets ``cleanup_claimed_at`` first, so it runs once.
+    requeues once, then fails. The clean-up an operation ended from outside still owes is on the operation itself
+    (``Operation.cleanup_state``).
     """
 
     operation = models.OneToOneField(
@@ -242,9 +241,6 @@ class OperationWatch(models.Model):
     requeues = models.PositiveIntegerField(default=0)
     last_requeued_at = models.DateTimeField(null=True, blank=True)
     last_reason = models.TextField(blank=True, help_text="Why the watchdog last requeued or failed it.")
-    cleanup_pending = models.BooleanField(default=False, db_index=True)
-    cleanup_reason = models.TextField(blank=True, help_text="The failure the pending cleanup is for.")
-    cleanup_claimed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-operation_id"]

@@ -15,10 +15,38 @@ Promises:
 - a transient driver error is retried in place with exponential backoff; when the attempts run out,
   or on a permanent error, the plan's ``fail`` releases what the operation took and the operation ends
   ``failed`` with the error for staff to read and retry;
-- an operation ended from outside (``operation_cancel``, the watchdog) is ``failed`` at once with the reason; its
-  plan's ``fail`` runs exactly once — at once when no live worker holds it, else by that worker at its next step
-  boundary (or by the watchdog if that worker dies first);
+- kinds that must not overlap never do: each plan declares the kinds it ``excludes`` on the same target (as
+  Pulp's exclusive resources), and ``operation_create`` — the one place operations are made — refuses with
+  ``OperationInProgress`` while a conflicting one is queued or running, deciding under the target's row lock so
+  two concurrent requests can't both pass (table below); ``operation_retry`` keeps the same rule;
+- an operation ended from outside is ``cancelled`` (``operation_cancel``, staff) or ``failed`` (the watchdog) at
+  once with the reason; the clean-up it then owes (its plan's ``fail``, the release of what it took) is on its own
+  record (``cleanup_state``) and runs exactly once — at once when no live worker holds it, else by that worker at
+  its next step boundary (or by the watchdog if that worker dies first);
 - every claim and every end is in the audit log, and every log line written during a run carries the operation's id.
+
+Which kinds exclude which on one instance (x: never at the same time; the same kind twice is always excluded):
+
+    ============  =========  ======  =======  =======  ====  =====  ============
+    asked ↓ / in  provision  backup  restore  upgrade  stop  start  decommission
+    ============  =========  ======  =======  =======  ====  =====  ============
+    provision     x          x       x        x        x     x      x
+    backup        x          x       x        .        .     .      x
+    restore       x          x       x        x        x     x      x
+    upgrade       x          .       x        x        x     x      x
+    stop          x          .       x        x        x     x      x
+    start         x          .       x        x        x     x      x
+    decommission  x          x       x        x        x     x      x
+    ============  =========  ======  =======  =======  ====  =====  ============
+
+Why: a provision or decommission makes or destroys everything the others act on. A restore switches the
+instance's database and redeploys its compute: a backup taken meanwhile may copy the database being replaced or
+a half-restored share, and an upgrade, stop or start would race its redeploy. An upgrade patches the image and may
+migrate the database: a stop/start would fight its health wait and its rollback. A stop and a start at once leave
+the state to whoever ends last. A backup only reads (a consistent snapshot of the database, a copy of the share), so
+it may run during an upgrade (which takes its own pre-upgrade backup), a stop or a start. Two backups are one
+operation (a queued backup takes on the second kind). Operations on a reef, pool or share (top-up, replace) only
+exclude their own kind on the same target.
 """
 from __future__ import annotations
 
@@ -40,9 +68,16 @@ from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 
 from cells.audit import FAILED, SUCCEEDED, audit_record
-from cells.choices import OperationState
-from cells.errors import IllegalTransition, Refused
-from cells.models import Instance, Operation
+from cells.choices import (
+    CLEANUP_UNFINISHED_STATES,
+    OPERATION_ACTIVE_STATES,
+    OPERATION_FINAL_STATES,
+    OPERATION_RETRYABLE_STATES,
+    CleanupState,
+    OperationState,
+)
+from cells.errors import IllegalTransition, OperationInProgress, Refused
+from cells.models import OPERATION_TARGETS, Instance, Operation
 from cells.states import OPERATION
 from provisioning import faults
 from provisioning.drivers.base import PermanentDriverError, TransientDriverError
@@ -55,12 +90,17 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Plan:
-    """What an operation kind does: its ordered steps, and what happens at the start, end and on failure."""
+    """What an operation kind does: its ordered steps, and what happens at the start, end and on failure.
+
+    ``excludes``: the kinds that may not be queued or running on the same target while one of this kind is (the
+    relation is symmetric: a kind also excludes every kind whose plan names it; its own kind always).
+    """
 
     steps: list[tuple[str, Callable[[Operation], None]]]
     begin: Callable[[Operation], None]
     succeed: Callable[[Operation], None]
     fail: Callable[[Operation, str], str]  # releases what was taken; returns a note on cleanup
+    excludes: frozenset[str] = frozenset()
 
     @property
     def step_names(self) -> list[str]:
@@ -74,10 +114,53 @@ def register_plan(kind: str, plan: Plan) -> None:
     PLANS[str(kind)] = plan
 
 
-def plan_for(kind: str) -> Plan:
+def _registered() -> dict[str, Plan]:
     if not PLANS:
         import provisioning.plans  # noqa: F401  (registers every plan)
-    return PLANS[str(kind)]
+    return PLANS
+
+
+def plan_for(kind: str) -> Plan:
+    return _registered()[str(kind)]
+
+
+def excluded_kinds(kind: str) -> frozenset[str]:
+    """Every kind that may not overlap with ``kind`` on one target: its own, those its plan excludes, and those
+    whose plans exclude it."""
+    plans, kind = _registered(), str(kind)
+    own = {str(excluded) for excluded in plans[kind].excludes} if kind in plans else set()
+    return frozenset({kind, *own} | {other for other, plan in plans.items() if kind in plan.excludes})
+
+
+def _target_of(target: dict) -> tuple[str, object]:
+    (field, obj), = ((field, obj) for field, obj in target.items() if field in OPERATION_TARGETS and obj is not None)
+    return field, obj
+
+
+def operation_in_the_way(*, kind: str, ignore: Operation | None = None, **target) -> Operation | None:
+    """The oldest queued or running operation on the target (``instance=``, ``reef=``, ``pool=`` or ``share=``)
+    whose kind may not overlap with ``kind``; None when there is none. ``ignore``: an operation that does not count
+    (the one whose failure queues this one). Exact only while the caller holds the target's row lock."""
+    field, obj = _target_of(target)
+    active = Operation.objects.filter(
+        **{f"{field}_id": obj.pk}, kind__in=sorted(excluded_kinds(kind)),
+        state__in=sorted(str(s) for s in OPERATION_ACTIVE_STATES),
+    )
+    if ignore is not None:
+        active = active.exclude(pk=ignore.pk)
+    return active.order_by("created_at", "id").first()
+
+
+def operation_refuse_conflicts(*, kind: str, ignore: Operation | None = None, **target) -> None:
+    """Lock the target's row (in the caller's transaction) and raise ``OperationInProgress`` naming the operation in
+    the way when one that excludes ``kind`` is queued or running on it. Must run inside ``transaction.atomic``: the
+    lock is held until the caller's transaction ends, so a second request waits for it and then sees the first's
+    operation — two can't both pass."""
+    field, obj = _target_of(target)
+    type(obj).objects.select_for_update().filter(pk=obj.pk).values_list("pk", flat=True).first()
+    blocking = operation_in_the_way(kind=kind, ignore=ignore, **{field: obj})
+    if blocking is not None:
+        raise OperationInProgress(blocking, wanted=str(kind))
 
 
 def time_limit(kind: str) -> float:
@@ -108,16 +191,25 @@ def _audit(operation: Operation, action: str, outcome: str = SUCCEEDED, reason: 
     )
 
 
-def operation_create(*, kind: str, requested_by=None, params: dict | None = None, steps=None, **target) -> Operation:
-    """Create a queued operation on one target (``instance=``, ``reef=``, ``pool=`` or ``share=``) and enqueue it.
+def operation_create(
+    *, kind: str, requested_by=None, params: dict | None = None, steps=None, follows: Operation | None = None,
+    **target,
+) -> Operation:
+    """Create a queued operation on one target (``instance=``, ``reef=``, ``pool=`` or ``share=``) and enqueue it
+    once the transaction commits.
 
-    Raises ``IntegrityError`` when an operation of the same kind is already active on that target.
+    Raises ``OperationInProgress`` (naming the operation in the way: its id, kind and state) while an operation
+    whose kind excludes ``kind`` (see the table above; the same kind always) is queued or running on that target;
+    decided under the target's row lock, in the transaction that inserts the row. ``follows``: the operation whose
+    failure queues this one (an upgrade's rollback queues a restore while it still runs); it is not in the way.
     """
-    operation = Operation.objects.create(
-        kind=kind, requested_by=requested_by, params=params or {}, steps=steps or [], **target
-    )
-    _audit(operation, "operation.create", actor=requested_by)
-    operation_enqueue(operation)
+    with transaction.atomic():
+        operation_refuse_conflicts(kind=kind, ignore=follows, **target)
+        operation = Operation.objects.create(
+            kind=kind, requested_by=requested_by, params=params or {}, steps=steps or [], **target
+        )
+        _audit(operation, "operation.create", actor=requested_by)
+        operation_enqueue(operation)
     return operation
 
 
@@ -141,15 +233,24 @@ def operation_enqueue(operation: Operation) -> None:
 
 
 def operation_retry(*, operation: Operation, requested_by=None) -> Operation:
-    """Queue a failed operation again; its plan resumes from the first unfinished step.
+    """Queue a failed or cancelled operation again; its plan resumes from the first unfinished step.
 
-    Raises ``IllegalTransition`` (naming the current state) unless the operation is failed and its clean-up (after
-    a cancel or the watchdog) has finished. A person queuing it again gives the watchdog its one requeue back.
+    Raises ``IllegalTransition`` (naming the current state) unless the operation is failed or cancelled and the
+    clean-up it owed (after a cancel or the watchdog) has finished, and ``OperationInProgress`` while an operation
+    that excludes its kind is queued or running on its target (as ``operation_create``). A person queuing it again
+    gives the watchdog its one requeue back.
     """
     with transaction.atomic():
-        if OperationWatch.objects.filter(operation_id=operation.pk, cleanup_pending=True).exists():
-            raise IllegalTransition(operation, "failed and still cleaning up", OperationState.QUEUED)
-        OPERATION.change(operation, OperationState.QUEUED, only_from={OperationState.FAILED}, error="")
+        state, cleanup = Operation.objects.filter(pk=operation.pk).values_list("state", "cleanup_state").get()
+        if cleanup in CLEANUP_UNFINISHED_STATES:
+            raise IllegalTransition(operation, f"{state} and still cleaning up", OperationState.QUEUED)
+        if state in OPERATION_RETRYABLE_STATES:
+            field = next(field for field in OPERATION_TARGETS if getattr(operation, f"{field}_id") is not None)
+            operation_refuse_conflicts(kind=operation.kind, ignore=operation, **{field: operation.target})
+        OPERATION.change(
+            operation, OperationState.QUEUED, only_from=OPERATION_RETRYABLE_STATES, error="",
+            cleanup_state=CleanupState.NONE, cleanup_claimed_at=None, cleanup_error="",
+        )
         OperationWatch.objects.filter(operation_id=operation.pk).update(requeues=0)
         operation_enqueue(operation)
     return operation
@@ -372,7 +473,7 @@ def _let_go(operation: Operation, cleanup_done: str | None = None) -> str | None
     """This worker's attempt lost the operation. If it was ended from outside meanwhile (cancelled, failed by the
     watchdog), the clean-up it owes runs here, once (``cleanup_done``: this worker ran it already)."""
     state, attempts = Operation.objects.filter(pk=operation.pk).values_list("state", "attempts").get()
-    if state == OperationState.FAILED and attempts == operation.attempts:
+    if state in OPERATION_RETRYABLE_STATES and attempts == operation.attempts:
         logger.warning("operation %s was ended from outside while it ran; stopping at the step boundary", operation.pk)
         operation_run_cleanup(operation.pk, already_done=cleanup_done)
     else:
@@ -392,48 +493,63 @@ def _append_error(operation_id: int, note: str) -> None:
 def operation_run_cleanup(operation_id: int, *, already_done: str | None = None) -> bool:
     """Run the plan's ``fail`` (the release of what the operation took) owed after it was ended from outside, if it
     is still owed and nobody has taken it; returns whether this call took it. ``already_done`` records a clean-up
-    the caller ran itself instead of running it again. A clean-up that raises is recorded on the operation."""
-    taken = OperationWatch.objects.filter(
-        operation_id=operation_id, cleanup_pending=True, cleanup_claimed_at__isnull=True
-    ).update(cleanup_claimed_at=timezone.now())
+    the caller ran itself instead of running it again.
+
+    Taking it is a conditional update (``cleanup_state`` owed → running), so it runs once. Its note is appended to
+    the operation's error; it ends ``done``, or ``failed`` with ``cleanup_error`` when it raised (a retry of the
+    operation runs the plan, and so its release, again)."""
+    taken = Operation.objects.filter(pk=operation_id, cleanup_state=CleanupState.OWED).update(
+        cleanup_state=CleanupState.RUNNING, cleanup_claimed_at=timezone.now()
+    )
     if not taken:
         return False
-    watch = OperationWatch.objects.get(operation_id=operation_id)
     operation = Operation.objects.get(pk=operation_id)
+    outcome, cleanup_error = CleanupState.DONE, ""
     if already_done is not None:
         note = already_done
     else:
         try:
-            note = plan_for(operation.kind).fail(operation, watch.cleanup_reason)
+            # The error is still the reason it was ended for: notes are appended only once a clean-up finished.
+            note = plan_for(operation.kind).fail(operation, operation.error)
         except Exception as error:
             logger.exception("clean-up of operation %s failed", operation_id)
-            note = f"clean-up failed ({error.__class__.__name__}: {error}); retry the operation to run it again"
+            cleanup_error = f"{error.__class__.__name__}: {error}"
+            note = f"clean-up failed ({cleanup_error}); retry the operation to run it again"
+            outcome = CleanupState.FAILED
     if note:
         _append_error(operation_id, note)
-    OperationWatch.objects.filter(operation_id=operation_id).update(cleanup_pending=False)
+    Operation.objects.filter(pk=operation_id, cleanup_state=CleanupState.RUNNING).update(
+        cleanup_state=outcome, cleanup_error=cleanup_error
+    )
     return True
 
 
 def operation_end_from_outside(
-    *, operation: Operation, reason: str, expected_state: str, expected_attempts: int | None = None, actor=None
+    *,
+    operation: Operation,
+    reason: str,
+    expected_state: str,
+    expected_attempts: int | None = None,
+    actor=None,
+    state: str = OperationState.FAILED,
 ) -> Operation:
-    """Fail an operation that is ``expected_state`` (queued or running; and ``expected_attempts``, when given) with
-    ``reason``, as a conditional change under a row lock; raises ``IllegalTransition`` naming the current state
-    when it is no longer what the caller saw. Its plan's clean-up runs now when no live worker holds it (queued,
-    or running with a stale heartbeat), else by the worker at its next step boundary."""
+    """End an operation that is ``expected_state`` (queued or running; and ``expected_attempts``, when given) in
+    ``state`` (``failed``, or ``cancelled``) with ``reason``, as a conditional change under a row lock; raises
+    ``IllegalTransition`` naming the current state when it is no longer what the caller saw. The clean-up it now
+    owes is recorded on it in the same change (``cleanup_state`` owed) and runs now when no live worker holds it
+    (queued, or running with a stale heartbeat), else by the worker at its next step boundary."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.CELLHUB["OPERATION_LEASE_SECONDS"])
     with transaction.atomic():
         locked = Operation.objects.select_for_update().get(pk=operation.pk)
         if locked.state != expected_state or (expected_attempts is not None and locked.attempts != expected_attempts):
-            raise IllegalTransition(locked, locked.state, OperationState.FAILED)
+            raise IllegalTransition(locked, locked.state, state)
         worker_alive = locked.state == OperationState.RUNNING and locked.updated_at >= stale
-        OPERATION.change(locked, OperationState.FAILED, only_from={expected_state}, finished_at=now, error=reason)
-        OperationWatch.objects.update_or_create(
-            operation_id=locked.pk,
-            defaults={"cleanup_pending": True, "cleanup_reason": reason, "cleanup_claimed_at": None},
+        OPERATION.change(
+            locked, state, only_from={expected_state}, finished_at=now, error=reason,
+            cleanup_state=CleanupState.OWED, cleanup_claimed_at=None, cleanup_error="",
         )
-    _audit(locked, "operation.end", FAILED, reason=reason, actor=actor, state=OperationState.FAILED,
+    _audit(locked, "operation.end", FAILED, reason=reason, actor=actor, state=str(state),
            ended_from_outside=True, worker_alive=worker_alive)
     logger.warning("operation %s ended from outside: %s", locked.pk, reason)
     if not worker_alive:
@@ -445,8 +561,9 @@ def operation_end_from_outside(
 def operation_cancel(
     *, operation: Operation, reason: str, cancelled_by, expected_state: str | None = None
 ) -> Operation:
-    """Staff stop a queued or running operation: it ends ``failed`` with "cancelled by <who>: <reason>" and its plan
-    releases what it took (a running worker stops at its next step boundary, without running further steps).
+    """Staff stop a queued or running operation: it ends ``cancelled`` with "cancelled by <who>: <reason>" and its
+    plan releases what it took (a running worker stops at its next step boundary, without running further steps);
+    until that release has run, ``cleanup_state`` says it is owed. A cancelled operation may be retried.
 
     ``expected_state`` is the state staff saw (default: the one in memory). Raises ``Refused`` (no reason given,
     or the operation has already ended) or ``IllegalTransition`` (it changed since staff looked).
@@ -463,7 +580,8 @@ def operation_cancel(
         )
     who = cancelled_by.get_username() if cancelled_by is not None else "the hub"
     return operation_end_from_outside(
-        operation=operation, reason=f"cancelled by {who}: {reason}", expected_state=expected, actor=cancelled_by
+        operation=operation, reason=f"cancelled by {who}: {reason}", expected_state=expected, actor=cancelled_by,
+        state=OperationState.CANCELLED,
     )
 
 
@@ -473,7 +591,7 @@ def operation_progress(operation: Operation | None) -> dict:
         return {"done": 0, "total": 0, "percent": 0, "current": "", "finished": True, "state": "", "error": ""}
     names = plan_for(operation.kind).step_names
     done = [name for name in names if name in operation.done_step_names]
-    finished = operation.state in {OperationState.SUCCEEDED, OperationState.FAILED}
+    finished = operation.state in OPERATION_FINAL_STATES
     percent = 100 if operation.state == OperationState.SUCCEEDED else round(100 * len(done) / len(names))
     current = "" if finished else next((name for name in names if name not in done), "finishing")
     return {
@@ -483,5 +601,5 @@ def operation_progress(operation: Operation | None) -> dict:
         "current": current,
         "finished": finished,
         "state": operation.state,
-        "error": operation.error if operation.state == OperationState.FAILED else "",
+        "error": operation.error if operation.state in OPERATION_RETRYABLE_STATES else "",
     }

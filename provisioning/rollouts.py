@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Count, F, IntegerField, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce, Mod
 from django.utils import timezone
 
 from cells.choices import (
+    OPERATION_RETRYABLE_STATES,
     InstanceState,
     OperationKind,
     OperationState,
@@ -27,10 +28,10 @@ from cells.choices import (
     TargetState,
     WaveState,
 )
-from cells.errors import IllegalTransition
+from cells.errors import IllegalTransition, Refused
 from cells.models import Instance, Operation, Release, Rollout, RolloutTarget, RolloutWave
 from cells.states import RELEASE, ROLLOUT
-from provisioning.operations import operation_create
+from provisioning.operations import operation_create, operation_refuse_conflicts
 
 logger = logging.getLogger(__name__)
 MINUTES_PER_WEEK = 7 * 24 * 60
@@ -159,16 +160,19 @@ def release_make_default(*, release: Release) -> Release:
 
 def instance_upgrade(*, instance: Instance, release: Release, requested_by=None) -> Operation:
     """Queue an upgrade of one instance to ``release`` (outside any rollout too). Refused, naming the
-    state, unless the instance is running or stopped; pinned instances are upgraded only this way."""
-    instance.refresh_from_db(fields=["state"])
-    if instance.state not in UPGRADABLE_STATES:
-        raise IllegalTransition(instance, instance.state, InstanceState.UPGRADING)
-    if release.state not in (ReleaseState.AVAILABLE, ReleaseState.DEFAULT):
-        raise IllegalTransition(release, release.state, "installed")
-    return operation_create(
-        kind=OperationKind.UPGRADE, instance=instance, requested_by=requested_by,
-        params={"version": release.version, "image": release.image},
-    )
+    state, unless the instance is running or stopped; pinned instances are upgraded only this way.
+    ``OperationInProgress`` while work that excludes an upgrade (a restore, a stop, …) is queued or running."""
+    with transaction.atomic():
+        operation_refuse_conflicts(kind=OperationKind.UPGRADE, instance=instance)  # under the instance's row lock
+        instance.refresh_from_db(fields=["state"])
+        if instance.state not in UPGRADABLE_STATES:
+            raise IllegalTransition(instance, instance.state, InstanceState.UPGRADING)
+        if release.state not in (ReleaseState.AVAILABLE, ReleaseState.DEFAULT):
+            raise IllegalTransition(release, release.state, "installed")
+        return operation_create(
+            kind=OperationKind.UPGRADE, instance=instance, requested_by=requested_by,
+            params={"version": release.version, "image": release.image},
+        )
 
 
 def _sync_finished_upgrades(rollout: Rollout) -> None:
@@ -176,8 +180,10 @@ def _sync_finished_upgrades(rollout: Rollout) -> None:
     in_flight = RolloutTarget.objects.filter(rollout=rollout, state=TargetState.UPGRADING)
     in_flight.filter(operation__state=OperationState.SUCCEEDED).update(state=TargetState.SUCCEEDED,
                                                                        finished_at=timezone.now())
-    in_flight.filter(operation__state=OperationState.FAILED).update(state=TargetState.FAILED,
-                                                                    finished_at=timezone.now())
+    # A cancelled upgrade did not upgrade the instance: it counts against the wave like a failed one.
+    in_flight.filter(operation__state__in=sorted(str(s) for s in OPERATION_RETRYABLE_STATES)).update(
+        state=TargetState.FAILED, finished_at=timezone.now()
+    )
 
 
 def _wave_counts(wave: RolloutWave) -> dict[str, int]:
@@ -229,7 +235,7 @@ def _start_upgrades(rollout: Rollout, wave: RolloutWave, in_flight: int, now: da
                 with transaction.atomic():
                     operation = instance_upgrade(instance=target.instance, release=rollout.release,
                                                  requested_by=rollout.created_by)
-            except (IntegrityError, IllegalTransition) as refusal:  # busy with another upgrade, or state changed
+            except Refused as refusal:  # busy with work that excludes an upgrade, or its state changed
                 RolloutTarget.objects.filter(pk=target.pk).update(state=TargetState.PENDING, started_at=None,
                                                                   note=str(refusal)[:250])
                 continue

@@ -14,8 +14,9 @@ it its one requeue back. Each decision is re-checked under a row lock, so a work
 keeps its operation, and each is audited (actor: the scheduler).
 
 Staff's overrides, both audited by the admin and the API that call them (who and why): cancelling an operation
-(``provisioning.operations.operation_cancel``) and ``instance_force_state`` — an instance put into the state staff
-choose, bypassing the transition table on purpose but still as a conditional update from the state staff saw.
+(``provisioning.operations.operation_cancel``: it ends ``cancelled``, not ``failed``) and ``instance_force_state``
+— an instance put into the state staff choose, bypassing the transition table on purpose but still as a conditional
+update from the state staff saw.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from cells.audit import SUCCEEDED, audit_record
-from cells.choices import OperationState
+from cells.choices import CLEANUP_UNFINISHED_STATES, CleanupState, OperationState
 from cells.errors import IllegalTransition
 from cells.models import Operation
 from cells.states import OPERATION
@@ -149,22 +150,22 @@ def _fail(operation: Operation, reason: str, now: datetime) -> bool:
 
 def _settle_cleanups(now: datetime) -> list[int]:
     """Run the clean-ups still owed by operations ended from outside whose worker never came back to them, and free
-    a clean-up whose runner died so the next pass runs it again."""
+    a clean-up whose runner died so the next pass runs it again (both read from the operation's own record)."""
     lease = settings.CELLHUB["OPERATION_LEASE_SECONDS"]
     attempts = settings.CELLHUB["STEP_ATTEMPTS"]
     settled = []
-    for watch in OperationWatch.objects.filter(cleanup_pending=True).select_related("operation"):
-        operation = watch.operation
+    owing = Operation.objects.filter(cleanup_state__in=sorted(str(s) for s in CLEANUP_UNFINISHED_STATES))
+    for operation in owing.order_by("id"):
         ended_at = operation.finished_at or operation.updated_at
-        if watch.cleanup_claimed_at is None:
+        if operation.cleanup_state == CleanupState.OWED:
             # A live worker reaches its next step boundary within one step's longest run (every try timed out).
             grace = lease + attempts * (step_timeout(operation.kind) + settings.CELLHUB["STEP_BACKOFF_MAX"])
             if ended_at < now - timedelta(seconds=grace) and operation_run_cleanup(operation.pk):
                 settled.append(operation.pk)
-        elif watch.cleanup_claimed_at < now - timedelta(seconds=lease + time_limit(operation.kind)):
-            OperationWatch.objects.filter(
-                operation_id=operation.pk, cleanup_claimed_at=watch.cleanup_claimed_at
-            ).update(cleanup_claimed_at=None)
+        elif operation.cleanup_claimed_at < now - timedelta(seconds=lease + time_limit(operation.kind)):
+            Operation.objects.filter(
+                pk=operation.pk, cleanup_state=CleanupState.RUNNING, cleanup_claimed_at=operation.cleanup_claimed_at
+            ).update(cleanup_state=CleanupState.OWED, cleanup_claimed_at=None)
             logger.warning("the clean-up of operation %s never finished; it runs again", operation.pk)
     return settled
 

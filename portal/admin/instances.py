@@ -13,7 +13,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from cells.choices import InstanceState, OperationKind, OperationState
+from cells.choices import OPERATION_RETRYABLE_STATES, InstanceState, OperationKind
 from cells.errors import Refused
 from cells.models import Instance, Operation
 from portal.admin.audit import admin_audit, admin_refusal
@@ -172,7 +172,7 @@ class InstanceAdmin(admin.ModelAdmin):
     @admin.action(description="Retry the failed provision of the selected instances")
     def retry_provision(self, request, queryset):
         failed = Operation.objects.filter(
-            instance__in=queryset, kind=OperationKind.PROVISION, state=OperationState.FAILED
+            instance__in=queryset, kind=OperationKind.PROVISION, state__in=list(OPERATION_RETRYABLE_STATES)
         ).select_related("instance")
         retried = []
         for operation in failed:

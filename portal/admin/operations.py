@@ -1,4 +1,5 @@
-"""Operations as a read-only log for staff, with retry (failed ones) and cancel (queued or running ones) actions.
+"""Operations as a read-only log for staff, with retry (failed or cancelled ones) and cancel (queued or running
+ones) actions.
 
 Both actions are audited with who acted; a cancel asks for the reason on an intermediate page.
 """
@@ -7,7 +8,7 @@ from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
-from cells.choices import OperationState
+from cells.choices import OPERATION_RETRYABLE_STATES, CleanupState
 from cells.errors import Refused
 from cells.models import Operation
 from portal.admin.audit import admin_audit, admin_refusal
@@ -27,14 +28,14 @@ class OperationAdmin(admin.ModelAdmin):
     """Operations are a log: readable by staff, changed only by the hub's services."""
 
     list_display = ["id", "kind", "target_name", "state", "attempts", "requested_by", "created_at", "finished_at"]
-    list_filter = ["state", "kind"]
+    list_filter = ["state", "kind", "cleanup_state"]
     search_fields = ["instance__name", "pool__name", "reef__slug", "share__name", "error", "task_id"]
     list_select_related = ["instance", "pool", "reef", "share", "requested_by"]
     date_hierarchy = "created_at"
     show_full_result_count = False
     fields = [
         "kind", "state", "target_name", "requested_by", "params", "task_id", "attempts", "claim",
-        "step_log", "error", "created_at", "started_at", "finished_at", "updated_at",
+        "step_log", "error", "cleanup", "created_at", "started_at", "finished_at", "updated_at",
     ]
     readonly_fields = fields
     actions = ["retry", "cancel"]
@@ -50,10 +51,11 @@ class OperationAdmin(admin.ModelAdmin):
 
     has_cancel_permission = has_retry_permission
 
-    @admin.action(description="Retry the selected failed operations", permissions=["retry"])
+    @admin.action(description="Retry the selected failed or cancelled operations", permissions=["retry"])
     def retry(self, request, queryset):
+        retryable = sorted(str(state) for state in OPERATION_RETRYABLE_STATES)
         retried = 0
-        for operation in queryset.filter(state=OperationState.FAILED):
+        for operation in queryset.filter(state__in=retryable):
             try:
                 operation_retry(operation=operation, requested_by=request.user)
             except Refused as refusal:
@@ -62,16 +64,18 @@ class OperationAdmin(admin.ModelAdmin):
             else:
                 admin_audit(request, "operation.retry", operation)
                 retried += 1
-        skipped = queryset.exclude(state=OperationState.FAILED)
+        skipped = queryset.exclude(state__in=retryable)
         for operation in skipped:
             admin_audit(request, "operation.retry", operation, "refused", reason=f"operation is {operation.state}")
         self.message_user(request, f"Queued {retried} operation(s) again.", messages.SUCCESS)
         if skipped:
-            self.message_user(request, f"Skipped {len(skipped)} operation(s) that are not failed.", messages.WARNING)
+            self.message_user(
+                request, f"Skipped {len(skipped)} operation(s) that are neither failed nor cancelled.", messages.WARNING
+            )
 
     @admin.action(description="Cancel the selected queued or running operations…", permissions=["cancel"])
     def cancel(self, request, queryset):
-        """Ask why, then end each selected queued or running operation failed; audited one by one."""
+        """Ask why, then end each selected queued or running operation cancelled; audited one by one."""
         selected = list(queryset.select_related("instance", "pool", "reef", "share"))
         form = ReasonForm(request.POST if "apply" in request.POST else None)
         if not form.is_valid():
@@ -112,9 +116,20 @@ class OperationAdmin(admin.ModelAdmin):
                  if watch.claimed_at else "not claimed yet"]
         if watch.requeues:
             parts.append(f"requeued by the watchdog {watch.requeues} time(s), last: {watch.last_reason}")
-        if watch.cleanup_pending:
-            parts.append("its clean-up (the plan's release) is still to run")
         return "; ".join(parts)
+
+    @admin.display(description="clean-up owed")
+    def cleanup(self, operation):
+        """What the plan's release still owes after the operation was cancelled or failed by the watchdog."""
+        if operation.cleanup_state == CleanupState.NONE:
+            return "nothing owed"
+        if operation.cleanup_state == CleanupState.OWED:
+            return "its clean-up (the plan's release) is still to run"
+        if operation.cleanup_state == CleanupState.RUNNING:
+            return f"its clean-up is running since {operation.cleanup_claimed_at:%Y-%m-%d %H:%M:%S} UTC"
+        if operation.cleanup_state == CleanupState.FAILED:
+            return f"its clean-up failed: {operation.cleanup_error}; retry the operation to run it again"
+        return "its clean-up ran"
 
     @admin.display(description="steps")
     def step_log(self, operation):

@@ -14,6 +14,8 @@ ERROR_SCHEMA = {
                 "fields": {"type": "object", "additionalProperties": True},
                 "current_state": {"type": "string", "nullable": True},
                 "operation": {"type": "integer"},
+                "operation_kind": {"type": "string"},
+                "operation_state": {"type": "string"},
             },
         }
     },

@@ -3,7 +3,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from cells.choices import PROVIDERS_BY_KIND, InstanceState
+from cells.choices import PROVIDERS_BY_KIND, InstanceState, OperationState
 from cells.models import Instance, Operation, Pool, Reef, Region, Release, Rollout, RolloutWave, Share
 from cells.placement import region_takes_signups
 from cells.validators import validate_instance_name
@@ -84,7 +84,7 @@ class OperationSerializer(serializers.ModelSerializer):
     class Meta:
         model = Operation
         fields = ["id", "url", "kind", "state", "target", "instance", "requested_by", "params", "attempts", "steps",
-                  "error", "created_at", "started_at", "finished_at", "updated_at"]
+                  "error", "cleanup_state", "created_at", "started_at", "finished_at", "updated_at"]
         read_only_fields = fields
 
     def get_url(self, operation) -> str:
@@ -107,6 +107,8 @@ class OperationSerializer(serializers.ModelSerializer):
             return ""
         if request and is_staff_reader(request.user):
             return operation.error
+        if operation.state == OperationState.CANCELLED:
+            return "The operation was cancelled by support."
         return "The operation failed; support has been told."
 
 

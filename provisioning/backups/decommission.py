@@ -8,23 +8,22 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from cells.choices import InstanceState, OperationKind, OperationState, ShareStatus
-from cells.errors import IllegalTransition, OperationInProgress, Refused
+from cells.choices import OPERATION_RETRYABLE_STATES, InstanceState, OperationKind, OperationState, ShareStatus
+from cells.errors import IllegalTransition, Refused
 from cells.models import Instance, Operation, Share
 from cells.states import INSTANCE
-from provisioning.backups.selectors import active_operations
 from provisioning.backups.services import instance_backup_cancel_schedule
-from provisioning.operations import operation_create, operation_retry
+from provisioning.operations import operation_create, operation_refuse_conflicts, operation_retry
 
 
 def instance_decommission(*, instance: Instance, confirm_name: str, requested_by=None) -> Operation:
     """Queue the decommission of ``instance``; ``confirm_name`` must be its name, typed out (deletion protection).
 
     Refusals change nothing: ``Refused`` (``field="confirm_name"``) for a name that does not
-    match; ``IllegalTransition`` naming the state unless the instance is running, stopped or failed;
-    ``OperationInProgress`` while other work (a backup, a restore, a provision) runs on it. An instance whose
-    decommission failed is already ``decommissioning``: the same request retries that operation, which
-    resumes at the step that failed.
+    match; ``OperationInProgress`` while any other work (a backup, a restore, a provision, …) is queued or running on
+    it (a decommission excludes every kind); ``IllegalTransition`` naming the state unless the instance is running,
+    stopped or failed. An instance whose decommission failed (or was cancelled) is already ``decommissioning``: the
+    same request retries that operation, which resumes at the step that failed.
     """
     with transaction.atomic():
         locked = Instance.objects.select_for_update().get(pk=instance.pk)
@@ -37,25 +36,22 @@ def instance_decommission(*, instance: Instance, confirm_name: str, requested_by
             existing = Operation.objects.filter(instance=locked, kind=OperationKind.DECOMMISSION).order_by(
                 "-created_at", "-id"
             ).first()
-            if existing is not None and existing.state == OperationState.FAILED:
+            if existing is not None and existing.state in OPERATION_RETRYABLE_STATES:
                 return operation_retry(operation=existing, requested_by=requested_by)
-            if existing is not None and existing.state != OperationState.SUCCEEDED:
-                raise OperationInProgress(existing)
-        busy = active_operations(locked).exclude(kind=OperationKind.DECOMMISSION).first()
-        if busy is not None:
-            raise OperationInProgress(busy, f"a {busy.kind} of {locked.name} is {busy.state} (operation #{busy.pk}); "
-                                        "decommission it when that has finished")
+        # Before the state changes, so the refusal names the work in the way (operation_create checks again).
+        operation_refuse_conflicts(kind=OperationKind.DECOMMISSION, instance=locked)
         if not INSTANCE.can(locked.state, InstanceState.DECOMMISSIONING):
             raise IllegalTransition(locked, locked.state, InstanceState.DECOMMISSIONING)
         share = Share.objects.filter(instance=locked).values_list("pk", flat=True).first()
         INSTANCE.change(locked, InstanceState.DECOMMISSIONING)
-        instance.state = locked.state
         instance_backup_cancel_schedule(instance=locked)
         # The share leaves ``assigned`` (and so drops its instance) during the run: its id is kept here.
-        return operation_create(
+        operation = operation_create(
             kind=OperationKind.DECOMMISSION, instance=locked, requested_by=requested_by,
             params={"share_id": share, "confirmed_name": locked.name},
         )
+    instance.state = locked.state
+    return operation
 
 
 def share_scrub(*, share: Share, requested_by=None) -> Operation:
@@ -73,7 +69,7 @@ def share_scrub(*, share: Share, requested_by=None) -> Operation:
         if active is not None:
             return active
         if locked.status == ShareStatus.SCRUBBING:
-            failed = scrubs.filter(state=OperationState.FAILED).first()
+            failed = scrubs.filter(state__in=list(OPERATION_RETRYABLE_STATES)).first()
             if failed is not None:
                 return operation_retry(operation=failed, requested_by=requested_by)
         if locked.status != ShareStatus.FAILED:

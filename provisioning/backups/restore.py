@@ -12,12 +12,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from cells.choices import OperationKind
-from cells.errors import NotSupported, OperationInProgress, Refused
+from cells.errors import NotSupported, Refused
 from cells.models import Instance, Operation, Share
 from provisioning import drivers
 from provisioning.backups.selectors import (
     RESTORE_STATES,
-    active_operations,
     backup_for_point_in_time,
     current_database,
     database_restore_supported,
@@ -26,7 +25,7 @@ from provisioning.backups.selectors import (
     restorable_window,
 )
 from provisioning.models import Backup, BackupKind, BackupState, Restore
-from provisioning.operations import operation_create
+from provisioning.operations import operation_create, operation_refuse_conflicts
 
 
 def when(moment: datetime) -> str:
@@ -34,23 +33,22 @@ def when(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _lock_restorable(instance: Instance) -> Instance:
-    """The instance, row-locked, if it may be restored now (its state, no other restore under way)."""
+def _lock_restorable(instance: Instance, follows: Operation | None = None) -> Instance:
+    """The instance, row-locked, if it may be restored now: its state, and no work in the way (a restore, a backup,
+    an upgrade, a stop or start, a decommission; ``OperationInProgress`` names it)."""
     locked = Instance.objects.select_for_update().get(pk=instance.pk)
     if locked.state not in RESTORE_STATES:
         raise Refused(
             f"instance {locked.name} is {locked.state}; only a running or stopped instance can be restored",
             current_state=locked.state,
         )
-    active = active_operations(locked).filter(kind=OperationKind.RESTORE).first()
-    if active is not None:
-        raise OperationInProgress(active)
+    operation_refuse_conflicts(kind=OperationKind.RESTORE, instance=locked, ignore=follows)
     return locked
 
 
-def _queue(restore: Restore, requested_by) -> Operation:
+def _queue(restore: Restore, requested_by, follows: Operation | None = None) -> Operation:
     operation = operation_create(
-        kind=OperationKind.RESTORE, instance=restore.instance, requested_by=requested_by,
+        kind=OperationKind.RESTORE, instance=restore.instance, requested_by=requested_by, follows=follows,
         params={"restore_id": restore.pk, "what": restore.kind},
     )
     Restore.objects.filter(pk=restore.pk).update(operation=operation, new_database=restore.new_database)
@@ -58,19 +56,22 @@ def _queue(restore: Restore, requested_by) -> Operation:
     return operation
 
 
-def instance_restore(*, instance: Instance, point_in_time: datetime, requested_by=None) -> Operation:
+def instance_restore(
+    *, instance: Instance, point_in_time: datetime, requested_by=None, follows: Operation | None = None
+) -> Operation:
     """Restore the instance's database as it was at ``point_in_time`` into a NEW database and switch to it.
 
     The time must lie in ``restorable_window`` (the latest database backup taken at or before it is
     used). Raises ``Refused`` (with ``field="point_in_time"`` when the time is at fault) for a
     naive or out-of-window time, an instance without backups, in another state than running or stopped;
     ``NotSupported`` on a database provider that cannot restore into a new database and switch to it;
-    ``OperationInProgress`` while another restore runs.
+    ``OperationInProgress`` while work that excludes a restore is queued or running. ``follows``: the operation
+    whose rollback asks for this restore (not in the way).
     """
     if not isinstance(point_in_time, datetime) or timezone.is_naive(point_in_time):
         raise Refused("give the point in time with its time zone", field="point_in_time")
     with transaction.atomic():
-        locked = _lock_restorable(instance)
+        locked = _lock_restorable(instance, follows)
         pool = locked.database_pool
         if pool is None:
             raise Refused(f"instance {locked.name} has no database")
@@ -94,7 +95,7 @@ def instance_restore(*, instance: Instance, point_in_time: datetime, requested_b
             requested_by=requested_by,
         )
         restore.new_database = f"{drivers.for_pool(pool).database_name(locked)}_r{restore.pk}"
-        return _queue(restore, requested_by)
+        return _queue(restore, requested_by, follows)
 
 
 def instance_restore_files(*, instance: Instance, backup: Backup, requested_by=None) -> Operation:

@@ -10,13 +10,13 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from cells.choices import InstanceState, OperationKind, OperationState
-from cells.errors import OperationInProgress, Refused
+from cells.errors import Refused
 from cells.models import Instance, Operation, Share
 from provisioning import drivers
 from provisioning.backups.restore import restore_drop_old_database
@@ -65,7 +65,8 @@ def instance_backup(
     A backup operation still queued for the instance takes the kind on (so "database" then "files" make
     one operation with both); one already running that covers the kind is returned as is. Raises
     ``Refused`` naming the state unless the instance is running, stopped or upgrading, and
-    ``OperationInProgress`` when a running backup does not cover the kind.
+    ``OperationInProgress`` (from ``operation_create``) when a running backup does not cover the kind or work that
+    excludes a backup (a restore, a decommission) is queued or running.
     """
     if kind not in BackupKind.values:
         raise Refused(f"unknown backup kind {kind!r}; choose database or files", field="kind")
@@ -91,8 +92,7 @@ def instance_backup(
                 active.params = {**active.params, "kinds": [*kinds, kind]}
                 Operation.objects.filter(pk=active.pk).update(params=active.params, updated_at=timezone.now())
                 return active
-            raise OperationInProgress(active)
-        return operation_create(
+        return operation_create(  # refuses while a running backup (or work that excludes one) is in the way
             kind=OperationKind.BACKUP, instance=locked, requested_by=requested_by,
             params={"kinds": [kind], "reason": str(reason)},
         )
@@ -200,7 +200,7 @@ def backups_run_due(*, now: datetime | None = None) -> list[int]:
                         operation = instance_backup(
                             instance=schedule.instance, kind=kind, reason=BackupReason.SCHEDULED
                         )
-                except (Refused, IntegrityError) as refusal:
+                except Refused as refusal:
                     logger.info("scheduled %s backup of %s not started: %s", kind, schedule.instance, refusal)
                     continue
                 if kind == BackupKind.DATABASE:

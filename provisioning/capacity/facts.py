@@ -17,9 +17,9 @@ from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 
 from cells.choices import (
+    OPERATION_RETRYABLE_STATES,
     SLOT_HOLDING_INSTANCE_STATES,
     OperationKind,
-    OperationState,
     PoolKind,
     PoolStatus,
     ReefStatus,
@@ -85,7 +85,7 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
             reef_id__in=ids,
             status=PoolStatus.FAILED,
             operations__kind=OperationKind.TOP_UP,
-            operations__state=OperationState.FAILED,
+            operations__state__in=sorted(str(state) for state in OPERATION_RETRYABLE_STATES),
         )
         .order_by("name")
         .values_list("reef_id", "kind", "name")

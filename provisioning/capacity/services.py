@@ -16,9 +16,9 @@ from django.utils import timezone
 
 from cells.choices import (
     OPERATION_ACTIVE_STATES,
+    OPERATION_RETRYABLE_STATES,
     SLOT_HOLDING_INSTANCE_STATES,
     OperationKind,
-    OperationState,
     PoolKind,
     PoolStatus,
     ReefStatus,
@@ -247,7 +247,7 @@ def pool_replace(*, pool: Pool, requested_by=None, config: dict | None = None) -
         active = replaces.filter(state__in=list(OPERATION_ACTIVE_STATES)).first()
         if active is not None:
             return active
-        failed = replaces.filter(state=OperationState.FAILED).first()
+        failed = replaces.filter(state__in=list(OPERATION_RETRYABLE_STATES)).first()
         if failed is not None and pool.status == PoolStatus.FAILED:
             if config:
                 new = Pool.objects.get(pk=failed.params["new_pool_id"])

@@ -56,5 +56,8 @@ BACKUP = Plan(
     begin=backup_begin,
     succeed=backup_succeed,
     fail=backup_fail,
+    # A backup only reads: it may run during an upgrade, a stop or a start, never while the instance is being
+    # made, restored or taken apart.
+    excludes=frozenset({OperationKind.PROVISION, OperationKind.RESTORE, OperationKind.DECOMMISSION}),
 )
 register_plan(OperationKind.BACKUP, BACKUP)

@@ -237,5 +237,10 @@ DECOMMISSION = Plan(
     begin=decommission_begin,
     succeed=decommission_succeed,
     fail=decommission_fail,
+    # It takes everything apart: nothing else may act on the instance meanwhile.
+    excludes=frozenset({
+        OperationKind.PROVISION, OperationKind.BACKUP, OperationKind.RESTORE, OperationKind.UPGRADE,
+        OperationKind.STOP, OperationKind.START,
+    }),
 )
 register_plan(OperationKind.DECOMMISSION, DECOMMISSION)

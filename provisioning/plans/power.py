@@ -38,13 +38,19 @@ def _nothing_to_release(operation: Operation, message: str) -> str:
     return "the instance keeps its state; retry when the cause is fixed"
 
 
+# A stop and a start at once would leave the state to whoever ends last; a restore or an upgrade redeploys the
+# compute they scale. A backup (it reads the database and the share, not the compute) may run meanwhile.
+POWER_EXCLUDES = frozenset({
+    OperationKind.STOP, OperationKind.START, OperationKind.RESTORE, OperationKind.UPGRADE, OperationKind.DECOMMISSION,
+    OperationKind.PROVISION,
+})
 register_plan(
     OperationKind.STOP,
     Plan(steps=[("scale to zero", _scale(0))], begin=_check(InstanceState.STOPPED),
-         succeed=_become(InstanceState.STOPPED), fail=_nothing_to_release),
+         succeed=_become(InstanceState.STOPPED), fail=_nothing_to_release, excludes=POWER_EXCLUDES),
 )
 register_plan(
     OperationKind.START,
     Plan(steps=[("scale up", _scale(1))], begin=_check(InstanceState.RUNNING),
-         succeed=_become(InstanceState.RUNNING), fail=_nothing_to_release),
+         succeed=_become(InstanceState.RUNNING), fail=_nothing_to_release, excludes=POWER_EXCLUDES),
 )

@@ -193,5 +193,10 @@ PROVISION = Plan(
     begin=provision_begin,
     succeed=provision_succeed,
     fail=provision_fail,
+    # Nothing else may act on an instance that is being made.
+    excludes=frozenset({
+        OperationKind.BACKUP, OperationKind.RESTORE, OperationKind.UPGRADE, OperationKind.STOP, OperationKind.START,
+        OperationKind.DECOMMISSION,
+    }),
 )
 register_plan(OperationKind.PROVISION, PROVISION)

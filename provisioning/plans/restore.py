@@ -165,5 +165,11 @@ RESTORE = Plan(
     begin=restore_begin,
     succeed=restore_succeed,
     fail=restore_fail,
+    # It switches the database and redeploys compute: a backup could copy what is being replaced, and an upgrade,
+    # a stop or a start would race its redeploy.
+    excludes=frozenset({
+        OperationKind.BACKUP, OperationKind.UPGRADE, OperationKind.STOP, OperationKind.START,
+        OperationKind.DECOMMISSION, OperationKind.PROVISION,
+    }),
 )
 register_plan(OperationKind.RESTORE, RESTORE)

@@ -103,7 +103,7 @@ def upgrade_fail(operation: Operation, message: str) -> str:
     if image_patched and backup is not None and backup.taken_at is not None:
         try:
             restore = instance_restore(instance=instance, point_in_time=backup.taken_at,
-                                       requested_by=operation.requested_by)
+                                       requested_by=operation.requested_by, follows=operation)
             notes.append(f"database restore to the pre-upgrade backup queued (operation #{restore.pk})")
         except Exception as error:
             notes.append(f"database restore not queued: {error}")
@@ -120,5 +120,10 @@ UPGRADE = Plan(
     begin=upgrade_begin,
     succeed=upgrade_succeed,
     fail=upgrade_fail,
+    # It patches the image and may migrate the database; a backup (a consistent snapshot) may run meanwhile.
+    excludes=frozenset({
+        OperationKind.RESTORE, OperationKind.STOP, OperationKind.START, OperationKind.DECOMMISSION,
+        OperationKind.PROVISION,
+    }),
 )
 register_plan(OperationKind.UPGRADE, UPGRADE)

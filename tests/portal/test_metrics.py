@@ -12,6 +12,7 @@ from cells.choices import InstanceState, OperationKind, OperationState, PoolKind
 from cells.models import Instance, Operation, Share
 from cells.selectors import reefs_with_capacity
 from provisioning.models import Backup, BackupKind, BackupState, HealthStatus, InstanceHealth, Orphan
+from provisioning.operations import operation_cancel
 from tests.factories import make_cell, make_instance, make_pool, make_reef, make_region, make_user
 
 pytestmark = pytest.mark.django_db
@@ -162,3 +163,16 @@ def test_a_metrics_token_keeps_strangers_out(client, settings, fleet):
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
+
+
+def test_metrics_count_cancelled_operations_apart_from_failed(staff_user, client):
+    cell = make_cell(capacity=2)
+    instance = make_instance(reef=cell["reef"], state=InstanceState.RUNNING)
+    stop = Operation.objects.create(kind=OperationKind.STOP, instance=instance)
+    Operation.objects.create(kind=OperationKind.STOP, instance=instance, state=OperationState.FAILED)
+    operation_cancel(operation=stop, reason="x", cancelled_by=staff_user)
+    scraped = _scrape(client)
+    by_state = _samples(scraped["cellhub_operations"])
+    assert by_state[(("kind", "stop"), ("state", "cancelled"))] == 1
+    assert by_state[(("kind", "stop"), ("state", "failed"))] == 1
+    assert _samples(scraped["cellhub_operations_failed"])[(("kind", "stop"),)] == 1  # the cancel is no failure

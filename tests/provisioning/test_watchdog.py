@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from cells.choices import InstanceState, OperationKind, OperationState, Provider, ShareStatus
+from cells.choices import CleanupState, InstanceState, OperationKind, OperationState, Provider, ShareStatus
 from cells.errors import IllegalTransition, Refused
 from cells.models import AuditEvent, Instance, Operation, Share
 from provisioning import drivers, faults
@@ -86,7 +86,7 @@ def test_a_killed_worker_is_requeued_once_then_failed_with_its_reason(qcluster, 
     assert not Share.objects.filter(instance=instance).exists()
     (end,) = [row for row in _audit("operation.end", operation) if row.outcome == "failed"]
     assert end.actor_kind == "scheduler" and end.reason == operation.error.splitlines()[0]
-    assert not OperationWatch.objects.get(operation=operation).cleanup_pending
+    assert operation.cleanup_state == CleanupState.DONE  # the clean-up it owed ran
     assert operations_watch() == {"requeued": [], "failed": [], "cleaned_up": []}  # nothing stuck any more
 
 
@@ -184,8 +184,7 @@ def test_a_running_operation_past_its_time_limit_is_requeued_then_failed(instanc
         operation.error
     )
     # Its worker is alive, so the clean-up is its own to run at the next step boundary; it never came back:
-    watch = OperationWatch.objects.get(operation=operation)
-    assert watch.cleanup_pending and watch.cleanup_claimed_at is None
+    assert operation.cleanup_state == CleanupState.OWED and operation.cleanup_claimed_at is None
     page = staff_client.get(f"/admin/cells/operation/{operation.pk}/change/").content.decode()
     assert "claimed" in page and "by host:1" in page and "requeued by the watchdog 1 time(s)" in page
     assert "its clean-up (the plan&#x27;s release) is still to run" in page
@@ -193,17 +192,20 @@ def test_a_running_operation_past_its_time_limit_is_requeued_then_failed(instanc
     assert operations_watch(now=beat + timedelta(hours=2))["cleaned_up"] == [operation.pk]
     operation.refresh_from_db()
     assert operation.error.endswith("the instance keeps its state; retry when the cause is fixed")
-    assert not OperationWatch.objects.get(operation=operation).cleanup_pending
+    assert operation.cleanup_state == CleanupState.DONE
 
 
 def test_a_retry_gives_the_watchdog_its_requeue_back_but_not_while_a_cleanup_is_owed(instance):
-    operation = Operation.objects.create(kind=OperationKind.STOP, instance=instance, state=OperationState.FAILED)
-    OperationWatch.objects.create(operation=operation, requeues=1, cleanup_pending=True)
+    operation = Operation.objects.create(kind=OperationKind.STOP, instance=instance, state=OperationState.FAILED,
+                                         cleanup_state=CleanupState.OWED)
+    OperationWatch.objects.create(operation=operation, requeues=1)
     with pytest.raises(IllegalTransition, match="still cleaning up"):
         operation_retry(operation=operation)
-    OperationWatch.objects.filter(operation=operation).update(cleanup_pending=False)
+    Operation.objects.filter(pk=operation.pk).update(cleanup_state=CleanupState.DONE)
     operation_retry(operation=operation)
     assert OperationWatch.objects.get(operation=operation).requeues == 0
+    operation.refresh_from_db()
+    assert (operation.state, operation.cleanup_state) == (OperationState.QUEUED, CleanupState.NONE)
 
 
 # ---- staff: cancel and force-state -----------------------------------------------------------------------------
@@ -237,10 +239,10 @@ def test_cancelling_a_running_operation_stops_its_worker_at_the_next_step(staff_
     })
     assert response.status_code == 302
     operation.refresh_from_db()
-    assert operation.state == OperationState.FAILED
+    assert operation.state == OperationState.CANCELLED
     assert operation.error.startswith(f"cancelled by {staff_user.username}: customer asked to stop")
     worker.join(timeout=20)
-    assert not worker.is_alive() and result["state"] == OperationState.FAILED
+    assert not worker.is_alive() and result["state"] == OperationState.CANCELLED
 
     operation.refresh_from_db()
     instance = Instance.objects.get(pk=operation.instance_id)
@@ -265,10 +267,10 @@ def test_cancel_through_the_api_and_its_refusals_are_audited(instance, staff_use
     assert customer.post(f"/api/v1/operations/{operation.pk}/cancel/", {"reason": "x"}).status_code == 403
     assert staff.post(f"/api/v1/operations/{operation.pk}/cancel/", {}, format="json").status_code == 400
     response = staff.post(f"/api/v1/operations/{operation.pk}/cancel/", {"reason": "wrong instance"}, format="json")
-    assert response.status_code == 200 and response.json()["state"] == "failed"
+    assert response.status_code == 200 and response.json()["state"] == "cancelled"
     assert response.json()["error"].startswith(f"cancelled by {staff_user.username}: wrong instance")
     again = staff.post(f"/api/v1/operations/{operation.pk}/cancel/", {"reason": "again"}, format="json")
-    assert again.status_code == 409 and again.json()["error"]["current_state"] == "failed"
+    assert again.status_code == 409 and again.json()["error"]["current_state"] == "cancelled"
 
     rows = _audit("operation.cancel", operation)
     assert [(row.actor_kind, row.outcome) for row in rows] == [

@@ -37,7 +37,7 @@ class OperationViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"])
     @idempotent
     def retry(self, request, pk=None):
-        """Queue a failed operation again; it resumes from its first unfinished step."""
+        """Queue a failed or cancelled operation again; it resumes from its first unfinished step."""
         operation = self.get_object()
         return accepted(request, operation_retry(operation=operation, requested_by=request.user))
 
@@ -46,8 +46,9 @@ class OperationViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"], permission_classes=[perms.StaffOnly])
     @idempotent
     def cancel(self, request, pk=None):
-        """Staff: end a queued or running operation failed ("cancelled by <you>: <reason>"); its plan releases
-        what it took. A running worker stops at its next step boundary."""
+        """Staff: end a queued or running operation ``cancelled`` ("cancelled by <you>: <reason>"); its plan releases
+        what it took (``cleanup_state`` says whether that is still owed). A running worker stops at its next step
+        boundary."""
         data = s.ReasonSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         operation = operation_cancel(
