@@ -1,12 +1,12 @@
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
+from portal.roles import READ_ONLY_STAFF_GROUP
+
 
 def _grant_read_only_staff_view_permissions(sender, **kwargs):
     """Keep the read-only staff group able to view every model (permissions appear after migrate)."""
     from django.contrib.auth.models import Group, Permission
-
-    from portal.roles import READ_ONLY_STAFF_GROUP
 
     group, _ = Group.objects.get_or_create(name=READ_ONLY_STAFF_GROUP)
     group.permissions.add(*Permission.objects.filter(codename__startswith="view_"))

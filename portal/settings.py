@@ -220,36 +220,11 @@ CELLHUB = {
     "TOKEN_FAILURE_WINDOW_SECONDS": env.int("CELLHUB_TOKEN_FAILURE_WINDOW_SECONDS", default=600),
     # A running operation whose heartbeat is older than this may be taken over (its worker died).
     "OPERATION_LEASE_SECONDS": env.int("CELLHUB_OPERATION_LEASE_SECONDS", default=120),
-    # Stuck work (provisioning/watchdog.py): how long, in seconds, an operation may stay queued ("queued") and
-    # run per kind ("default" for the others) before the watchdog requeues it once, then fails it with the
-    # reason. CELLHUB_OPERATION_TIME_LIMITS='{"backup": 28800}' overrides single entries.
-    "OPERATION_TIME_LIMITS": {
-        "queued": 30 * 60,
-        "default": 30 * 60,
-        "provision": 30 * 60,
-        "stop": 15 * 60,
-        "start": 15 * 60,
-        "upgrade": 30 * 60,
-        "backup": 6 * 3600,
-        "restore": 6 * 3600,
-        "decommission": 6 * 3600,
-        "scrub": 2 * 3600,
-        "top_up": 8 * 3600,
-        "replace": 8 * 3600,
-        **env.json("CELLHUB_OPERATION_TIME_LIMITS", default={}),
-    },
-    # One call of a step (a driver call) is abandoned after this many seconds and counts as a transient error
-    # (retried, then failed); per kind, "default" for the others. Keep them below Q_TIMEOUT, which kills the
-    # whole worker process. CELLHUB_STEP_TIMEOUTS='{"default": 120}' overrides single entries.
-    "STEP_TIMEOUTS": {
-        "default": 300.0,
-        "backup": 540.0,
-        "restore": 540.0,
-        "decommission": 540.0,
-        "top_up": 540.0,
-        "replace": 540.0,
-        **env.json("CELLHUB_STEP_TIMEOUTS", default={}),
-    },
+    # Stuck work (provisioning/watchdog.py): each plan declares how long, in seconds, one attempt of its kind may run
+    # and one call of a step may take (provisioning/plans/). Override per kind, or for every kind with "default":
+    # CELLHUB_OPERATION_TIME_LIMITS='{"backup": 28800, "queued": 600}', CELLHUB_STEP_TIMEOUTS='{"default": 120}'.
+    "OPERATION_TIME_LIMITS": env.json("CELLHUB_OPERATION_TIME_LIMITS", default={}),
+    "STEP_TIMEOUTS": env.json("CELLHUB_STEP_TIMEOUTS", default={}),
     # Health checks (provisioning/health.py): an unhealthy running instance is restarted through its compute
     # driver up to HEALTH_RESTART_ATTEMPTS times, waiting HEALTH_RESTART_BACKOFF_SECONDS × 2^(n-1) before the
     # n-th, then flagged for staff. HEALTH_HTTP also asks HEALTH_URL (not for local compute pools).

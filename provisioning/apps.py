@@ -1,6 +1,8 @@
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
+from provisioning.plans import registry
+
 
 def _sync_schedules(sender, **kwargs):
     from provisioning.schedules import schedules_sync
@@ -15,5 +17,6 @@ class ProvisioningConfig(AppConfig):
     verbose_name = "Provisioning"
 
     def ready(self):
+        registry.discover()
         # After migrate the schedule table exists: register the recurring work (idempotent, by name).
         post_migrate.connect(_sync_schedules, sender=self, dispatch_uid="cellhub-sync-schedules")

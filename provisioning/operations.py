@@ -57,7 +57,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
@@ -83,53 +82,10 @@ from provisioning import faults
 from provisioning.drivers.base import PermanentDriverError, TransientDriverError
 from provisioning.logs import log_context
 from provisioning.models import OperationWatch
+from provisioning.plans.registry import excluded_kinds, plan_for
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What an operation kind does: its ordered steps, and what happens at the start, end and on failure.
-
-    ``excludes``: the kinds that may not be queued or running on the same target while one of this kind is (the
-    relation is symmetric: a kind also excludes every kind whose plan names it; its own kind always).
-    """
-
-    steps: list[tuple[str, Callable[[Operation], None]]]
-    begin: Callable[[Operation], None]
-    succeed: Callable[[Operation], None]
-    fail: Callable[[Operation, str], str]  # releases what was taken; returns a note on cleanup
-    excludes: frozenset[str] = frozenset()
-
-    @property
-    def step_names(self) -> list[str]:
-        return [name for name, _ in self.steps]
-
-
-PLANS: dict[str, Plan] = {}
-
-
-def register_plan(kind: str, plan: Plan) -> None:
-    PLANS[str(kind)] = plan
-
-
-def _registered() -> dict[str, Plan]:
-    if not PLANS:
-        import provisioning.plans  # noqa: F401  (registers every plan)
-    return PLANS
-
-
-def plan_for(kind: str) -> Plan:
-    return _registered()[str(kind)]
-
-
-def excluded_kinds(kind: str) -> frozenset[str]:
-    """Every kind that may not overlap with ``kind`` on one target: its own, those its plan excludes, and those
-    whose plans exclude it."""
-    plans, kind = _registered(), str(kind)
-    own = {str(excluded) for excluded in plans[kind].excludes} if kind in plans else set()
-    return frozenset({kind, *own} | {other for other, plan in plans.items() if kind in plan.excludes})
 
 
 def _target_of(target: dict) -> tuple[str, object]:
@@ -163,16 +119,23 @@ def operation_refuse_conflicts(*, kind: str, ignore: Operation | None = None, **
         raise OperationInProgress(blocking, wanted=str(kind))
 
 
+# How long an operation may wait to be picked up before the watchdog hands it to django-q2 again.
+QUEUED_TIME_LIMIT = 30 * 60
+
+
 def time_limit(kind: str) -> float:
-    """Seconds an operation of ``kind`` may run in one attempt (``"queued"``: may wait to be picked up)."""
-    limits = settings.CELLHUB["OPERATION_TIME_LIMITS"]
-    return float(limits.get(str(kind), limits["default"]))
+    """Seconds an operation of ``kind`` may run in one attempt (``"queued"``: may wait to be picked up): the
+    operator's override for the kind, else their ``"default"``, else what the kind's plan declares."""
+    overrides = settings.CELLHUB["OPERATION_TIME_LIMITS"]
+    declared = QUEUED_TIME_LIMIT if str(kind) == "queued" else plan_for(kind).time_limit
+    return float(overrides.get(str(kind), declared if str(kind) == "queued" else overrides.get("default", declared)))
 
 
 def step_timeout(kind: str) -> float:
-    """Seconds one call of a step of an operation of ``kind`` may take before it is abandoned."""
-    timeouts = settings.CELLHUB["STEP_TIMEOUTS"]
-    return float(timeouts.get(str(kind), timeouts["default"]))
+    """Seconds one call of a step of an operation of ``kind`` may take before it is abandoned: the operator's
+    override for the kind, else their ``"default"``, else what the kind's plan declares."""
+    overrides = settings.CELLHUB["STEP_TIMEOUTS"]
+    return float(overrides.get(str(kind), overrides.get("default", plan_for(kind).step_timeout)))
 
 
 def worker_name() -> str:

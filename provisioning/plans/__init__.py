@@ -1,6 +1,1 @@
-"""Operation plans, one module per family; importing the package imports (and so registers) them all."""
-import importlib
-import pkgutil
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+"""Operation plans, one module per kind (or family of kinds); ``registry.discover`` imports and so registers them."""

@@ -12,7 +12,7 @@ from cells.models import Instance, Operation
 from provisioning.backups.selectors import BACKUP_STATES
 from provisioning.backups.services import backup_take
 from provisioning.models import Backup, BackupKind, BackupReason, BackupState
-from provisioning.operations import Plan, register_plan
+from provisioning.plans.registry import HOURS, Plan, register_plan
 
 
 def _instance(operation: Operation) -> Instance:
@@ -59,5 +59,6 @@ BACKUP = Plan(
     # A backup only reads: it may run during an upgrade, a stop or a start, never while the instance is being
     # made, restored or taken apart.
     excludes=frozenset({OperationKind.PROVISION, OperationKind.RESTORE, OperationKind.DECOMMISSION}),
+    time_limit=6 * HOURS, step_timeout=540.0,
 )
 register_plan(OperationKind.BACKUP, BACKUP)

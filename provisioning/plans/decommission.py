@@ -33,7 +33,7 @@ from provisioning.backups.selectors import current_database
 from provisioning.backups.services import backup_take
 from provisioning.drivers.base import PermanentDriverError
 from provisioning.models import Backup, BackupKind, BackupReason, BackupState, Restore, RestoreState
-from provisioning.operations import Plan, register_plan
+from provisioning.plans.registry import HOURS, Plan, register_plan
 
 logger = logging.getLogger(__name__)
 
@@ -242,5 +242,6 @@ DECOMMISSION = Plan(
         OperationKind.PROVISION, OperationKind.BACKUP, OperationKind.RESTORE, OperationKind.UPGRADE,
         OperationKind.STOP, OperationKind.START,
     }),
+    time_limit=6 * HOURS, step_timeout=540.0,
 )
 register_plan(OperationKind.DECOMMISSION, DECOMMISSION)

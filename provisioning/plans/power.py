@@ -4,7 +4,7 @@ from cells.errors import IllegalTransition
 from cells.models import Instance, Operation
 from cells.states import INSTANCE
 from provisioning import drivers
-from provisioning.operations import Plan, register_plan
+from provisioning.plans.registry import MINUTES, Plan, register_plan
 
 
 def _scale(replicas: int):
@@ -47,10 +47,12 @@ POWER_EXCLUDES = frozenset({
 register_plan(
     OperationKind.STOP,
     Plan(steps=[("scale to zero", _scale(0))], begin=_check(InstanceState.STOPPED),
-         succeed=_become(InstanceState.STOPPED), fail=_nothing_to_release, excludes=POWER_EXCLUDES),
+         succeed=_become(InstanceState.STOPPED), fail=_nothing_to_release, excludes=POWER_EXCLUDES,
+         time_limit=15 * MINUTES),
 )
 register_plan(
     OperationKind.START,
     Plan(steps=[("scale up", _scale(1))], begin=_check(InstanceState.RUNNING),
-         succeed=_become(InstanceState.RUNNING), fail=_nothing_to_release, excludes=POWER_EXCLUDES),
+         succeed=_become(InstanceState.RUNNING), fail=_nothing_to_release, excludes=POWER_EXCLUDES,
+         time_limit=15 * MINUTES),
 )

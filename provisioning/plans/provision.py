@@ -18,7 +18,7 @@ from cells.states import INSTANCE, SHARE
 from provisioning import drivers
 from provisioning.backups.selectors import database_kwargs
 from provisioning.drivers.base import DeploymentSpec
-from provisioning.operations import Plan, register_plan
+from provisioning.plans.registry import MINUTES, Plan, register_plan
 
 logger = logging.getLogger(__name__)
 
@@ -198,5 +198,6 @@ PROVISION = Plan(
         OperationKind.BACKUP, OperationKind.RESTORE, OperationKind.UPGRADE, OperationKind.STOP, OperationKind.START,
         OperationKind.DECOMMISSION,
     }),
+    time_limit=30 * MINUTES,
 )
 register_plan(OperationKind.PROVISION, PROVISION)

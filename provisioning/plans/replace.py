@@ -24,8 +24,8 @@ from cells.states import POOL
 from provisioning import drivers
 from provisioning.backups.selectors import database_kwargs
 from provisioning.drivers.base import PermanentDriverError
-from provisioning.operations import Plan, register_plan
 from provisioning.plans.provision import deployment_spec
+from provisioning.plans.registry import HOURS, Plan, register_plan
 
 REDEPLOYED_STATES = (InstanceState.RUNNING, InstanceState.STOPPED)
 
@@ -113,5 +113,6 @@ REPLACE = Plan(
     begin=replace_begin,
     succeed=replace_succeed,
     fail=replace_fail,
+    time_limit=8 * HOURS, step_timeout=540.0,
 )
 register_plan(OperationKind.REPLACE, REPLACE)

@@ -29,8 +29,8 @@ from provisioning.backups.selectors import RESTORE_STATES, current_database
 from provisioning.backups.services import backup_take
 from provisioning.drivers.base import PermanentDriverError
 from provisioning.models import BackupKind, BackupReason, BackupState, InstanceDatabase, Restore, RestoreState
-from provisioning.operations import Plan, register_plan
 from provisioning.plans.provision import deployment_spec
+from provisioning.plans.registry import HOURS, Plan, register_plan
 
 
 def _instance(operation: Operation) -> Instance:
@@ -171,5 +171,6 @@ RESTORE = Plan(
         OperationKind.BACKUP, OperationKind.UPGRADE, OperationKind.STOP, OperationKind.START,
         OperationKind.DECOMMISSION, OperationKind.PROVISION,
     }),
+    time_limit=6 * HOURS, step_timeout=540.0,
 )
 register_plan(OperationKind.RESTORE, RESTORE)

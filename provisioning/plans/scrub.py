@@ -14,8 +14,8 @@ from cells.choices import OperationKind, ShareStatus
 from cells.models import Operation, Share
 from cells.states import SHARE
 from provisioning.drivers.base import PermanentDriverError
-from provisioning.operations import Plan, register_plan
 from provisioning.plans.decommission import share_scrub_and_verify
+from provisioning.plans.registry import HOURS, Plan, register_plan
 
 
 def _share(operation: Operation) -> Share:
@@ -60,5 +60,6 @@ SCRUB = Plan(
     begin=scrub_begin,
     succeed=scrub_succeed,
     fail=scrub_fail,
+    time_limit=2 * HOURS,
 )
 register_plan(OperationKind.SCRUB, SCRUB)

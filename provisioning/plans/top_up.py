@@ -15,7 +15,7 @@ from cells.services import pool_ensure_shares
 from cells.states import POOL
 from provisioning import drivers
 from provisioning.drivers.base import PermanentDriverError
-from provisioning.operations import Plan, register_plan
+from provisioning.plans.registry import HOURS, Plan, register_plan
 
 
 def _pool(operation: Operation) -> Pool:
@@ -102,5 +102,6 @@ TOP_UP = Plan(
     begin=top_up_begin,
     succeed=top_up_succeed,
     fail=top_up_fail,
+    time_limit=8 * HOURS, step_timeout=540.0,
 )
 register_plan(OperationKind.TOP_UP, TOP_UP)

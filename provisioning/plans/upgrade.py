@@ -18,7 +18,7 @@ from provisioning.backups import instance_restore
 from provisioning.backups.services import backup_take
 from provisioning.drivers.base import TransientDriverError
 from provisioning.models import Backup, BackupKind, BackupReason
-from provisioning.operations import Plan, register_plan
+from provisioning.plans.registry import MINUTES, Plan, register_plan
 
 logger = logging.getLogger(__name__)
 
@@ -125,5 +125,6 @@ UPGRADE = Plan(
         OperationKind.RESTORE, OperationKind.STOP, OperationKind.START, OperationKind.DECOMMISSION,
         OperationKind.PROVISION,
     }),
+    time_limit=30 * MINUTES,
 )
 register_plan(OperationKind.UPGRADE, UPGRADE)

@@ -6,7 +6,7 @@ from cells.errors import IllegalTransition
 from cells.models import Operation, Share
 from provisioning import drivers
 from provisioning.backups import share_scrub
-from provisioning.operations import plan_for
+from provisioning.plans.registry import plan_for
 from tests.factories import make_cell, make_instance
 
 
