@@ -203,10 +203,13 @@ def instance_restore_files_view(request, name):
 
 
 @login_required
-@require_POST
 def instance_restore_confirm_view(request, name):
-    """Accept the restore: the replaced database is deleted now instead of at the end of its keep period."""
+    """Accept the restore: the replaced database is deleted now instead of at the end of its keep period. GET asks
+    first, on a page of its own that says what is deleted; only the POST from it deletes."""
     instance = _own_instance(request, name)
+    if request.method != "POST":
+        kept = instance_backup_overview(instance)["kept"]
+        return render(request, "site/restore_confirm.html", {"instance": instance, "kept": kept})
     try:
         instance_restore_confirm(instance=instance, requested_by=request.user)
     except Refused as refusal:
