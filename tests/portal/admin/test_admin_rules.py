@@ -7,7 +7,6 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.messages import get_messages
-from django.urls import reverse
 from django.utils import timezone
 
 from cells.choices import OperationState
@@ -15,7 +14,7 @@ from cells.models import Instance, Operation, Region
 from portal.admin.audit import AuditedModelAdmin
 from portal.models import AuditEvent
 from provisioning.models import Backup, Restore
-from tests.factories import make_cell, make_instance, make_user
+from tests.factories import make_cell, make_instance
 
 pytestmark = pytest.mark.django_db
 INSTANCES = "/admin/cells/instance/"
@@ -54,7 +53,7 @@ def _change_form_data(client, url) -> dict:
     assert page.status_code == 200
     data = {}
     form = page.context["adminform"].form
-    for name, field in form.fields.items():
+    for name in form.fields:
         value = form[name].value()
         data[name] = "" if value is None else value
     for inline in page.context["inline_admin_formsets"]:
@@ -89,7 +88,8 @@ def test_admin_add_change_and_delete_of_a_region_and_a_group_are_audited(staff_c
     staff_client.post(f"/admin/cells/region/{region.pk}/change/", {**data, "name": "Mars One"})
     staff_client.post(f"/admin/cells/region/{region.pk}/delete/", {"post": "yes"})
     assert not Region.objects.filter(slug="mars-1").exists()
-    actions = list(AuditEvent.objects.filter(target_type="region").order_by("at", "id").values_list("action", flat=True))
+    events = AuditEvent.objects.filter(target_type="region").order_by("at", "id")
+    actions = list(events.values_list("action", flat=True))
     assert actions == ["region.add", "region.change", "region.delete"]
 
     # A third-party admin (Django's groups) is audited the same way.
