@@ -10,9 +10,8 @@ from django.contrib.messages import get_messages
 from django.utils import timezone
 
 from cells.choices import OperationState
-from cells.models import Instance, Operation, Region
+from cells.models import AuditEvent, Instance, Operation, Region
 from portal.admin.audit import AuditedModelAdmin
-from portal.models import AuditEvent
 from provisioning.models import Backup, Restore
 from tests.factories import make_cell, make_instance
 
