@@ -3,8 +3,9 @@
 - ``/healthz``: the process is alive;
 - ``/readyz``: the database answers and the task broker is reachable (503 naming what is not);
 - ``/metrics``: the fleet in the Prometheus text format, read fresh from the database on each scrape by
-  ``HubCollector`` in a fixed number of queries, whatever the fleet's size. Open by default (scrape it from a
-  private network); with ``CELLHUB_METRICS_TOKEN`` set it answers only ``Authorization: Bearer <that token>``.
+  ``HubCollector`` in a fixed number of queries, whatever the fleet's size. With ``CELLHUB_METRICS_TOKEN`` set it
+  answers only ``Authorization: Bearer <that token>``; without one it is open in development and closed (403) in
+  production unless ``CELLHUB_METRICS_OPEN=1`` opens it (a scrape from a private network).
 """
 from __future__ import annotations
 
@@ -240,17 +241,25 @@ class HubCollector:
 def _authorized(request) -> bool:
     token = settings.CELLHUB.get("METRICS_TOKEN")
     if not token:
-        return True
+        return False
     given = request.headers.get("Authorization", "")
     return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
 
 @require_GET
 def metrics(request):
-    """The fleet in the Prometheus text format, read fresh from the database on each scrape."""
-    if not _authorized(request):
-        return HttpResponse("metrics need the bearer token\n", status=401, content_type="text/plain",
-                            headers={"WWW-Authenticate": "Bearer"})
+    """The fleet in the Prometheus text format, read fresh from the database on each scrape.
+
+    With ``CELLHUB_METRICS_TOKEN`` set, only ``Authorization: Bearer <token>`` is answered (401 otherwise). Without
+    one it is open only where ``METRICS_OPEN`` says so (DEBUG, or ``CELLHUB_METRICS_OPEN=1``); production answers 403.
+    """
+    if settings.CELLHUB.get("METRICS_TOKEN"):
+        if not _authorized(request):
+            return HttpResponse("metrics need the bearer token\n", status=401, content_type="text/plain",
+                                headers={"WWW-Authenticate": "Bearer"})
+    elif not settings.CELLHUB.get("METRICS_OPEN"):
+        return HttpResponse("metrics are closed: set CELLHUB_METRICS_TOKEN (or CELLHUB_METRICS_OPEN=1)\n",
+                            status=403, content_type="text/plain")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HubCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -5,6 +5,7 @@ console e-mail. Production sets ``DEBUG=0``, ``SECRET_KEY``, ``ALLOWED_HOSTS`` a
 (PostgreSQL through psycopg 3); a secret never has a production default.
 """
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -40,6 +41,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "axes",
     "cells",
     "provisioning",
     "portal",
@@ -54,6 +57,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a lockout decided during authentication into its reply (portal.accounts.lockout_response).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -82,6 +87,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 30, "transaction_mode": "IMMEDIATE"})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Axes first: it refuses a locked-out (account, address) pair before any password is checked. Log-in names are
+# compared without regard to case, by username or e-mail (portal.accounts).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "portal.accounts.EmailOrUsernameBackend"]
+# Lockout after repeated failures on the site, the admin and POST /api/v1/tokens/obtain/, keyed by the account AND the
+# client address together, so one attacker cannot lock every client behind a shared proxy out of every account.
+# Attempts are rows in the database (shared by every web process); staff clear them under "Axes" in the admin or
+# with `manage.py axes_reset`; a success or the cool-off ends a lockout.
+AXES_FAILURE_LIMIT = env.int("CELLHUB_LOGIN_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("CELLHUB_LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_USERNAME_CALLABLE = "portal.accounts.login_name_of"
+AXES_LOCKOUT_CALLABLE = "portal.accounts.lockout_response"
+AXES_VERBOSE = False
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -96,7 +116,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "staticfiles"  # made by collectstatic; in development WhiteNoise reads the finders
+# Made by `collectstatic` (scripts/entrypoint runs it before gunicorn starts); in development WhiteNoise reads
+# the finders.
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(VAR_DIR / "staticfiles")))
 WHITENOISE_AUTOREFRESH = DEBUG
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -123,6 +145,8 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Cell Hub <hub@localh
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    # Load balancers and Prometheus probe over plain HTTP inside the network; they must not be sent to https.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
@@ -141,7 +165,11 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "portal.api.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"signup": env.str("CELLHUB_SIGNUP_RATE", default="20/hour")},
+    # signup: per account (API) or per address (site form); token_obtain: the password grant, per address.
+    "DEFAULT_THROTTLE_RATES": {
+        "signup": env.str("CELLHUB_SIGNUP_RATE", default="20/hour"),
+        "token_obtain": env.str("CELLHUB_TOKEN_OBTAIN_RATE", default="10/minute"),
+    },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -154,6 +182,10 @@ SPECTACULAR_SETTINGS = {
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and Redoc come from drf-spectacular-sidecar's static files: the docs need no internet.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -235,8 +267,10 @@ CELLHUB = {
     "HEALTH_HTTP_TIMEOUT": env.float("CELLHUB_HEALTH_HTTP_TIMEOUT", default=5.0),
     "HEALTH_DRIVER_TIMEOUT": env.float("CELLHUB_HEALTH_DRIVER_TIMEOUT", default=30.0),
     "HEALTH_HISTORY_DAYS": env.int("CELLHUB_HEALTH_HISTORY_DAYS", default=14),
-    # /metrics answers only `Authorization: Bearer <token>` when this is set (empty: open, for a private network).
+    # /metrics answers only `Authorization: Bearer <token>` when this is set. Without a token it is open while DEBUG
+    # is on; in production it answers 403 unless CELLHUB_METRICS_OPEN=1 says it is scraped from a private network.
     "METRICS_TOKEN": env.str("CELLHUB_METRICS_TOKEN", default=""),
+    "METRICS_OPEN": env.bool("CELLHUB_METRICS_OPEN", default=DEBUG),
     # Capacity top-ups: overrides only. The defaults live with the code that owns them (cells/thresholds.py
     # explains each key; each driver declares its provider's lead time); a reef overrides them in the admin.
     # CELLHUB_CAPACITY='{"FLOOR": {"storage": 20}, "NEW_POOL_CONFIG": {"aws_rds": {"db_subnet_group": "x"}}}'.
@@ -273,5 +307,6 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # axes says every successful log-in at INFO; its lockouts are WARNINGs.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

@@ -55,6 +55,16 @@ def hub_settings(settings, tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Throttle counters live in the cache (per process in tests): each test starts with none used."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _no_armed_faults():
     from provisioning import faults
 

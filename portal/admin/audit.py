@@ -1,7 +1,9 @@
 """The audit log for staff: read-only, filterable by who, what, outcome and target; and the admin's way to write it.
 
 Every admin action of the hub records itself through ``admin_audit`` (outcome, and the refusal's text as the
-reason when it was refused).
+reason when it was refused). Every change made through an admin form — add, change, delete, on any model — is
+audited by ``AuditedModelAdmin``, the base of every ModelAdmin the hub registers (``portal/admin/__init__.py``
+checks it at start-up).
 """
 from django.contrib import admin, messages
 from django.urls import reverse
@@ -31,6 +33,28 @@ def admin_audit(request, action: str, target=None, outcome: str = SUCCEEDED, rea
 
 def admin_refusal(request, action: str, target, refusal: Exception, **details):
     return admin_audit(request, action, target, REFUSED, reason=str(refusal), **details)
+
+
+class AuditedModelAdmin(admin.ModelAdmin):
+    """A ModelAdmin whose every add, change and delete through its forms writes an audit row, in the same transaction
+    as the change (Django calls these hooks inside its atomic block): ``<model>.add``, ``<model>.change`` with the
+    fields changed, ``<model>.delete`` before the row goes."""
+
+    def log_addition(self, request, obj, message):
+        entry = super().log_addition(request, obj, message)
+        admin_audit(request, f"{obj._meta.model_name}.add", obj, changes=message)
+        return entry
+
+    def log_change(self, request, obj, message):
+        entry = super().log_change(request, obj, message)
+        admin_audit(request, f"{obj._meta.model_name}.change", obj, changes=message)
+        return entry
+
+    def log_deletions(self, request, queryset):
+        entries = super().log_deletions(request, queryset)
+        for obj in queryset:
+            admin_audit(request, f"{obj._meta.model_name}.delete", obj)
+        return entries
 
 
 class ActorKindFilter(admin.SimpleListFilter):
@@ -73,7 +97,7 @@ class TargetTypeFilter(ActionFilter):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(AuditedModelAdmin):
     """Read-only: the log is written by the hub's layers, never edited (the database refuses it too)."""
 
     list_display = ["at", "actor_display", "actor_kind", "action", "target_link", "outcome", "short_reason", "address"]

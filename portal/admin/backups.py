@@ -6,10 +6,11 @@ schedule's cadence and retention are the one thing staff edit.
 from django.contrib import admin
 from django.template.defaultfilters import filesizeformat
 
+from portal.admin.audit import AuditedModelAdmin
 from provisioning.models import Backup, BackupSchedule, InstanceDatabase, Restore
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(AuditedModelAdmin):
     def has_add_permission(self, request):
         return False
 
@@ -43,7 +44,7 @@ class BackupAdmin(ReadOnlyAdmin):
 
 
 @admin.register(BackupSchedule)
-class BackupScheduleAdmin(admin.ModelAdmin):
+class BackupScheduleAdmin(AuditedModelAdmin):
     list_display = [
         "instance", "enabled", "database_every_hours", "files_every_hours", "retention_days", "next_database_at",
         "next_files_at",

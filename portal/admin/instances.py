@@ -3,8 +3,13 @@
 Backup, restore and decommission actions call the services of ``provisioning.backups``; the restore and
 decommission actions go through an intermediate page (a time inside the restorable window, the
 instance's name typed out) and act on one instance at a time. Forcing a state and revealing the database
-connection string ask for a reason on an intermediate page too. Every action is audited (``admin_audit``),
-refusals included.
+connection string ask for a reason on an intermediate page too; dropping the databases a restore replaced asks
+for confirmation on a page of its own. Every action is audited (``admin_audit``), refusals included.
+
+Staff keep the lifecycle's rules: an instance is created only by signup (placement and a provision operation), so the
+admin has no "add"; it ends only by decommission, so no "delete"; and what placement and provisioning decided — its
+name (its hostname, DNS record, database and share names derive from it), hostname, region, reef, pools, tier and
+version — is read-only here.
 """
 from django import forms
 from django.contrib import admin, messages
@@ -16,7 +21,7 @@ from django.utils.html import format_html, format_html_join
 from cells.choices import OPERATION_RETRYABLE_STATES, InstanceState, OperationKind
 from cells.errors import Refused
 from cells.models import Instance, Operation
-from portal.admin.audit import admin_audit, admin_refusal
+from portal.admin.audit import AuditedModelAdmin, admin_audit, admin_refusal
 from provisioning.backups import (
     instance_backup,
     instance_decommission,
@@ -26,7 +31,12 @@ from provisioning.backups import (
     restorable_window,
 )
 from provisioning.backups.restore import when
-from provisioning.backups.selectors import current_database, instance_database_credentials, usable_backups
+from provisioning.backups.selectors import (
+    current_database,
+    instance_database_credentials,
+    kept_old_databases,
+    usable_backups,
+)
 from provisioning.drivers.base import DriverError
 from provisioning.health import instance_health_overview
 from provisioning.lifecycle import instance_force_state
@@ -89,6 +99,13 @@ class ForceStateForm(forms.Form):
     reason = forms.CharField(label="Why", max_length=500, widget=forms.Textarea(attrs={"rows": 3, "cols": 60}))
 
 
+class ConfirmDropForm(forms.Form):
+    confirm = forms.BooleanField(
+        label="I understand the previous databases are deleted for good", required=True,
+        error_messages={"required": "Tick the box to confirm the deletion."},
+    )
+
+
 class RevealForm(forms.Form):
     reason = forms.CharField(
         label="Why do you need it?", max_length=500, widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
@@ -97,13 +114,19 @@ class RevealForm(forms.Form):
 
 
 @admin.register(Instance)
-class InstanceAdmin(admin.ModelAdmin):
+class InstanceAdmin(AuditedModelAdmin):
     list_display = ["name", "owner", "region", "reef", "state", "server_version", "tier", "hostname", "created_at"]
     list_filter = ["state", "tier", "region", "server_version"]
     search_fields = ["name", "hostname", "owner__email", "owner__username"]
     list_select_related = ["owner", "region", "reef__region"]
     raw_id_fields = ["owner", "reef", "database_pool", "compute_pool"]
-    readonly_fields = ["state", "created_at", "updated_at", "database_in_use", "backups", "health_history"]
+    # What signup, placement and provisioning decided; renaming would leave the hostname, DNS and resources behind.
+    LIFECYCLE_FIELDS = [
+        "name", "hostname", "region", "reef", "database_pool", "compute_pool", "tier", "server_version",
+    ]
+    readonly_fields = [
+        *LIFECYCLE_FIELDS, "state", "created_at", "updated_at", "database_in_use", "backups", "health_history",
+    ]
     date_hierarchy = "created_at"
     show_full_result_count = False  # a second COUNT(*) over the whole table buys nothing
     inlines = [OperationInline]
@@ -111,6 +134,14 @@ class InstanceAdmin(admin.ModelAdmin):
         "retry_provision", "back_up_now", "restore_to_point_in_time", "restore_files", "confirm_restore",
         "decommission", "force_state", "reveal_credentials", "pin_version", "unpin_version",
     ]
+
+    def has_add_permission(self, request):
+        """Instances are made by signup (the site, the API), which places them and queues their provision."""
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        """Instances end by the decommission action, which releases everything they hold."""
+        return False
 
     def _set_pinned(self, request, queryset, pinned: bool):
         names = list(queryset.values_list("name", flat=True))
@@ -276,9 +307,20 @@ class InstanceAdmin(admin.ModelAdmin):
             title=f"Restore the files of {instance.name}",
         )
 
-    @admin.action(description="Confirm restores: drop the replaced databases now", permissions=["change"])
+    @admin.action(description="Confirm restores: delete the replaced databases now…", permissions=["change"])
     def confirm_restore(self, request, queryset):
-        for instance in queryset:
+        """Delete the databases the selected instances' restores replaced — after a confirmation page that lists
+        them; nothing is deleted without it."""
+        selected = list(queryset)
+        form = ConfirmDropForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            kept = [(instance, list(kept_old_databases(instance))) for instance in selected]
+            return TemplateResponse(request, "admin/instance_confirm_restore.html", {
+                **self.admin_site.each_context(request),
+                "opts": self.model._meta, "objects": selected, "kept": kept, "form": form,
+                "action": "confirm_restore", "title": "Delete the databases replaced by restores",
+            })
+        for instance in selected:
             try:
                 dropped = instance_restore_confirm(instance=instance, requested_by=request.user)
             except (Refused, DriverError) as refusal:

@@ -13,14 +13,14 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from cells.errors import Refused
-from portal.admin.audit import admin_audit, admin_refusal
+from portal.admin.audit import AuditedModelAdmin, admin_audit, admin_refusal
 from provisioning.drivers.base import DriverError
 from provisioning.health import instance_health_flag_clear
 from provisioning.models import HealthCheck, InstanceHealth, Orphan, OrphanDirection, OrphanState
 from provisioning.reconcile import orphan_clean, orphan_dismiss, reconcile_pass
 
 
-class ReadOnly(admin.ModelAdmin):
+class ReadOnly(AuditedModelAdmin):
     def has_add_permission(self, request):
         return False
 

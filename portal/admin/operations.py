@@ -11,7 +11,7 @@ from django.utils.html import format_html, format_html_join
 from cells.choices import OPERATION_RETRYABLE_STATES, CleanupState
 from cells.errors import Refused
 from cells.models import Operation
-from portal.admin.audit import admin_audit, admin_refusal
+from portal.admin.audit import AuditedModelAdmin, admin_audit, admin_refusal
 from provisioning.models import OperationWatch
 from provisioning.operations import operation_cancel, operation_retry
 
@@ -24,7 +24,7 @@ class ReasonForm(forms.Form):
 
 
 @admin.register(Operation)
-class OperationAdmin(admin.ModelAdmin):
+class OperationAdmin(AuditedModelAdmin):
     """Operations are a log: readable by staff, changed only by the hub's services."""
 
     list_display = ["id", "kind", "target_name", "state", "attempts", "requested_by", "created_at", "finished_at"]
@@ -53,25 +53,30 @@ class OperationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry the selected failed or cancelled operations", permissions=["retry"])
     def retry(self, request, queryset):
-        retryable = sorted(str(state) for state in OPERATION_RETRYABLE_STATES)
-        retried = 0
-        for operation in queryset.filter(state__in=retryable):
+        """Queue each selected failed or cancelled operation again. The selection is read once, before anything
+        changes, so an operation this action just queued is never also reported (or audited) as skipped; each
+        operation gets one audit row and staff one message per outcome."""
+        retryable = {str(state) for state in OPERATION_RETRYABLE_STATES}
+        selected = list(queryset.select_related("instance", "pool", "reef", "share"))
+        retried, refused = [], []
+        for operation in selected:
+            if operation.state not in retryable:
+                reason = f"operation #{operation.pk} is {operation.state}, neither failed nor cancelled"
+                admin_audit(request, "operation.retry", operation, "refused", reason=reason)
+                refused.append(reason)
+                continue
             try:
                 operation_retry(operation=operation, requested_by=request.user)
             except Refused as refusal:
                 admin_refusal(request, "operation.retry", operation, refusal)
-                self.message_user(request, str(refusal), messages.WARNING)
+                refused.append(f"#{operation.pk}: {refusal}")
             else:
                 admin_audit(request, "operation.retry", operation)
-                retried += 1
-        skipped = queryset.exclude(state__in=retryable)
-        for operation in skipped:
-            admin_audit(request, "operation.retry", operation, "refused", reason=f"operation is {operation.state}")
-        self.message_user(request, f"Queued {retried} operation(s) again.", messages.SUCCESS)
-        if skipped:
-            self.message_user(
-                request, f"Skipped {len(skipped)} operation(s) that are neither failed nor cancelled.", messages.WARNING
-            )
+                retried.append(f"#{operation.pk}")
+        if retried:
+            self.message_user(request, f"Queued again: {', '.join(retried)}.", messages.SUCCESS)
+        if refused:
+            self.message_user(request, f"Not retried: {'; '.join(refused)}.", messages.WARNING)
 
     @admin.action(description="Cancel the selected queued or running operations…", permissions=["cancel"])
     def cancel(self, request, queryset):

@@ -7,7 +7,7 @@ from cells.choices import ReleaseState, TargetState
 from cells.errors import Refused
 from cells.models import Release, Rollout, RolloutTarget, RolloutWave
 from cells.states import RELEASE
-from portal.admin.audit import run_for_each
+from portal.admin.audit import AuditedModelAdmin, run_for_each
 from provisioning import rollouts
 
 
@@ -16,7 +16,7 @@ def _each(modeladmin, request, queryset, service, done: str) -> None:
 
 
 @admin.register(Release)
-class ReleaseAdmin(admin.ModelAdmin):
+class ReleaseAdmin(AuditedModelAdmin):
     list_display = ["version", "image", "state", "created_at"]
     list_filter = ["state"]
     search_fields = ["version", "notes"]
@@ -60,7 +60,7 @@ class WaveInline(admin.TabularInline):
 
 
 @admin.register(Rollout)
-class RolloutAdmin(admin.ModelAdmin):
+class RolloutAdmin(AuditedModelAdmin):
     list_display = ["id", "release", "state", "batch_size", "bake_minutes", "created_by", "started_at", "finished_at"]
     list_filter = ["state"]
     list_select_related = ["release", "created_by"]

@@ -13,7 +13,7 @@ from django.utils.html import format_html, format_html_join
 from cells import selectors
 from cells.errors import Refused
 from cells.models import CapacityShortfall, Pool, Reef, Region, Share
-from portal.admin.audit import run_for_each
+from portal.admin.audit import AuditedModelAdmin, run_for_each
 from portal.admin.capacity import capacity_view
 from provisioning.backups import share_scrub
 from provisioning.capacity import (
@@ -55,7 +55,7 @@ def annotation(field: str, description: str):
 
 
 @admin.register(Region)
-class RegionAdmin(StatusByActions, admin.ModelAdmin):
+class RegionAdmin(StatusByActions, AuditedModelAdmin):
     list_display = ["slug", "name", "cloud", "location", "status", "reef_count", "instance_count", "free_slots"]
     list_filter = ["status", "cloud"]
     search_fields = ["slug", "name", "location"]
@@ -77,7 +77,7 @@ class PoolInline(admin.TabularInline):
 
 
 @admin.register(Reef)
-class ReefAdmin(StatusByActions, admin.ModelAdmin):
+class ReefAdmin(StatusByActions, AuditedModelAdmin):
     list_display = [
         "slug", "region", "status", "rollout_ring", "used", "max_instances",
         "free_database", "free_storage", "free_compute", "placeable",
@@ -171,7 +171,7 @@ class ShareInline(admin.TabularInline):
 
 
 @admin.register(Pool)
-class PoolAdmin(StatusByActions, admin.ModelAdmin):
+class PoolAdmin(StatusByActions, AuditedModelAdmin):
     list_display = ["name", "reef", "kind", "provider", "status", "dedicated", "capacity", "used", "free"]
     list_filter = ["status", "kind", "provider", "dedicated", "reef__region"]
     search_fields = ["name", "external_id", "reef__slug"]
@@ -264,7 +264,7 @@ class PoolAdmin(StatusByActions, admin.ModelAdmin):
 
 
 @admin.register(Share)
-class ShareAdmin(admin.ModelAdmin):
+class ShareAdmin(AuditedModelAdmin):
     list_display = ["name", "pool", "slot", "status", "instance", "firewall_address", "endpoint"]
     list_filter = ["status", "pool__reef__region"]
     search_fields = ["name", "endpoint", "instance__name", "pool__name"]
@@ -279,7 +279,7 @@ class ShareAdmin(admin.ModelAdmin):
 
 
 @admin.register(CapacityShortfall)
-class CapacityShortfallAdmin(admin.ModelAdmin):
+class CapacityShortfallAdmin(AuditedModelAdmin):
     """Signups refused for want of capacity: where staff must add pools or reefs."""
 
     list_display = ["created_at", "region", "instance_name", "reason"]

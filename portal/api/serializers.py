@@ -190,6 +190,15 @@ class ApiTokenSerializer(serializers.ModelSerializer):
         return self.context.get("plaintext", {}).get(token.pk)
 
 
+class TokenObtainSerializer(serializers.Serializer):
+    """The password grant: an account's e-mail (any case) and password, and what the new token is for."""
+
+    email = serializers.CharField(max_length=254, help_text="The account's e-mail (or staff username), any case.")
+    password = serializers.CharField(max_length=4096, write_only=True, style={"input_type": "password"})
+    name = serializers.CharField(max_length=100, default="API client", help_text="What the token is for.")
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+
 class BackupSerializer(serializers.ModelSerializer):
     instance = serializers.SlugRelatedField(slug_field="name", read_only=True)
 

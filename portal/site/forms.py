@@ -1,13 +1,40 @@
-"""Customer forms: every refusal is a message on the field at fault."""
+"""Customer forms: every refusal is a message on the field at fault, and every input names (aria-describedby) the
+help text and the errors the templates render next to it (``site/_field.html``)."""
 from django import forms
+from django.contrib.auth import forms as auth_forms
+from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
+from django.forms.boundfield import BoundField
+from django.utils import timezone
 
 from cells.choices import WEEKDAYS
 from cells.models import Instance, Region
 from cells.placement import region_takes_signups
 from cells.validators import validate_instance_name
+from portal.accounts import normalise_login
 from provisioning.backups.selectors import usable_backups
 from provisioning.models import BackupKind
+
+
+class DescribedBoundField(BoundField):
+    """An input that points at its help text (``<id>_helptext``) and its errors (``error-<name>``): the ids
+    ``site/_field.html`` gives them."""
+
+    def build_widget_attrs(self, attrs, widget=None):
+        attrs = super().build_widget_attrs(attrs, widget)
+        widget = widget or self.field.widget
+        ids = [f"{self.auto_id}_helptext"] if self.help_text else []
+        if self.errors:
+            ids.append(f"error-{self.name}")
+        if ids and self.auto_id and not widget.is_hidden:
+            attrs["aria-describedby"] = " ".join(ids)
+        return attrs
+
+
+class Described:
+    """Form mixin: every field rendered with ``DescribedBoundField``."""
+
+    bound_field_class = DescribedBoundField
 
 
 class RegionChoiceField(forms.ModelChoiceField):
@@ -16,7 +43,7 @@ class RegionChoiceField(forms.ModelChoiceField):
         return f"{region.name}{suffix}"
 
 
-class InstanceForm(forms.Form):
+class InstanceForm(Described, forms.Form):
     """A new instance for a signed-in customer."""
 
     name = forms.CharField(
@@ -49,13 +76,59 @@ class SignupForm(InstanceForm):
     password = forms.CharField(widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
     field_order = ["email", "password", "name", "region"]
 
-    def clean_password(self):
-        password = self.cleaned_data["password"]
-        validate_password(password)
-        return password
+    def clean_email(self):
+        return normalise_login(self.cleaned_data["email"])
+
+    def clean(self):
+        data = super().clean()
+        password, email = data.get("password"), data.get("email")
+        if password:
+            # The would-be account, so the similarity check compares the password with its e-mail.
+            candidate = get_user_model()(username=email or "", email=email or "")
+            try:
+                validate_password(password, user=candidate)
+            except forms.ValidationError as error:
+                self.add_error("password", error)
+        return data
 
 
-class RestoreForm(forms.Form):
+class LoginForm(Described, auth_forms.AuthenticationForm):
+    """Log in with the e-mail (or staff username) in any case; the name is normalised before it is checked."""
+
+    def clean_username(self):
+        return normalise_login(self.cleaned_data.get("username"))
+
+
+class PasswordResetForm(Described, auth_forms.PasswordResetForm):
+    pass
+
+
+class SetPasswordForm(Described, auth_forms.SetPasswordForm):
+    pass
+
+
+class PasswordChangeForm(Described, auth_forms.PasswordChangeForm):
+    pass
+
+
+class ApiTokenForm(Described, forms.Form):
+    """A new API token: what it is for and, if it should, when it stops working."""
+
+    name = forms.CharField(max_length=100, help_text="What the token is for, e.g. “CI pipeline”.")
+    expires_at = forms.DateTimeField(
+        label="Expires (UTC, optional)", required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="Leave empty for a token that works until you revoke it.",
+    )
+
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data["expires_at"]
+        if expires_at is not None and expires_at <= timezone.now():
+            raise forms.ValidationError("Choose a time in the future.", code="past")
+        return expires_at
+
+
+class RestoreForm(Described, forms.Form):
     """A point in time to restore the database to; the service checks it lies in the restorable window."""
 
     point_in_time = forms.DateTimeField(
@@ -83,7 +156,7 @@ class RestoreFilesForm(forms.Form):
         self.fields["backup"].queryset = usable_backups(instance, BackupKind.FILES)
 
 
-class DecommissionForm(forms.Form):
+class DecommissionForm(Described, forms.Form):
     """Deletion protection: the customer types the instance's name."""
 
     confirm_name = forms.CharField(

@@ -3,14 +3,22 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
-from portal.site import maintenance, views
+from portal.site import accounts, maintenance, views
 
 app_name = "site"
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="site:instance-list", permanent=False), name="home"),
     path("signup/", views.signup, name="signup"),
-    path("login/", auth_views.LoginView.as_view(template_name="site/login.html"), name="login"),
+    path("login/", accounts.login_view, name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("account/", accounts.account, name="account"),
+    path("account/tokens/<int:token_id>/revoke/", accounts.token_revoke, name="token-revoke"),
+    path("account/password/", accounts.password_change, name="password-change"),
+    path("account/password/done/", accounts.password_change_done, name="password-change-done"),
+    path("password-reset/", accounts.password_reset, name="password-reset"),
+    path("password-reset/sent/", accounts.password_reset_done, name="password-reset-done"),
+    path("password-reset/<uidb64>/<token>/", accounts.password_reset_confirm, name="password-reset-confirm"),
+    path("password-reset/done/", accounts.password_reset_complete, name="password-reset-complete"),
     path("instances/", views.instance_list, name="instance-list"),
     path("instances/<slug:name>/", views.instance_detail, name="instance-detail"),
     path("instances/<slug:name>/status.json", views.instance_status, name="instance-status"),

@@ -14,6 +14,7 @@ from cells.choices import ActorKind, InstanceState, OperationKind
 from cells.errors import NoCapacity, Refused
 from cells.models import Instance, Operation
 from cells.states import INSTANCE
+from portal.site.accounts import signup_allowed
 from portal.site.forms import DecommissionForm, InstanceForm, RestoreFilesForm, RestoreForm, SignupForm
 from provisioning.backups import (
     instance_backup,
@@ -31,6 +32,7 @@ from provisioning.models import BackupKind
 from provisioning.operations import operation_progress
 
 CAPACITY_MESSAGE = "We are adding capacity in {region}; please try again in a few minutes."
+THROTTLED_MESSAGE = "Too many signups from here just now; please try again later."
 
 
 def _audit(request, action, target=None, outcome=SUCCEEDED, reason="", **details):
@@ -51,6 +53,10 @@ def signup(request):
     """New customers get an account and an instance; signed-in customers add an instance."""
     form_class = InstanceForm if request.user.is_authenticated else SignupForm
     form = form_class(request.POST or None)
+    if request.method == "POST" and not signup_allowed(request):
+        form.add_error(None, THROTTLED_MESSAGE)
+        _audit(request, "instance.signup", None, REFUSED, reason="throttled")
+        return render(request, "site/signup.html", {"form": form}, status=429)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         signed_in = request.user.is_authenticated
@@ -68,7 +74,7 @@ def signup(request):
         else:
             instance = operation.instance
             if not signed_in:
-                login(request, instance.owner, backend="django.contrib.auth.backends.ModelBackend")
+                login(request, instance.owner, backend="portal.accounts.EmailOrUsernameBackend")
             _audit(request, "instance.signup", instance, operation=operation.pk)
             messages.success(request, f"{instance.name} is on its way.")
             return redirect("site:instance-detail", name=instance.name)
@@ -197,10 +203,13 @@ def instance_restore_files_view(request, name):
 
 
 @login_required
-@require_POST
 def instance_restore_confirm_view(request, name):
-    """Accept the restore: the replaced database is deleted now instead of at the end of its keep period."""
+    """Accept the restore: the replaced database is deleted now instead of at the end of its keep period. GET asks
+    first, on a page of its own that says what is deleted; only the POST from it deletes."""
     instance = _own_instance(request, name)
+    if request.method != "POST":
+        kept = instance_backup_overview(instance)["kept"]
+        return render(request, "site/restore_confirm.html", {"instance": instance, "kept": kept})
     try:
         instance_restore_confirm(instance=instance, requested_by=request.user)
     except Refused as refusal:

@@ -106,7 +106,11 @@ def test_a_restore_outside_the_window_is_refused_and_one_inside_restores(owner, 
     assert restore.operation.state == OperationState.SUCCEEDED and restore.keeps_old_database
     page = owner.get("/instances/acme/").content.decode()
     assert "as it was before the restore of" in page
-    assert "Confirm the restore and delete the previous database now" in page
+    assert "Delete the previous database now" in page and "button danger" in page
+
+    # The link asks first, on a page of its own styled as destructive; asking deletes nothing.
+    ask = owner.get("/instances/acme/restore/confirm/").content.decode()
+    assert "cannot be undone" in ask and 'class="danger"' in ask and live.exists()
 
     response = owner.post("/instances/acme/restore/confirm/")
     assert response.status_code == 302 and not live.exists()
