@@ -280,10 +280,10 @@ METRICS_SQL = [
     "SELECT kind, state, COUNT(*), SUM(finished_at - started_at), COUNT(*) FILTER (WHERE finished_at - started_at "
     "<= interval '60 seconds') FROM cells_operation WHERE state IN ('succeeded', 'failed') GROUP BY kind, state",
     "SELECT id FROM cells_operation WHERE state IN ('queued', 'running')",
-    "SELECT b.kind, MIN(b.latest), MAX(b.latest), COUNT(*) FILTER (WHERE b.latest IS NULL) FROM ("
-    "SELECT k.kind, (SELECT MAX(taken_at) FROM provisioning_backup x WHERE x.instance_id = i.id AND x.kind = k.kind "
-    "AND x.state = 'succeeded') AS latest FROM cells_instance i, (VALUES ('database'), ('files')) k(kind) "
-    "WHERE i.state IN ('running', 'stopped')) b GROUP BY b.kind",
+    "SELECT COUNT(*) FROM cells_instance WHERE state IN ('running', 'stopped', 'upgrading')",
+    "SELECT b.kind, MIN(b.latest), MAX(b.latest), COUNT(*) FROM (SELECT x.instance_id, x.kind, MAX(x.taken_at) "
+    "AS latest FROM provisioning_backup x JOIN cells_instance i ON i.id = x.instance_id WHERE x.state = 'succeeded' "
+    "AND i.state IN ('running', 'stopped', 'upgrading') GROUP BY x.instance_id, x.kind) b GROUP BY b.kind",
     "SELECT COUNT(*) FILTER (WHERE h.status = 'unhealthy'), COUNT(*) FILTER (WHERE h.flagged_at IS NOT NULL) "
     "FROM cells_instance i LEFT JOIN provisioning_instancehealth h ON h.instance_id = i.id WHERE i.state = 'running'",
     "SELECT kind, direction, COUNT(*) FROM provisioning_orphan WHERE state IN ('open', 'confirmed') "

@@ -6,7 +6,7 @@ pool is a storage pool). State changes go through ``cells.states``, never throug
 """
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from cells import choices
@@ -288,8 +288,10 @@ class Instance(models.Model):
             models.CheckConstraint(condition=Q(cpu_millicores__gte=50), name="instance_cpu_minimum"),
             models.CheckConstraint(condition=Q(memory_mib__gte=128), name="instance_memory_minimum"),
         ]
-        # Placement and capacity count slot-holding instances per reef and per pool.
+        # Placement and capacity count slot-holding instances per reef and per pool; the admin's list walks the
+        # ordering's index.
         indexes = [
+            models.Index(F("created_at").desc(), F("id").desc(), name="instance_newest_first"),
             models.Index(fields=["reef", "state"], name="instance_reef_state"),
             models.Index(fields=["database_pool", "state"], name="instance_database_pool_state"),
             models.Index(fields=["compute_pool", "state"], name="instance_compute_pool_state"),

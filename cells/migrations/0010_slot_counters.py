@@ -134,6 +134,10 @@ class Migration(migrations.Migration):
         ),
         migrations.RunPython(forward, backward),
         migrations.AddIndex(
+            model_name='instance',
+            index=models.Index(models.OrderBy(models.F('created_at'), descending=True), models.OrderBy(models.F('id'), descending=True), name='instance_newest_first'),
+        ),
+        migrations.AddIndex(
             model_name='reef',
             index=models.Index(models.F('region'), models.OrderBy(django.db.models.expressions.CombinedExpression(models.F('max_instances'), '-', models.F('placed_instances')), descending=True), models.F('id'), condition=models.Q(('status', 'active')), name='reef_roomiest_active'),
         ),
