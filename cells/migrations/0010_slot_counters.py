@@ -113,7 +113,7 @@ def backward(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('cells', '0007_audit_event_home'),
+        ('cells', '0008_operation_cancelled'),
     ]
 
     operations = [
