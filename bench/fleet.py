@@ -101,8 +101,9 @@ def build_fleet(size: int) -> None:
         )
         cursor.execute(
             "INSERT INTO cells_operation (kind, state, instance_id, params, task_id, attempts, steps, error, "
-            "created_at, started_at, finished_at, updated_at) "
-            "SELECT 'provision', 'succeeded', i.id, '{}'::jsonb, '', 1, '[]'::jsonb, '', i.created_at, i.created_at, "
+            "cleanup_state, cleanup_error, created_at, started_at, finished_at, updated_at) "
+            "SELECT 'provision', 'succeeded', i.id, '{}'::jsonb, '', 1, '[]'::jsonb, '', 'none', '', i.created_at, "
+            "i.created_at, "
             "i.created_at + interval '40 seconds', i.created_at FROM cells_instance i"
         )
         cursor.execute("SET session_replication_role = DEFAULT")
