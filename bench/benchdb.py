@@ -1,4 +1,9 @@
-"""What every benchmark needs: its own throwaway PostgreSQL database, Django set up on it, migrated."""
+"""What every benchmark needs: its own throwaway PostgreSQL database, Django set up on it, migrated.
+
+Two people (or two helpers) may benchmark on one server: each benchmark takes its database name from
+``CELLHUB_BENCH_DATABASE`` (else its own default) and the prefix of the resources it makes (instance databases and
+roles, folders) from ``CELLHUB_BENCH_PREFIX`` (default ``bench``), and drops only what carries them.
+"""
 import os
 import sys
 from pathlib import Path
@@ -12,11 +17,19 @@ ADMIN = "host={} port={} user={} dbname=postgres".format(
 )
 
 
+PREFIX = os.environ.get("CELLHUB_BENCH_PREFIX", "bench")
+
+
+def database_name(default: str) -> str:
+    """The benchmark's database: ``CELLHUB_BENCH_DATABASE`` when set, else ``default``."""
+    return os.environ.get("CELLHUB_BENCH_DATABASE", default)
+
+
 def setup_django(database: str, var_dir: str) -> None:
     """(Re)create ``database``, point Django at it with the local drivers under ``var_dir``, and migrate."""
     with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {database}")
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{database}"')
     os.environ.update(
         DATABASE_URL="postgres://{}@{}:{}/{}".format(
             os.environ.get("PGUSER", "postgres"), os.environ.get("PGHOST", "127.0.0.1"),
@@ -24,7 +37,7 @@ def setup_django(database: str, var_dir: str) -> None:
         ),
         DEBUG="1",
         CELLHUB_VAR_DIR=var_dir,
-        CELLHUB_RESOURCE_PREFIX="bench",
+        CELLHUB_RESOURCE_PREFIX=PREFIX,
         DJANGO_SETTINGS_MODULE="portal.settings",
         LOG_LEVEL="WARNING",
         EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend",
@@ -42,4 +55,4 @@ def drop_database(database: str) -> None:
 
     connections.close_all()
     with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -6,7 +6,8 @@ the time spent inside driver steps), and the allocation step against a bare SQL
 
     .venv/bin/python bench/signup.py --count 200 [--database-provider postgres|sqlite]
 
-It creates (and drops) its own databases, ``cellhub_bench`` and the instances' ones.
+It creates (and drops) its own databases: ``$CELLHUB_BENCH_DATABASE`` (default ``cellhub_bench``) and the
+instances' ones, named with ``$CELLHUB_BENCH_PREFIX`` (default ``bench``); it drops nothing else.
 """
 import argparse
 import statistics
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 import benchdb  # noqa: E402  (bench/ is on the path when a script runs)
 
 ADMIN = benchdb.ADMIN
-BENCH_DB = "cellhub_bench"
+BENCH_DB = benchdb.database_name("cellhub_bench")
 
 
 def percentile(values, fraction):
@@ -98,7 +99,7 @@ def time_hub_allocation(count, region):
 
 
 def time_bare_skip_locked(count):
-    with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={BENCH_DB}", autocommit=True) as conn:
+    with psycopg.connect(ADMIN.replace("dbname=postgres", f"dbname={BENCH_DB}"), autocommit=True) as conn:
         conn.execute("CREATE TABLE bench_slots (id serial PRIMARY KEY, taken_by int)")
         conn.execute("INSERT INTO bench_slots (taken_by) SELECT NULL FROM generate_series(1, %s)", [count])
         t0 = time.perf_counter()
@@ -112,16 +113,29 @@ def time_bare_skip_locked(count):
         return (time.perf_counter() - t0) / count
 
 
-def cleanup():
+def cleanup(made: list[tuple[str, str]]):
+    """Drop the instance databases and logins this run made (``made``), then the bench database; nothing else."""
     from django.db import connections
 
     connections.close_all()
     with psycopg.connect(ADMIN, autocommit=True) as admin:
-        for (name,) in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_i%'").fetchall():
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        for (name,) in admin.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'bench\\_i%'").fetchall():
-            admin.execute(f'DROP ROLE "{name}"')
-        admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        for database, login in made:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            admin.execute(f'DROP ROLE IF EXISTS "{login}"')
+    benchdb.drop_database(BENCH_DB)
+
+
+def made_resources() -> list[tuple[str, str]]:
+    """(database, login) of each of this run's instances on a PostgreSQL pool: derived from the instance's id and
+    the bench prefix, as the driver names them."""
+    from cells.models import Instance
+    from provisioning import drivers
+
+    made = []
+    for instance in Instance.objects.select_related("database_pool").filter(database_pool__provider="postgres"):
+        driver = drivers.for_pool(instance.database_pool)
+        made.append((driver.database_name(instance), driver.login_name(instance)))
+    return made
 
 
 def main():
@@ -131,13 +145,15 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cellhub-bench-") as var_dir:
         setup_django(var_dir)
+        made = []
         try:
             region = build_topology(args.count, args.database_provider)
             total, latencies, overheads = run_signups(args.count, region)
             hub_alloc = time_hub_allocation(args.count, region)
             bare_alloc = time_bare_skip_locked(args.count)
         finally:
-            cleanup()
+            made = made_resources()
+            cleanup(made)
     print(f"signups: {args.count} (database driver: {args.database_provider}, storage local_fs, compute local_compute)")
     print(f"throughput: {args.count / total:.1f} signups/s")
     print(f"signup→running latency: p50 {statistics.median(latencies) * 1000:.1f} ms, "

@@ -6,7 +6,7 @@ pool is a storage pool). State changes go through ``cells.states``, never throug
 """
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from cells import choices
@@ -24,6 +24,23 @@ from cells.choices import (
 )
 from cells.thresholds import thresholds_validate
 from cells.validators import validate_instance_name
+
+
+class _DatabaseCounted(models.Model):
+    """A model with counters the database keeps (``COUNTERS``): ``save()`` of a row read earlier never writes them
+    back, so a stale copy in memory cannot overwrite what the triggers counted since."""
+
+    COUNTERS: tuple[str, ...] = ()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, update_fields=None, **kwargs):
+        if update_fields is None and not self._state.adding:
+            update_fields = [
+                f.attname for f in self._meta.concrete_fields if not f.primary_key and f.attname not in self.COUNTERS
+            ]
+        super().save(*args, update_fields=update_fields, **kwargs)
 
 
 class Region(models.Model):
@@ -63,8 +80,10 @@ def validate_capacity_overrides(value) -> None:
     thresholds_validate(value)
 
 
-class Reef(models.Model):
+class Reef(_DatabaseCounted):
     """A set of shared pools inside a region; reefs share nothing, so one reef's outage stays its own."""
+
+    COUNTERS = ("placed_instances",)
 
     region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="reefs")
     slug = models.SlugField(max_length=50)
@@ -83,6 +102,11 @@ class Reef(models.Model):
     )
     status_reason = models.CharField(max_length=500, blank=True, help_text="Why and by whom the status last changed.")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Kept by the database itself (triggers on cells_instance, migration 0010), in the transaction that changes an
+    # instance; the reconciler compares it with the rows. Never written by the hub's code.
+    placed_instances = models.PositiveIntegerField(
+        default=0, editable=False, help_text="Slot-holding instances placed in this reef (a counter)."
+    )
 
     class Meta:
         ordering = ["region__slug", "slug"]
@@ -90,6 +114,17 @@ class Reef(models.Model):
             models.UniqueConstraint(fields=["region", "slug"], name="reef_slug_unique_in_region"),
             models.CheckConstraint(condition=Q(status__in=choices.ReefStatus.values), name="reef_status_valid"),
             models.CheckConstraint(condition=Q(max_instances__gte=1), name="reef_max_instances_positive"),
+            # An over-full reef is refused by the database, whatever code places the instance.
+            models.CheckConstraint(
+                condition=Q(placed_instances__lte=models.F("max_instances")), name="reef_placed_within_limit"
+            ),
+        ]
+        # Placement walks a region's active reefs roomiest first and stops at the first that fits.
+        indexes = [
+            models.Index(
+                models.F("region"), (models.F("max_instances") - models.F("placed_instances")).desc(), models.F("id"),
+                condition=Q(status=choices.ReefStatus.ACTIVE), name="reef_roomiest_active",
+            )
         ]
 
     def __str__(self):
@@ -103,12 +138,14 @@ def _provider_matches_kind() -> Q:
     return condition
 
 
-class Pool(models.Model):
+class Pool(_DatabaseCounted):
     """One unit of capacity of one kind inside a reef, counted in slots.
 
     ``config`` holds the provider's non-secret settings (server address, account name, cluster
     context); credentials come from the environment or the provider's credential chain.
     """
+
+    COUNTERS = ("slots_held", "shares_available")
 
     reef = models.ForeignKey(Reef, on_delete=models.PROTECT, related_name="pools")
     name = models.SlugField(max_length=63)
@@ -129,6 +166,16 @@ class Pool(models.Model):
         help_text="The failed storage pool whose shares this pool took over.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Counters kept by the database (triggers on cells_instance and cells_share, migration 0010) in the transaction
+    # that changes the rows; the reconciler compares them with the rows. Never written by the hub's code.
+    slots_held = models.PositiveIntegerField(
+        default=0, editable=False,
+        help_text="Slots in use (a counter): slot-holding instances on a database or compute pool; assigned, "
+        "archiving or scrubbing shares of a storage pool.",
+    )
+    shares_available = models.PositiveIntegerField(
+        default=0, editable=False, help_text="Available shares of a storage pool (a counter)."
+    )
 
     class Meta:
         ordering = ["reef_id", "kind", "name"]
@@ -138,6 +185,8 @@ class Pool(models.Model):
             models.CheckConstraint(condition=_provider_matches_kind(), name="pool_provider_matches_kind"),
             models.CheckConstraint(condition=Q(status__in=PoolStatus.values), name="pool_status_valid"),
             models.CheckConstraint(condition=Q(capacity__gte=1), name="pool_capacity_positive"),
+            # An over-full pool is refused by the database, whatever code takes the slot.
+            models.CheckConstraint(condition=Q(slots_held__lte=models.F("capacity")), name="pool_held_within_capacity"),
         ]
 
     def __str__(self):
@@ -239,8 +288,10 @@ class Instance(models.Model):
             models.CheckConstraint(condition=Q(cpu_millicores__gte=50), name="instance_cpu_minimum"),
             models.CheckConstraint(condition=Q(memory_mib__gte=128), name="instance_memory_minimum"),
         ]
-        # Placement and capacity count slot-holding instances per reef and per pool.
+        # Placement and capacity count slot-holding instances per reef and per pool; the admin's list walks the
+        # ordering's index.
         indexes = [
+            models.Index(F("created_at").desc(), F("id").desc(), name="instance_newest_first"),
             models.Index(fields=["reef", "state"], name="instance_reef_state"),
             models.Index(fields=["database_pool", "state"], name="instance_database_pool_state"),
             models.Index(fields=["compute_pool", "state"], name="instance_compute_pool_state"),

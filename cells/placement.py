@@ -8,13 +8,12 @@ reef never exceeds ``max_instances`` and no pool exceeds its capacity. The hot p
 on every signup's critical path, and the ORM's compile time for these subqueries cost more than the
 database did (see bench/signup.py).
 """
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from cells import selectors
 from cells.choices import (
     PLACEABLE_POOL_STATES,
     SIGNUP_REGION_STATES,
-    SLOT_HOLDING_INSTANCE_STATES,
     PoolKind,
     PoolStatus,
     ReefStatus,
@@ -84,30 +83,37 @@ def is_placed(instance) -> bool:
     )
 
 
-_HOLDING = sorted(str(state) for state in SLOT_HOLDING_INSTANCE_STATES)
-_IN_HOLDING = ", ".join(["%s"] * len(_HOLDING))
-_PLACED = f"(SELECT COUNT(*) FROM cells_instance i WHERE i.reef_id = r.id AND i.state IN ({_IN_HOLDING}))"
+_SIGNUP_REGIONS = ", ".join(f"'{state}'" for state in sorted(str(s) for s in SIGNUP_REGION_STATES))
 
 
-def _pool_with_room(kind: str, fk: str) -> str:
-    """SQL for the id of reef r's shared, available ``kind`` pool with the most free slots (NULL if none)."""
-    used = f"(SELECT COUNT(*) FROM cells_instance i WHERE i.{fk} = p.id AND i.state IN ({_IN_HOLDING}))"
+def _pool_with_room(kind: str) -> str:
+    """SQL for the id of reef r's shared, available ``kind`` pool with the most free slots (NULL if none), read from
+    the pools' slot counters: a handful of pool rows, whatever the number of instances."""
     return (
         f"(SELECT p.id FROM cells_pool p WHERE p.reef_id = r.id AND p.kind = '{kind}' "
-        f"AND p.status = '{PoolStatus.AVAILABLE}' AND NOT p.dedicated AND p.capacity > {used} "
-        f"ORDER BY p.capacity - {used} DESC, p.id LIMIT 1)"
+        f"AND p.status = '{PoolStatus.AVAILABLE}' AND NOT p.dedicated AND p.slots_held < p.capacity "
+        "ORDER BY p.capacity - p.slots_held DESC, p.id LIMIT 1)"
     )
 
 
 # Reef r's instance count and limit, and its roomiest database and compute pools, in one row.
 _SLOTS = (
-    f"r.id, {_PLACED}, r.max_instances, "
-    f"{_pool_with_room(PoolKind.DATABASE, 'database_pool_id')}, {_pool_with_room(PoolKind.COMPUTE, 'compute_pool_id')}"
+    f"r.id, r.placed_instances, r.max_instances, "
+    f"{_pool_with_room(PoolKind.DATABASE)}, {_pool_with_room(PoolKind.COMPUTE)}"
 )
-_SLOTS_PARAMS = _HOLDING * 5
+# A shared instance fits a reef with a free slot of every kind; a dedicated one may take dedicated pools instead,
+# so for it only the reef's own limit decides which reefs are tried.
+_FITS_SHARED = (
+    f"AND EXISTS {_pool_with_room(PoolKind.DATABASE)} AND EXISTS {_pool_with_room(PoolKind.COMPUTE)} "
+    f"AND EXISTS (SELECT 1 FROM cells_pool p WHERE p.reef_id = r.id AND p.kind = '{PoolKind.STORAGE}' "
+    f"AND p.status = '{PoolStatus.AVAILABLE}' AND NOT p.dedicated AND p.shares_available > 0) "
+)
+# Roomiest first by instance slots; the order is index reef_roomiest_active's, so the walk stops at the first fit.
 _REEFS_WITH_ROOM = (
     f"FROM cells_reef r WHERE r.region_id = %s AND r.status = '{ReefStatus.ACTIVE}' "
-    f"AND r.max_instances > {_PLACED} {{exclude}} ORDER BY r.max_instances - {_PLACED} DESC, r.id"
+    "AND r.placed_instances < r.max_instances {fits}{exclude}"
+    f"AND EXISTS (SELECT 1 FROM cells_region g WHERE g.id = r.region_id AND g.status IN ({_SIGNUP_REGIONS})) "
+    "ORDER BY r.max_instances - r.placed_instances DESC, r.id"
 )
 # available → assigned is the share state machine's legal change, made here as one conditional UPDATE on the
 # first free share nobody else holds: the SKIP LOCKED queue pattern.
@@ -141,14 +147,22 @@ def _postgres(cursor) -> bool:
     return cursor.db.vendor == "postgresql"  # SQLite serialises writers; it has no row locks
 
 
-def _lock_roomiest_free_reef(cursor, region_id: int, tried: list[int]):
-    """Lock the roomiest reef of the region that no other placement holds; its slots row, or None."""
-    exclude = f"AND r.id NOT IN ({', '.join(['%s'] * len(tried))})" if tried else ""
+def _exclude(tried: list[int]) -> str:
+    return f"AND r.id NOT IN ({', '.join(['%s'] * len(tried))}) " if tried else ""
+
+
+def _fits(instance: Instance) -> str:
+    return "" if instance.tier == Tier.DEDICATED else _FITS_SHARED
+
+
+def _lock_roomiest_free_reef(cursor, instance: Instance, tried: list[int]):
+    """Lock the roomiest reef of the instance's region that no other placement holds; its slots row, or None."""
     lock = " FOR UPDATE OF r SKIP LOCKED" if _postgres(cursor) else ""
-    # No lock wait happens here, so the counts read in this statement are current.
+    # No lock wait happens here, so the counters read in this statement are current (and the check constraints
+    # refuse the rare stale read: see _attempt).
     cursor.execute(
-        f"SELECT {_SLOTS} {_REEFS_WITH_ROOM.format(exclude=exclude)} LIMIT 1{lock}",
-        [*_SLOTS_PARAMS, region_id, *_HOLDING, *tried, *_HOLDING],
+        f"SELECT {_SLOTS} {_REEFS_WITH_ROOM.format(fits=_fits(instance), exclude=_exclude(tried))} LIMIT 1{lock}",
+        [instance.region_id, *tried],
     )
     return cursor.fetchone()
 
@@ -157,8 +171,43 @@ def _lock_and_count(cursor, reef_id: int):
     """Wait for the reef's lock, then read its slots in a new statement (a fresh snapshot after the wait)."""
     if _postgres(cursor):
         cursor.execute("SELECT id FROM cells_reef WHERE id = %s FOR UPDATE", [reef_id])
-    cursor.execute(f"SELECT {_SLOTS} FROM cells_reef r WHERE r.id = %s", [*_SLOTS_PARAMS, reef_id])
+    cursor.execute(f"SELECT {_SLOTS} FROM cells_reef r WHERE r.id = %s", [reef_id])
     return cursor.fetchone()
+
+
+# The common case on PostgreSQL, a shared instance, in one statement: lock the roomiest reef nobody holds that has
+# a free slot of every kind (read from the counters), take its first free share, and point the instance at the
+# reef and its roomiest pools. The triggers count the slots taken, in this transaction; the check constraints
+# refuse an over-full reef or pool. Returns the reef tried and the instance placed (NULL when it was not).
+_PLACE_SHARED_SQL = (
+    "WITH reef AS (SELECT r.id, {database_pool} AS database_pool_id, {compute_pool} AS compute_pool_id "
+    f"{_REEFS_WITH_ROOM.format(fits=_FITS_SHARED, exclude='{exclude}')} LIMIT 1 FOR UPDATE OF r SKIP LOCKED), "
+    "share AS (UPDATE cells_share SET status = 'assigned', instance_id = %s WHERE status = 'available' AND id = ("
+    "SELECT s.id FROM cells_share s JOIN cells_pool p ON p.id = s.pool_id WHERE p.reef_id = (SELECT id FROM reef) "
+    f"AND p.status = '{PoolStatus.AVAILABLE}' AND NOT p.dedicated AND s.status = 'available' "
+    "ORDER BY s.pool_id, s.slot LIMIT 1 FOR UPDATE OF s SKIP LOCKED) RETURNING id), "
+    "placed AS (UPDATE cells_instance i SET reef_id = reef.id, database_pool_id = reef.database_pool_id, "
+    "compute_pool_id = reef.compute_pool_id FROM reef WHERE i.id = %s AND EXISTS (SELECT 1 FROM share) "
+    "RETURNING i.id) "
+    "SELECT reef.id, reef.database_pool_id, reef.compute_pool_id, (SELECT id FROM placed) FROM reef"
+).format(
+    database_pool=_pool_with_room(PoolKind.DATABASE), compute_pool=_pool_with_room(PoolKind.COMPUTE),
+    exclude="{exclude}",
+)
+
+
+def _place_shared(cursor, instance: Instance, tried: list[int]):
+    """One statement: lock a reef and take its slots (see _PLACE_SHARED_SQL). (reef tried, placed?), or None."""
+    cursor.execute(_PLACE_SHARED_SQL.format(exclude=_exclude(tried)), [instance.region_id, *tried, instance.pk,
+                                                                       instance.pk])
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    reef_id, database_pool_id, compute_pool_id, placed = row
+    if placed is None:
+        raise _NotHere(reef_id)
+    instance.reef_id, instance.database_pool_id, instance.compute_pool_id = reef_id, database_pool_id, compute_pool_id
+    return reef_id, True
 
 
 def _free_dedicated_pool(cursor, reef_id: int, kind: str, fk: str) -> int | None:
@@ -205,51 +254,105 @@ class _NotHere(Exception):
     """This reef cannot take the instance: roll its savepoint back."""
 
 
+# The check constraints that refuse an over-full reef or pool (cells.models); placement treats them as "not here".
+_FULL = ("reef_placed_within_limit", "pool_held_within_capacity")
+_MAX_STALE_RETRIES = 3
+
+
 def _attempt(cursor, instance: Instance, lock_reef) -> tuple[int | None, bool]:
-    """Lock a reef (``lock_reef`` returns its slots row, or None when there is none) and take slots, in a
-    savepoint. When the reef cannot take the instance the savepoint is rolled back, which releases that
-    reef's row lock: a placement never holds a reef it gave up on while it waits for another, so two
-    placements cannot deadlock. Returns (the reef tried, placed?)."""
+    """Lock a reef and take slots, in a savepoint. ``lock_reef`` either returns the reef's slots row (or None when
+    there is none) for ``_take_slots``, or does the whole placement itself and returns (reef, placed?). When the reef
+    cannot take the instance the savepoint is rolled back, which releases that reef's row lock: a placement never
+    holds a reef it gave up on while it waits for another, so two placements cannot deadlock. Returns (the reef
+    tried, placed?); raises ``_Stale`` when a check constraint refused a slot counted from a stale snapshot."""
     try:
         with transaction.atomic():
             slots = lock_reef()
             if slots is None:
                 return None, False
+            if len(slots) == 2:
+                return slots
             if _take_slots(cursor, slots, instance):
                 return slots[0], True
             raise _NotHere(slots[0])
     except _NotHere as miss:
         return miss.args[0], False
+    except IntegrityError as error:
+        # A counter read before a concurrent placement committed: the database refused the over-full slot and
+        # the savepoint gave everything back. Read again.
+        if any(name in str(error) for name in _FULL):
+            raise _Stale from error
+        raise
 
 
-@transaction.atomic
+class _Stale(Exception):
+    """A check constraint refused a slot chosen from counters another placement had just changed."""
+
+
+def _region_refusal(instance: Instance) -> None:
+    region = instance.region
+    if not region_takes_signups(region):
+        raise Refused(f"region {region.name} is {region.status} and takes no new instances", field="region")
+
+
 def instance_place(*, instance: Instance) -> None:
     """Give ``instance`` a reef, a database pool, a compute pool and a share; idempotent.
 
     Raises ``Refused`` (field ``region``) when its region takes no signups and ``NoCapacity`` when no reef has a free
-    slot of every kind; in both cases nothing is taken. The common path costs three statements.
+    slot of every kind; in both cases nothing is taken. The common path (a shared instance on PostgreSQL, inside
+    the caller's transaction) is one statement inside a savepoint, reading the slot counters: its cost does not grow
+    with the fleet.
     """
-    region = instance.region
     if instance.reef_id:  # a retry after a partial release: complete the placement in the same reef
-        if is_placed(instance):
-            return
-        if _place_in(Reef.objects.select_for_update().get(pk=instance.reef_id), instance):
-            return
-        raise NoCapacity(f"reef {instance.reef} has no room left for what {instance} lacks")
-    if not region_takes_signups(region):
-        raise Refused(f"region {region.name} is {region.status} and takes no new instances", field="region")
+        with transaction.atomic():
+            _region_refusal(instance)
+            if is_placed(instance):
+                return
+            if _place_in(Reef.objects.select_for_update().get(pk=instance.reef_id), instance):
+                return
+            raise NoCapacity(f"reef {instance.reef} has no room left for what {instance} lacks")
+    # Each attempt takes everything or nothing in a savepoint of its own, so no savepoint of ours is needed around
+    # them when the caller holds a transaction (and a refusal leaves the caller's transaction usable).
+    if connection.in_atomic_block:
+        _place_new(instance)
+    else:
+        with transaction.atomic():
+            _place_new(instance)
+
+
+def _place_new(instance: Instance) -> None:
+    for retry in range(_MAX_STALE_RETRIES + 1):
+        try:
+            if _place_anywhere(instance):
+                return
+            break
+        except _Stale:
+            if retry == _MAX_STALE_RETRIES:
+                raise NoCapacity(f"no reef in {instance.region.name} kept a free slot long enough") from None
+    _region_refusal(instance)
+    raise NoCapacity(f"no reef in {instance.region.name} has free capacity; we are adding capacity")
+
+
+def _place_anywhere(instance: Instance) -> bool:
+    """Try the region's reefs roomiest first, skipping those other placements hold, then wait for those."""
     with connection.cursor() as cursor:
+        fast = _postgres(cursor) and instance.tier != Tier.DEDICATED
         tried = []
         while True:
-            reef_id, placed = _attempt(cursor, instance, lambda: _lock_roomiest_free_reef(cursor, region.pk, tried))
+            if fast:
+                reef_id, placed = _attempt(cursor, instance, lambda: _place_shared(cursor, instance, tried))
+            else:
+                reef_id, placed = _attempt(cursor, instance, lambda: _lock_roomiest_free_reef(cursor, instance, tried))
             if placed:
-                return
+                return True
             if reef_id is None:
                 break
             tried.append(reef_id)
         # Every reef with room left is either tried or held by another placement: wait our turn on those.
-        cursor.execute(f"SELECT r.id {_REEFS_WITH_ROOM.format(exclude='')}", [region.pk, *_HOLDING, *_HOLDING])
+        cursor.execute(
+            f"SELECT r.id {_REEFS_WITH_ROOM.format(fits=_fits(instance), exclude='')}", [instance.region_id]
+        )
         for (reef_id,) in cursor.fetchall():
             if reef_id not in tried and _attempt(cursor, instance, lambda r=reef_id: _lock_and_count(cursor, r))[1]:
-                return
-    raise NoCapacity(f"no reef in {region.name} has free capacity; we are adding capacity")
+                return True
+    return False

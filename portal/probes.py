@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Min, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Min, Q, Sum
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -183,19 +183,19 @@ class HubCollector:
             "cellhub_instances_without_backup", "Running or stopped instances with no successful backup of a kind",
             labels=["kind"],
         )
+        should_have = Instance.objects.filter(state__in=[str(s) for s in BACKUP_STATES])
+        expected = should_have.count()
         for kind in BackupKind.values:
-            latest = Backup.objects.filter(instance=OuterRef("pk"), kind=kind, state=BackupState.SUCCEEDED).order_by(
-                "-taken_at"
-            ).values("taken_at")[:1]
-            bounds = (
-                Instance.objects.filter(state__in=[str(s) for s in BACKUP_STATES])
-                .annotate(latest=Subquery(latest))
-                .aggregate(oldest=Min("latest"), newest=Max("latest"), without=Count("pk", filter=Q(latest=None)))
+            # Set-based: each instance's latest successful backup in one grouped pass, then its bounds over them.
+            latest = (
+                Backup.objects.filter(kind=kind, state=BackupState.SUCCEEDED, instance__in=should_have)
+                .order_by().values("instance_id").annotate(latest=Max("taken_at"))
             )
+            bounds = latest.aggregate(oldest=Min("latest"), newest=Max("latest"), backed_up=Count("instance_id"))
             if bounds["oldest"] is not None:
                 age.add_metric([kind, "oldest"], (self.now - bounds["oldest"]).total_seconds())
                 age.add_metric([kind, "newest"], (self.now - bounds["newest"]).total_seconds())
-            missing.add_metric([kind], bounds["without"])
+            missing.add_metric([kind], expected - bounds["backed_up"])
         yield age
         yield missing
 

@@ -38,6 +38,7 @@ from cells.choices import (
     PoolKind,
     PoolStatus,
 )
+from cells.counters import counters_drift
 from cells.errors import Refused
 from cells.models import Instance, Operation, Pool, Region, Share
 from provisioning import drivers
@@ -292,7 +293,10 @@ def reconcile_pass(*, now: datetime | None = None) -> dict:
     """List every pool and DNS zone, record the disagreements, resolve the findings no longer found.
 
     Deletes nothing. A pool or zone whose listing fails is reported in ``errors`` and judged by nothing in this
-    pass (its findings stay as they are). Returns ``found`` (counts by kind/direction), ``resolved`` and ``errors``.
+    pass (its findings stay as they are). Also recounts the slot counters placement reads (``cells.counters``) and
+    reports each that disagrees with its rows, logged as an error (it is never corrected silently: staff repair
+    it with ``counters_refill``). Returns ``found`` (counts by kind/direction), ``resolved``, ``errors`` and
+    ``counter_drift``.
     """
     run = Pass(now=now or timezone.now())
     pools = list(Pool.objects.select_related("reef__region").order_by("pk"))
@@ -320,7 +324,10 @@ def reconcile_pass(*, now: datetime | None = None) -> dict:
     claims = claimed_names()
     _unclaimed_resources(run, pools, claims)
     _missing_resources(run)
-    return {"found": run.found, "resolved": _resolve_the_rest(run), "errors": run.errors}
+    drift = [str(counter) for counter in counters_drift()]
+    for line in drift:
+        logger.error("slot counter drift: %s", line)
+    return {"found": run.found, "resolved": _resolve_the_rest(run), "errors": run.errors, "counter_drift": drift}
 
 
 # ---- staff decisions ----------------------------------------------------------------------------------------

@@ -56,7 +56,11 @@ def capacity_view(request, admin_site):
     """The capacity page; staff who may view reefs only (the admin's login guards the rest)."""
     if not request.user.has_perm("cells.view_reef"):
         raise PermissionDenied
-    overview = capacity_overview(region_slug=request.GET.get("region", ""))
+    try:
+        page = int(request.GET.get("page", "1"))
+    except ValueError:
+        page = 1
+    overview = capacity_overview(region_slug=request.GET.get("region", ""), page=page)
     for region in overview["regions"]:
         region["chart"] = capacity_chart(region["kinds"])
     context = {

@@ -23,6 +23,9 @@ KINDS = [str(kind) for kind in (PoolKind.DATABASE, PoolKind.STORAGE, PoolKind.CO
 # A pool is nearly full when this share of its slots or fewer is free.
 NEARLY_FULL = 0.1
 REFUSED_SIGNUPS_DAYS = 7
+# Reefs listed per region and page besides those needing attention (listed first, up to as many again): the page's
+# size does not grow with the fleet.
+REEFS_PER_PAGE = 25
 
 
 def _stuck_after_hours() -> float:
@@ -34,8 +37,11 @@ def _headroom(hours: float | None) -> str:
     return "no signups" if hours is None else f"{hours / 24:.1f} d"
 
 
-def capacity_overview(*, region_slug: str = "") -> dict:
-    """Everything the capacity page shows, read in a constant number of queries."""
+def capacity_overview(*, region_slug: str = "", page: int = 1) -> dict:
+    """Everything the capacity page shows, read in a constant number of queries.
+
+    Per region: totals of every reef, then the reefs needing attention (at most ``REEFS_PER_PAGE``) and page ``page``
+    of the others (``REEFS_PER_PAGE`` each); ``reef_count``, ``pages`` and ``page`` tell what is left out."""
     plan = plan_top_ups(gather_facts())
     regions = {region.pk: region for region in Region.objects.order_by("slug")}
     if region_slug:
@@ -75,6 +81,11 @@ def capacity_overview(*, region_slug: str = "") -> dict:
     region_rows = []
     for pk, region in regions.items():
         region_reefs = [row for row in reefs.values() if row["region_id"] == pk]
+        needing = [row for row in region_reefs if row["attention"]]
+        others = [row for row in region_reefs if not row["attention"]]
+        pages = max(1, -(-len(others) // REEFS_PER_PAGE))
+        shown_page = min(max(page, 1), pages)
+        start = (shown_page - 1) * REEFS_PER_PAGE
         kinds = []
         for kind in KINDS:
             total = totals[pk][kind]
@@ -84,10 +95,13 @@ def capacity_overview(*, region_slug: str = "") -> dict:
                           "coming": int(total["coming"]), "per_day": rate * 24, "headroom": _headroom(headroom)})
         region_rows.append({
             "region": region,
-            "reefs": region_reefs,
+            "reefs": needing[:REEFS_PER_PAGE] + others[start:start + REEFS_PER_PAGE],
+            "reef_count": len(region_reefs),
+            "page": shown_page,
+            "pages": pages,
             "kinds": kinds,
             "refused_signups": refused.get(pk, 0),
-            "attention": sum(1 for row in region_reefs if row["attention"]),
+            "attention": len(needing),
         })
 
     stuck_before = timezone.now() - timedelta(hours=_stuck_after_hours())

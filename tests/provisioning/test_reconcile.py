@@ -6,7 +6,7 @@ import yaml
 
 from cells.choices import PoolKind, Provider
 from cells.errors import Refused
-from cells.models import AuditEvent
+from cells.models import AuditEvent, Reef
 from provisioning import drivers
 from provisioning.models import Orphan, OrphanDirection, OrphanKind, OrphanState
 from provisioning.reconcile import orphan_clean, reconcile_pass
@@ -190,3 +190,12 @@ def test_the_reconcile_now_button_runs_a_pass_and_is_audited(fleet, planted, sta
     assert Orphan.objects.filter(resource_name="ghost").exists()
     row = AuditEvent.objects.get(action="reconcile.run")
     assert row.actor == staff_user and row.details["found"]["dns_record/unclaimed"] == 1
+
+
+def test_a_drifted_slot_counter_is_reported_by_the_pass(fleet, caplog):
+    reef = fleet["cell"]["reef"]
+    assert reconcile_pass()["counter_drift"] == []
+    Reef.objects.filter(pk=reef.pk).update(placed_instances=0)  # two instances hold slots in it
+    summary = reconcile_pass()
+    assert summary["counter_drift"] == [f"reef {reef.pk}: placed_instances is 0, the rows say 2"]
+    assert "slot counter drift" in caplog.text

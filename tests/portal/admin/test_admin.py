@@ -5,7 +5,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from cells.models import Instance, Operation, Pool, Reef, Region, Share
-from tests.factories import make_cell, make_instance, make_user
+from tests.factories import make_cell, make_instance, make_reef, make_user
 
 pytestmark = pytest.mark.django_db
 MODELS = [Region, Reef, Pool, Share, Instance, Operation]
@@ -91,7 +91,7 @@ def _bulk_instances(count, cell):
 def test_instance_list_of_ten_thousand_runs_a_constant_number_of_queries(
     staff_client, django_assert_max_num_queries
 ):
-    cell = make_cell()
+    cell = make_cell(make_reef(max_instances=10_000), capacity=10_000)  # the database refuses an over-full reef
     _bulk_instances(10_000, cell)
     assert Instance.objects.count() == 10_000
     url = _url(Instance, "changelist")
@@ -134,3 +134,44 @@ def test_status_of_existing_topology_changes_only_through_actions(staff_client):
         form = staff_client.get(_url(model, "change", obj.pk)).context["adminform"].form
         assert "status" not in form.fields, model
     assert "status" in staff_client.get(_url(Pool, "add")).context["adminform"].form.fields
+
+
+@pytest.mark.parametrize("count", [30, 300])
+def test_instance_list_counts_and_filters_nothing_over_the_fleet(staff_client, count):
+    from django.db import connection as db
+
+    cell = make_cell(make_reef(max_instances=count), capacity=count)
+    _bulk_instances(count, cell)
+    with db.cursor() as cursor:
+        cursor.execute("ANALYZE cells_instance")
+    url = _url(Instance, "changelist")
+    staff_client.get(url)
+    with CaptureQueriesContext(connection) as queries:
+        response = staff_client.get(url)
+    assert response.status_code == 200
+    fleet_wide = [q["sql"] for q in queries.captured_queries
+                  if 'FROM "cells_instance"' in q["sql"] and ("COUNT(" in q["sql"] or "DISTINCT" in q["sql"])]
+    # The small fleet is counted exactly; the large one estimated from pg_class; no DISTINCT for the filters.
+    assert len(fleet_wide) == (1 if count < 10_000 else 0), fleet_wide
+    assert not any("DISTINCT" in sql for sql in fleet_wide)
+    assert any("pg_class" in q["sql"] for q in queries.captured_queries) or count < 10_000
+
+
+def test_the_estimated_count_is_used_above_the_threshold(staff_client, monkeypatch):
+    from portal.admin.instances import EstimatedCountPaginator
+
+    monkeypatch.setattr(EstimatedCountPaginator, "EXACT_BELOW", 100)
+    cell = make_cell(make_reef(max_instances=500), capacity=500)
+    _bulk_instances(500, cell)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE cells_instance")
+    url = _url(Instance, "changelist")
+    staff_client.get(url)
+    with CaptureQueriesContext(connection) as queries:
+        assert staff_client.get(url).status_code == 200
+    sqls = [q["sql"] for q in queries.captured_queries]
+    assert not [s for s in sqls if 'FROM "cells_instance"' in s and "COUNT(" in s], sqls
+    assert any("pg_class" in s for s in sqls)
+    with CaptureQueriesContext(connection) as filtered:  # a filtered list is counted exactly
+        assert staff_client.get(url, {"state__exact": "running"}).status_code == 200
+    assert [q for q in filtered.captured_queries if "COUNT(" in q["sql"]]

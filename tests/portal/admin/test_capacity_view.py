@@ -195,3 +195,22 @@ def test_a_pool_provisioning_for_too_long_is_flagged(staff_client):
     attention = staff_client.get(CAPACITY).content.decode().split('id="attention-pools"')[1]
     assert "database-9" in attention and "look at its top-up operation" in attention
     assert fresh.name not in attention
+
+
+def test_the_page_summarises_a_large_region_and_pages_its_reefs(staff_client, monkeypatch):
+    from provisioning.capacity import overview
+
+    monkeypatch.setattr(overview, "REEFS_PER_PAGE", 3)
+    region = make_region()
+    cells = [make_cell(make_reef(region), capacity=10) for _ in range(7)]
+    low = cells[4]
+    make_instance(reef=low["reef"], state=InstanceState.RUNNING)
+    Pool.objects.filter(pk=low["database"].pk).update(capacity=1)  # full: needs attention
+    rows = re.findall(r'data-reef="([^"]+)"', staff_client.get(CAPACITY).content.decode())
+    label = f"{region.slug}/{low['reef'].slug}"
+    assert rows[0] == label and len(rows) == 4  # the reef needing attention, then a page of three others
+    pages = [re.findall(r'data-reef="([^"]+)"', staff_client.get(CAPACITY, {"region": region.slug, "page": n})
+                        .content.decode()) for n in (1, 2)]
+    assert all(page[0] == label for page in pages)
+    assert sorted(r for page in pages for r in page[1:]) == sorted(
+        f"{region.slug}/{c['reef'].slug}" for c in cells if c is not low)

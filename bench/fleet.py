@@ -1,0 +1,355 @@
+"""Benchmark: the hub's costs against fleet size, each beside the bare SQL for the same work in the same run.
+
+    .venv/bin/python bench/fleet.py --sizes 1000,10000,100000
+
+For each size it builds a fleet in seconds (INSERT … SELECT generate_series, triggers off, then the slot counters
+refilled from the rows): ``size`` running instances in ``size / 100`` reefs of one region, each reef and pool 80%
+full, one succeeded provision operation per instance. Then it measures (medians):
+
+- placement: ``instance_place`` in its own transaction, against the bare allocation
+  ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING`` on a table of the same size;
+- ``/metrics`` (the whole scrape) against set-based SQL computing the same numbers from the rows;
+- the capacity page (the admin view, rendered) against set-based SQL for its numbers;
+and, once on the largest fleet, placement by 8 concurrent clients over 8 reefs against 1 client (and the same for
+the bare allocation). Each ratio is printed beside its baseline; goals in brackets.
+
+The database is ``$CELLHUB_BENCH_DATABASE`` (default ``cellhub_bench_fleet``), dropped at the end; resources are
+named with ``$CELLHUB_BENCH_PREFIX``. Nothing else on the server is touched.
+"""
+import argparse
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import benchdb  # noqa: E402  (bench/ is on the path when a script runs)
+
+BENCH_DB = benchdb.database_name("cellhub_bench_fleet")
+PER_REEF = 100
+HEADROOM = 25  # each reef and pool holds 100 of 125: 80% full
+PLACEMENTS = 200
+CLIENTS = 8
+PER_CLIENT = 150
+
+
+def _dsn():
+    return benchdb.ADMIN.replace("dbname=postgres", f"dbname={BENCH_DB}")
+
+
+def build_fleet(size: int) -> None:
+    """``size`` running instances in ``size / PER_REEF`` reefs of region ``bench``; replaces any previous fleet."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from cells.counters import counters_refill
+
+    reefs = max(size // PER_REEF, 1)
+    capacity = PER_REEF + HEADROOM
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE cells_region, cells_reef, cells_pool, cells_share, cells_instance, cells_operation, "
+                       "cells_capacityshortfall CASCADE")
+        cursor.execute("DROP TABLE IF EXISTS bench_slots")
+    owner, _ = get_user_model().objects.get_or_create(username="bench")
+    with connection.cursor() as cursor:
+        cursor.execute("SET session_replication_role = replica")  # no triggers: the counters are refilled below
+        cursor.execute("INSERT INTO cells_region (slug, name, cloud, location, status, maintenance_weekday, "
+                       "maintenance_hour) VALUES ('bench', 'Bench', 'local', '', 'active', 6, 2), "
+                       "('conc', 'Concurrency', 'local', '', 'active', 6, 2)")
+        cursor.execute(
+            "INSERT INTO cells_reef (region_id, slug, status, max_instances, rollout_ring, ingress_address, "
+            "capacity_overrides, status_reason, created_at, placed_instances) "
+            "SELECT g.id, 'r' || n, 'active', %s, n %% 3, '127.0.0.1', '{}'::jsonb, '', now(), 0 "
+            "FROM cells_region g, generate_series(1, %s) n WHERE g.slug = 'bench' "
+            "UNION ALL SELECT g.id, 'c' || n, 'active', 100000, 1, '127.0.0.1', '{}'::jsonb, '', now(), 0 "
+            "FROM cells_region g, generate_series(1, %s) n WHERE g.slug = 'conc'",
+            [capacity, reefs, CLIENTS],
+        )
+        cursor.execute(
+            "INSERT INTO cells_pool (reef_id, name, kind, provider, external_id, capacity, status, dedicated, config, "
+            "status_reason, created_at, slots_held, shares_available) "
+            "SELECT r.id, k.kind || '-1', k.kind, k.provider, '', "
+            "CASE WHEN r.slug LIKE 'c%%' THEN 2000 ELSE %s END, 'available', false, '{}'::jsonb, '', now(), 0, 0 "
+            "FROM cells_reef r, (VALUES ('database', 'sqlite'), ('storage', 'local_fs'), "
+            "('compute', 'local_compute')) k(kind, provider)",
+            [capacity],
+        )
+        cursor.execute(
+            "INSERT INTO cells_share (pool_id, slot, name, endpoint, status, instance_id, firewall_address) "
+            "SELECT p.id, s, 'bench-p' || p.id || '-' || s, '', 'available', NULL, '' "
+            "FROM cells_pool p, generate_series(0, p.capacity - 1) s WHERE p.kind = 'storage'"
+        )
+        cursor.execute(
+            "INSERT INTO cells_instance (name, owner_id, region_id, reef_id, database_pool_id, compute_pool_id, "
+            "server_version, state, tier, cpu_millicores, memory_mib, hostname, version_pinned, created_at, "
+            "updated_at) "
+            "SELECT 'f' || r.id || '-' || n, %s, r.region_id, r.id, d.id, c.id, '1.0', 'running', 'shared', 500, "
+            "1024, 'f' || r.id || '-' || n || '.cells.localhost', false, now() - n * interval '1 hour', now() "
+            "FROM cells_reef r JOIN cells_pool d ON d.reef_id = r.id AND d.kind = 'database' "
+            "JOIN cells_pool c ON c.reef_id = r.id AND c.kind = 'compute', generate_series(1, %s) n "
+            "WHERE r.slug LIKE 'r%%'",
+            [owner.pk, PER_REEF],
+        )
+        cursor.execute(
+            "UPDATE cells_share s SET status = 'assigned', instance_id = i.id FROM ("
+            "SELECT i.id, p.id AS pool_id, row_number() OVER (PARTITION BY i.reef_id ORDER BY i.id) - 1 AS slot "
+            "FROM cells_instance i JOIN cells_pool p ON p.reef_id = i.reef_id AND p.kind = 'storage') i "
+            "WHERE s.pool_id = i.pool_id AND s.slot = i.slot"
+        )
+        cursor.execute(
+            "INSERT INTO cells_operation (kind, state, instance_id, params, task_id, attempts, steps, error, "
+            "cleanup_state, cleanup_error, created_at, started_at, finished_at, updated_at) "
+            "SELECT 'provision', 'succeeded', i.id, '{}'::jsonb, '', 1, '[]'::jsonb, '', 'none', '', i.created_at, "
+            "i.created_at, "
+            "i.created_at + interval '40 seconds', i.created_at FROM cells_instance i"
+        )
+        cursor.execute("SET session_replication_role = DEFAULT")
+        counters_refill()
+        cursor.execute("CREATE TABLE bench_slots (id serial PRIMARY KEY, taken_by int)")
+        cursor.execute("INSERT INTO bench_slots (taken_by) SELECT n FROM generate_series(1, %s) n", [size])
+        cursor.execute("INSERT INTO bench_slots (taken_by) SELECT NULL FROM generate_series(1, %s)",
+                       [max(PLACEMENTS, CLIENTS * PER_CLIENT) * 2])
+        cursor.execute("CREATE INDEX bench_slots_free ON bench_slots (id) WHERE taken_by IS NULL")
+        cursor.execute("ANALYZE")
+
+
+def median_ms(work, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+# ---- placement ----------------------------------------------------------------------------------------------
+
+def _new_instances(count: int, region_slug: str):
+    from django.contrib.auth import get_user_model
+
+    from cells.models import Instance, Region
+
+    region = Region.objects.get(slug=region_slug)
+    owner = get_user_model().objects.get(username="bench")
+    start = Instance.objects.count()
+    made = Instance.objects.bulk_create([
+        Instance(name=f"new-{start + n}", owner=owner, region=region, server_version="1.0") for n in range(count)
+    ])
+    for instance in made:
+        instance.region = region
+    return made
+
+
+def placement_ms() -> float:
+    from django.db import transaction
+
+    from cells.placement import instance_place
+
+    instances = iter(_new_instances(PLACEMENTS, "bench"))
+
+    def one():
+        with transaction.atomic():
+            instance_place(instance=next(instances))
+
+    return median_ms(one, PLACEMENTS)
+
+
+def bare_allocation_ms() -> float:
+    import psycopg
+
+    with psycopg.connect(_dsn()) as conn:
+        counter = iter(range(10**9))
+
+        def one():
+            with conn.transaction():
+                conn.execute(
+                    "UPDATE bench_slots SET taken_by = %s WHERE id = (SELECT id FROM bench_slots "
+                    "WHERE taken_by IS NULL ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING id",
+                    [-next(counter)],
+                ).fetchone()
+
+        return median_ms(one, PLACEMENTS)
+
+
+def _hub_client(args):
+    ids, barrier = args
+    from django.db import connections, transaction
+
+    from cells.models import Instance
+    from cells.placement import instance_place
+
+    connections.close_all()
+    instances = list(Instance.objects.select_related("region").filter(pk__in=ids))
+    barrier.wait()
+    started = time.perf_counter()
+    for instance in instances:
+        with transaction.atomic():
+            instance_place(instance=instance)
+    return time.perf_counter() - started
+
+
+def _bare_client(args):
+    count, barrier = args
+    import psycopg
+
+    with psycopg.connect(_dsn()) as conn:
+        barrier.wait()
+        started = time.perf_counter()
+        for _ in range(count):
+            with conn.transaction():
+                conn.execute(
+                    "UPDATE bench_slots SET taken_by = 0 WHERE id = (SELECT id FROM bench_slots "
+                    "WHERE taken_by IS NULL ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING id"
+                ).fetchone()
+        return time.perf_counter() - started
+
+
+def _rate(client, jobs) -> float:
+    """Placements per second of ``len(jobs)`` processes running at once (wall time of the slowest)."""
+    from django.db import connections
+
+    connections.close_all()
+    context = multiprocessing.get_context("fork")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(len(jobs))
+        with context.Pool(len(jobs)) as pool:
+            seconds = pool.map(client, [(job, barrier) for job in jobs])
+    done = sum(len(job) if isinstance(job, list) else job for job in jobs)
+    return done / max(seconds)
+
+
+def concurrency_rates() -> dict:
+    ids = [instance.pk for instance in _new_instances(CLIENTS * PER_CLIENT + PER_CLIENT, "conc")]
+    single = _rate(_hub_client, [ids[:PER_CLIENT]])
+    many = _rate(_hub_client, [ids[PER_CLIENT * (n + 1):PER_CLIENT * (n + 2)] for n in range(CLIENTS)])
+    bare_single = _rate(_bare_client, [PER_CLIENT])
+    bare_many = _rate(_bare_client, [PER_CLIENT] * CLIENTS)
+    return {"single": single, "many": many, "bare_single": bare_single, "bare_many": bare_many}
+
+
+# ---- /metrics and the capacity page -------------------------------------------------------------------------
+
+def _run_sql(statements: list[str]):
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+            cursor.fetchall()
+
+
+def metrics_ms() -> float:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from portal.probes import HubCollector
+
+    def scrape():
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(HubCollector())
+        generate_latest(registry)
+
+    scrape()
+    return median_ms(scrape, 5)
+
+
+_HOLDING = "('decommissioning', 'failed', 'pending', 'provisioning', 'running', 'stopped', 'upgrading')"
+# Free slots per reef and kind from the rows, set-based: what /metrics and the capacity page show, bare.
+FREE_SLOTS_SQL = f"""
+SELECT r.id, r.max_instances - COALESCE(n.held, 0), cap.kind, cap.capacity - COALESCE(d.used, 0) - COALESCE(c.used, 0),
+       COALESCE(s.free, 0), COALESCE(s.used, 0)
+FROM cells_reef r
+LEFT JOIN (SELECT reef_id, COUNT(*) AS held FROM cells_instance WHERE state IN {_HOLDING} GROUP BY reef_id) n
+       ON n.reef_id = r.id
+LEFT JOIN (SELECT reef_id, kind, SUM(capacity) AS capacity FROM cells_pool WHERE status = 'available'
+           AND NOT dedicated GROUP BY reef_id, kind) cap ON cap.reef_id = r.id
+LEFT JOIN (SELECT p.reef_id, COUNT(*) AS used FROM cells_instance i JOIN cells_pool p ON p.id = i.database_pool_id
+           WHERE i.state IN {_HOLDING} GROUP BY p.reef_id) d ON d.reef_id = r.id AND cap.kind = 'database'
+LEFT JOIN (SELECT p.reef_id, COUNT(*) AS used FROM cells_instance i JOIN cells_pool p ON p.id = i.compute_pool_id
+           WHERE i.state IN {_HOLDING} GROUP BY p.reef_id) c ON c.reef_id = r.id AND cap.kind = 'compute'
+LEFT JOIN (SELECT p.reef_id, COUNT(*) FILTER (WHERE s.status = 'available') AS free,
+                  COUNT(*) FILTER (WHERE s.status <> 'available') AS used
+           FROM cells_share s JOIN cells_pool p ON p.id = s.pool_id GROUP BY p.reef_id) s
+       ON s.reef_id = r.id AND cap.kind = 'storage'
+"""
+METRICS_SQL = [
+    "SELECT state, region_id, COUNT(*) FROM cells_instance GROUP BY state, region_id",
+    FREE_SLOTS_SQL,
+    "SELECT kind, state, COUNT(*) FROM cells_operation GROUP BY kind, state",
+    "SELECT kind, state, COUNT(*), SUM(finished_at - started_at), COUNT(*) FILTER (WHERE finished_at - started_at "
+    "<= interval '60 seconds') FROM cells_operation WHERE state IN ('succeeded', 'failed') GROUP BY kind, state",
+    "SELECT id FROM cells_operation WHERE state IN ('queued', 'running')",
+    "SELECT COUNT(*) FROM cells_instance WHERE state IN ('running', 'stopped', 'upgrading')",
+    "SELECT b.kind, MIN(b.latest), MAX(b.latest), COUNT(*) FROM (SELECT x.instance_id, x.kind, MAX(x.taken_at) "
+    "AS latest FROM provisioning_backup x JOIN cells_instance i ON i.id = x.instance_id WHERE x.state = 'succeeded' "
+    "AND i.state IN ('running', 'stopped', 'upgrading') GROUP BY x.instance_id, x.kind) b GROUP BY b.kind",
+    "SELECT COUNT(*) FILTER (WHERE h.status = 'unhealthy'), COUNT(*) FILTER (WHERE h.flagged_at IS NOT NULL) "
+    "FROM cells_instance i LEFT JOIN provisioning_instancehealth h ON h.instance_id = i.id WHERE i.state = 'running'",
+    "SELECT kind, direction, COUNT(*) FROM provisioning_orphan WHERE state IN ('open', 'confirmed') "
+    "GROUP BY kind, direction",
+    "SELECT name, next_run FROM django_q_schedule",
+]
+CAPACITY_SQL = [
+    FREE_SLOTS_SQL,
+    "SELECT reef_id, COUNT(*) FROM cells_instance WHERE created_at > now() - interval '24 hours' GROUP BY reef_id",
+    "SELECT id, slug FROM cells_region",
+    "SELECT region_id, COUNT(*) FROM cells_capacityshortfall GROUP BY region_id",
+]
+
+
+def capacity_page():
+    """(median ms, bytes) of GET /admin/cells/reef/capacity/ as staff."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    user, _ = get_user_model().objects.get_or_create(username="bench-staff", defaults={"is_staff": True,
+                                                                                      "is_superuser": True})
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(user)
+    response = client.get("/admin/cells/reef/capacity/")
+    assert response.status_code == 200, response.status_code
+    return median_ms(lambda: client.get("/admin/cells/reef/capacity/"), 5), len(response.content)
+
+
+# ---- the run ------------------------------------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+    rows, first = [], {}
+    with tempfile.TemporaryDirectory(prefix="cellhub-bench-") as var_dir:
+        benchdb.setup_django(BENCH_DB, var_dir)
+        try:
+            for size in sizes:
+                started = time.perf_counter()
+                build_fleet(size)
+                built = time.perf_counter() - started
+                figures = {
+                    "placement": (placement_ms(), bare_allocation_ms()),
+                    "/metrics": (metrics_ms(), median_ms(lambda: _run_sql(METRICS_SQL), 5)),
+                }
+                page_ms, page_bytes = capacity_page()
+                figures["capacity page"] = (page_ms, median_ms(lambda: _run_sql(CAPACITY_SQL), 5))
+                print(f"fleet {size:,}: built in {built:.1f} s; capacity page {page_bytes:,} bytes", flush=True)
+                for name, (hub, bare) in figures.items():
+                    first.setdefault(name, hub)
+                    rows.append((size, name, hub, bare, hub / bare, hub / first[name]))
+            conc = concurrency_rates()
+        finally:
+            benchdb.drop_database(BENCH_DB)
+    goals = {"placement": "≤ 3×, flat ±20%", "/metrics": "≤ 2×, growth ≤ 5×", "capacity page": "≤ 2×, growth ≤ 5×"}
+    print(f"\n{'fleet':>8}  {'figure':<14} {'hub ms':>9} {'bare ms':>9} {'ratio':>7} {'vs first':>9}  goal")
+    for size, name, hub, bare, ratio, growth in rows:
+        print(f"{size:>8,}  {name:<14} {hub:>9.2f} {bare:>9.2f} {ratio:>6.2f}× {growth:>8.2f}×  {goals[name]}")
+    print(f"\nplacement, {CLIENTS} clients over {CLIENTS} reefs vs 1 client (largest fleet):")
+    print(f"  hub  {conc['single']:8.0f}/s → {conc['many']:8.0f}/s  {conc['many'] / conc['single']:.2f}× (goal ≥ 4×)")
+    print(f"  bare {conc['bare_single']:8.0f}/s → {conc['bare_many']:8.0f}/s  "
+          f"{conc['bare_many'] / conc['bare_single']:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
