@@ -138,7 +138,13 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
+    "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.NewestFirst",
+    # JSON (bounded: size, depth, NUL) and forms; anything else is a 415 in the error shape.
+    "DEFAULT_PARSER_CLASSES": [
+        "portal.api.parsers.HubJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "portal.api.errors.api_exception_handler",
     "DEFAULT_THROTTLE_RATES": {"signup": env.str("CELLHUB_SIGNUP_RATE", default="20/hour")},

@@ -15,10 +15,10 @@ from portal.api.filtersets import (
     InstanceFilterSet,
 )
 from portal.api.idempotency import idempotent
+from portal.api.pagination import NewestFirst
 from portal.api.views.common import (
     IDEMPOTENCY_HEADER,
     AuditedWrites,
-    NewestFirst,
     accepted,
 )
 from portal.roles import is_staff_reader

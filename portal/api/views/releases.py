@@ -9,7 +9,8 @@ from cells.models import Release, Rollout
 from cells.states import RELEASE
 from portal.api import permissions as perms
 from portal.api import serializers as s
-from portal.api.views.common import AnnotatedWrites, AuditedWrites, NewestFirst
+from portal.api.pagination import NewestFirst
+from portal.api.views.common import AnnotatedWrites, AuditedWrites
 from provisioning import rollouts
 
 

@@ -5,9 +5,9 @@ from rest_framework.response import Response
 
 from portal.api import permissions as perms
 from portal.api import serializers as s
+from portal.api.pagination import NewestFirst
 from portal.api.views.common import (
     AuditedWrites,
-    NewestFirst,
 )
 from portal.models import ApiToken
 
