@@ -114,3 +114,8 @@ def regions_with_capacity(queryset: QuerySet | None = None) -> QuerySet:
         ),
         free_instance_slots=Greatest(F("active_capacity") - F("instances_in_active_reefs"), Value(0)),
     )
+
+
+def reef_instance_count(*, reef: Reef) -> int:
+    """How many slot-holding instances (every state but decommissioned) the reef holds."""
+    return Instance.objects.filter(reef=reef, state__in=_HOLDING).count()

@@ -24,11 +24,21 @@ BEGIN
     SELECT RAISE(ABORT, 'CHECK constraint failed: pool_capacity_covers_shares')
         WHERE EXISTS (SELECT 1 FROM cells_share WHERE pool_id = NEW.id AND slot >= NEW.capacity);
 END;""",
+    """CREATE TRIGGER IF NOT EXISTS cells_pool_capacity_covers_instances BEFORE UPDATE OF capacity, kind ON cells_pool
+FOR EACH ROW
+BEGIN
+    SELECT RAISE(ABORT, 'CHECK constraint failed: pool_capacity_covers_instances')
+        WHERE (NEW.kind = 'database' AND (SELECT count(*) FROM cells_instance
+                 WHERE database_pool_id = NEW.id AND state <> 'decommissioned') > NEW.capacity)
+           OR (NEW.kind = 'compute' AND (SELECT count(*) FROM cells_instance
+                 WHERE compute_pool_id = NEW.id AND state <> 'decommissioned') > NEW.capacity);
+END;""",
 ]
 DROP = [
     "DROP TRIGGER IF EXISTS cells_share_slot_check_insert",
     "DROP TRIGGER IF EXISTS cells_share_slot_check_update",
     "DROP TRIGGER IF EXISTS cells_pool_capacity_check",
+    "DROP TRIGGER IF EXISTS cells_pool_capacity_covers_instances",
 ]
 
 
@@ -51,7 +61,7 @@ def create_after_migrate(sender, using="default", **kwargs):
     if connection is None:
         return
     tables = set(connection.introspection.table_names())
-    if {"cells_pool", "cells_share"} <= tables:
+    if {"cells_pool", "cells_share", "cells_instance"} <= tables:
         with connection.cursor() as cursor:
             for statement in CREATE:
                 cursor.execute(statement)

@@ -1,7 +1,7 @@
 """A PostgreSQL server as a database pool: a database and a login role of its own per instance.
 
 Pool config (no secrets): ``host``, ``port``, ``admin_user`` (default ``postgres``), ``admin_database``
-(default ``postgres``), ``admin_password_env`` (the name of the environment variable holding the admin
+(default ``postgres``), ``admin_password_env`` (the name of the ``CELLHUB_POOL_SECRET_…`` variable holding the admin
 password; unset means no password, e.g. trust or peer auth), ``sslmode``, ``bin_dir`` (where
 ``pg_dump``/``pg_restore`` are, when not on the PATH nor under ``/usr/lib/postgresql/*/bin``).
 Each instance's role owns its database; ``CONNECT`` is revoked from ``PUBLIC``, so no other
