@@ -1,6 +1,8 @@
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
+from portal import checks  # noqa: F401 — registers the hub's system checks
+
 
 def _grant_read_only_staff_view_permissions(sender, **kwargs):
     """Keep the read-only staff group able to view every model (permissions appear after migrate)."""

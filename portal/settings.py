@@ -200,7 +200,9 @@ CELLHUB = {
     # Every resource the hub creates is named <prefix>-<kind><id>, so ours are told from others'.
     "RESOURCE_PREFIX": env.str("CELLHUB_RESOURCE_PREFIX", default="cellhub"),
     # Instance passwords are derived from this key (HMAC), never stored.
-    "CREDENTIAL_KEY": env.str("CELLHUB_CREDENTIAL_KEY", default="") or SECRET_KEY,
+    # Instance database passwords are derived from this key. Production must set its own, apart from SECRET_KEY
+    # (a system check refuses to start without it); only DEBUG falls back to SECRET_KEY.
+    "CREDENTIAL_KEY": env.str("CELLHUB_CREDENTIAL_KEY", default="") or (SECRET_KEY if DEBUG else ""),
     # DNS provider for every region (local, azure_dns, route53); empty: the region's cloud decides.
     "DNS_PROVIDER": env.str("CELLHUB_DNS_PROVIDER", default=""),
     # Transient driver errors: attempts per step and the backoff between them (seconds, doubling).

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from cells.validators import POOL_SECRET_ENV_PREFIX, pool_secret_env_allowed
 
@@ -55,6 +56,8 @@ def derive_secret(purpose: str, pk: int, length: int = 32) -> str:
     (``create_database``) re-applies the current one.
     """
     key = settings.CELLHUB["CREDENTIAL_KEY"].encode()
+    if not key:  # never derive passwords from an empty (guessable) key; see portal.checks
+        raise ImproperlyConfigured("CELLHUB_CREDENTIAL_KEY is required to derive instance passwords")
     digest = hmac.new(key, f"{purpose}:{pk}".encode(), hashlib.sha256).hexdigest()
     # Mixed classes so cloud password policies (upper, lower, digit, symbol) accept it.
     return f"Ch{digest[: length - 4]}!9"

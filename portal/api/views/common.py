@@ -7,7 +7,7 @@ from rest_framework.response import Response
 from cells.audit import FAILED, REFUSED, SUCCEEDED, audit_record, request_fields
 from portal.api import serializers as s
 from portal.api.idempotency import REPLAYED_HEADER
-from portal.api.parsers import body_too_large
+from portal.api.parsers import body_too_large, nul_path
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
@@ -42,7 +42,7 @@ class AuditedWrites:
 
     It also reads the request before any work starts, so every bad input is refused in the error shape
     first: a NUL character in the path (404) or a query parameter (400), a body over the size limit (413),
-    a body that is not JSON or a form (415) or that does not parse (400).
+    a body that is not JSON or a form (415), that does not parse or holds a NUL character (400).
     """
 
     _audit_target = None
@@ -58,7 +58,10 @@ class AuditedWrites:
             too_large = body_too_large(_content_length(request))
             if too_large is not None:
                 raise too_large
-            request.data  # noqa: B018 — parse now: a body that cannot be read stops the request before any work
+            data = request.data  # parse now: a body that cannot be read stops the request before any work
+            where = nul_path({key: values for key, values in data.lists()} if hasattr(data, "lists") else data)
+            if where is not None:  # forms too: PostgreSQL cannot store U+0000
+                raise exceptions.ValidationError({where.split("[")[0]: ["NUL characters are not allowed."]})
 
     def get_object(self):
         obj = super().get_object()

@@ -105,3 +105,8 @@ def test_a_nul_in_a_path_is_404_in_the_error_shape(world, path):
 @pytest.mark.parametrize("query", ["name=a%00b", "state=run%00ning", "a%00b=1", "region=%00"])
 def test_a_nul_in_a_filter_is_400_in_the_error_shape(world, query):
     _shape(world["clients"]["staff"].get(f"/api/v1/instances/?{query}"), 400)
+
+
+def test_a_nul_character_in_a_form_field_is_400_naming_the_field(world):
+    response = world["clients"]["staff"].post("/api/v1/regions/", {"slug": "nul", "name": "a\x00b"})
+    assert "name" in _shape(response, 400)["fields"]
