@@ -23,7 +23,13 @@ from cells.choices import (
     ShareStatus,
 )
 from cells.thresholds import thresholds_validate
-from cells.validators import validate_instance_name
+from cells.validators import (
+    validate_image_reference,
+    validate_instance_name,
+    validate_pool_config,
+    validate_release_version,
+    validate_safe_text,
+)
 
 
 class _DatabaseCounted(models.Model):
@@ -47,10 +53,11 @@ class Region(models.Model):
     """One cloud region; only an active region takes signups."""
 
     slug = models.SlugField(max_length=50, unique=True)
-    name = models.CharField(max_length=100)
+    name = models.CharField(max_length=100, validators=[validate_safe_text])
     cloud = models.CharField(max_length=10, choices=choices.Cloud.choices, default=choices.Cloud.LOCAL)
     location = models.CharField(
-        max_length=50, blank=True, help_text="The provider's own location code, e.g. westus2 or us-east-1."
+        max_length=50, blank=True, validators=[validate_safe_text],
+        help_text="The provider's own location code, e.g. westus2 or us-east-1.",
     )
     status = models.CharField(
         max_length=10, choices=choices.RegionStatus.choices, default=choices.RegionStatus.ACTIVE, db_index=True
@@ -155,7 +162,10 @@ class Pool(_DatabaseCounted):
     capacity = models.PositiveIntegerField(help_text="Slots: databases, shares or deployments the pool holds.")
     status = models.CharField(max_length=12, choices=PoolStatus.choices, default=PoolStatus.PROVISIONING, db_index=True)
     dedicated = models.BooleanField(default=False, help_text="Reserved for a single instance.")
-    config = models.JSONField(default=dict, blank=True)
+    config = models.JSONField(
+        default=dict, blank=True, validators=[validate_pool_config],
+        help_text="A JSON object; keys ending in _env name the CELLHUB_POOL_SECRET_… variable holding a secret.",
+    )
     status_reason = models.CharField(max_length=500, blank=True, help_text="Why and by whom the status last changed.")
     replaces = models.ForeignKey(
         "self",
@@ -418,8 +428,9 @@ class CapacityShortfall(models.Model):
 class Release(models.Model):
     """A server version instances can run. The ``default`` release is what new signups get (one at most)."""
 
-    version = models.CharField(max_length=50, unique=True)
-    image = models.CharField(max_length=255, help_text="Container image without the tag; the version is the tag.")
+    version = models.CharField(max_length=50, unique=True, validators=[validate_release_version])
+    image = models.CharField(max_length=255, validators=[validate_image_reference],
+                             help_text="Container image without the tag; the version is the tag.")
     notes = models.TextField(blank=True)
     state = models.CharField(max_length=10, choices=choices.ReleaseState.choices, default=choices.ReleaseState.DRAFT)
     created_at = models.DateTimeField(auto_now_add=True)

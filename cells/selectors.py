@@ -90,3 +90,8 @@ def regions_with_capacity(queryset: QuerySet | None = None) -> QuerySet:
         instances_in_active_reefs=_sum(active_reefs, "region", "placed_instances"),
         free_instance_slots=Greatest(F("active_capacity") - F("instances_in_active_reefs"), Value(0)),
     )
+
+
+def reef_instance_count(*, reef: Reef) -> int:
+    """How many slot-holding instances (every state but decommissioned) the reef holds: its counter, read fresh."""
+    return Reef.objects.filter(pk=reef.pk).values_list("placed_instances", flat=True).get()

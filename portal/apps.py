@@ -1,6 +1,7 @@
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
+from portal import checks  # noqa: F401 — registers the hub's system checks
 from portal.roles import READ_ONLY_STAFF_GROUP
 
 

@@ -162,7 +162,13 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
+    "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.NewestFirst",
+    # JSON (bounded: size, depth, NUL) and forms; anything else is a 415 in the error shape.
+    "DEFAULT_PARSER_CLASSES": [
+        "portal.api.parsers.HubJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "portal.api.errors.api_exception_handler",
     # signup: per account (API) or per address (site form); token_obtain: the password grant, per address.
@@ -226,7 +232,9 @@ CELLHUB = {
     # Every resource the hub creates is named <prefix>-<kind><id>, so ours are told from others'.
     "RESOURCE_PREFIX": env.str("CELLHUB_RESOURCE_PREFIX", default="cellhub"),
     # Instance passwords are derived from this key (HMAC), never stored.
-    "CREDENTIAL_KEY": env.str("CELLHUB_CREDENTIAL_KEY", default="") or SECRET_KEY,
+    # Instance database passwords are derived from this key. Production must set its own, apart from SECRET_KEY
+    # (a system check refuses to start without it); only DEBUG falls back to SECRET_KEY.
+    "CREDENTIAL_KEY": env.str("CELLHUB_CREDENTIAL_KEY", default="") or (SECRET_KEY if DEBUG else ""),
     # DNS provider for every region (local, azure_dns, route53); empty: the region's cloud decides.
     "DNS_PROVIDER": env.str("CELLHUB_DNS_PROVIDER", default=""),
     # Transient driver errors: attempts per step and the backoff between them (seconds, doubling).

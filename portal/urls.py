@@ -3,11 +3,11 @@ from functools import wraps
 
 from django.contrib import admin
 from django.urls import include, path
-from django.views.defaults import page_not_found, server_error
+from django.views.defaults import bad_request, page_not_found, server_error
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from portal import probes
-from portal.api.errors import json_not_found, json_server_error
+from portal.api.errors import json_bad_request, json_not_found, json_server_error
 
 admin.site.site_header = "Cell Hub — support"
 admin.site.site_title = "Cell Hub"
@@ -45,6 +45,13 @@ urlpatterns = [
     path("metrics", probes.metrics, name="metrics"),
     path("", include("portal.site.urls")),
 ]
+
+
+def handler400(request, exception=None):
+    """API paths answer in the API's error shape (a body over the size limit: 413); pages get Django's page."""
+    if request.path.startswith("/api/"):
+        return json_bad_request(request, exception)
+    return bad_request(request, exception)
 
 
 def handler404(request, exception=None):

@@ -16,7 +16,9 @@ detected on reading. The key id (first 8 hex of the SHA-256 of the key) names th
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import io
 import os
 import struct
@@ -242,3 +244,25 @@ def delete_local_backup(location: str) -> None:
     path = local_file(location)
     path.unlink(missing_ok=True)
     path.with_name(path.name + ".partial").unlink(missing_ok=True)
+
+
+SCRAM_ITERATIONS = 4096  # PostgreSQL's default (scram_iterations)
+
+
+def scram_sha256_verifier(password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677, PostgreSQL's format
+    ``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>``, base64).
+
+    Sent in ``CREATE/ALTER ROLE … PASSWORD '<verifier>'``, the server stores it as is: the plaintext never
+    reaches the server, its statement log or ``pg_stat_statements``. ``password`` must be ASCII (SASLprep
+    leaves it unchanged then); the hub's derived passwords are. A fresh random salt unless one is given.
+    """
+    if not password.isascii():
+        raise ValueError("only ASCII passwords are supported (SASLprep is not applied)")
+    salt = os.urandom(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    salt64, stored64, server64 = (base64.b64encode(raw).decode() for raw in (salt, stored_key, server_key))
+    return f"SCRAM-SHA-256${iterations}:{salt64}${stored64}:{server64}"

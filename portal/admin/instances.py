@@ -188,11 +188,11 @@ class InstanceAdmin(AuditedModelAdmin):
         verb = "Pinned to their versions (rollouts leave them alone)" if pinned else "Unpinned"
         self.message_user(request, f"{verb}: {', '.join(names)}", messages.SUCCESS)
 
-    @admin.action(description="Pin to the current version (exempt from rollouts)")
+    @admin.action(description="Pin to the current version (exempt from rollouts)", permissions=["change"])
     def pin_version(self, request, queryset):
         self._set_pinned(request, queryset, True)
 
-    @admin.action(description="Unpin (rollouts may upgrade them)")
+    @admin.action(description="Unpin (rollouts may upgrade them)", permissions=["change"])
     def unpin_version(self, request, queryset):
         self._set_pinned(request, queryset, False)
 
@@ -237,7 +237,7 @@ class InstanceAdmin(AuditedModelAdmin):
             flag, summary, url, rows,
         )
 
-    @admin.action(description="Retry the failed provision of the selected instances")
+    @admin.action(description="Retry the failed provision of the selected instances", permissions=["change"])
     def retry_provision(self, request, queryset):
         failed = Operation.objects.filter(
             instance__in=queryset, kind=OperationKind.PROVISION, state__in=list(OPERATION_RETRYABLE_STATES)

@@ -23,22 +23,22 @@ class ReleaseAdmin(AuditedModelAdmin):
     readonly_fields = ["state", "created_at"]
     actions = ["make_available", "make_default", "withdraw", "start_rollout"]
 
-    @admin.action(description="Make available (may be rolled out)")
+    @admin.action(description="Make available (may be rolled out)", permissions=["change"])
     def make_available(self, request, queryset):
         _each(self, request, queryset, lambda r: RELEASE.change(r, ReleaseState.AVAILABLE), "Available")
 
-    @admin.action(description="Make the default for new signups")
+    @admin.action(description="Make the default for new signups", permissions=["change"])
     def make_default(self, request, queryset):
         if queryset.count() != 1:
             self.message_user(request, "Choose exactly one release to be the default.", messages.ERROR)
             return
         _each(self, request, queryset, lambda r: rollouts.release_make_default(release=r), "Default")
 
-    @admin.action(description="Withdraw (no new rollouts or signups)")
+    @admin.action(description="Withdraw (no new rollouts or signups)", permissions=["change"])
     def withdraw(self, request, queryset):
         _each(self, request, queryset, lambda r: RELEASE.change(r, ReleaseState.WITHDRAWN), "Withdrawn")
 
-    @admin.action(description="Plan and start a rollout (defaults: batches of 10, 60 min bake)")
+    @admin.action(description="Plan and start a rollout (defaults: batches of 10, 60 min bake)", permissions=["change"])
     def start_rollout(self, request, queryset):
         def plan_and_start(release):
             rollout = rollouts.rollout_create(release=release, requested_by=request.user)
@@ -90,22 +90,22 @@ class RolloutAdmin(AuditedModelAdmin):
         )
         return ", ".join(names) or "—"
 
-    @admin.action(description="Start")
+    @admin.action(description="Start", permissions=["change"])
     def start(self, request, queryset):
         _each(self, request, queryset, lambda r: rollouts.rollout_start(rollout=r, requested_by=request.user),
               "Started")
 
-    @admin.action(description="Pause")
+    @admin.action(description="Pause", permissions=["change"])
     def pause(self, request, queryset):
         _each(self, request, queryset, lambda r: rollouts.rollout_pause(rollout=r, requested_by=request.user),
               "Paused")
 
-    @admin.action(description="Resume")
+    @admin.action(description="Resume", permissions=["change"])
     def resume(self, request, queryset):
         _each(self, request, queryset, lambda r: rollouts.rollout_resume(rollout=r, requested_by=request.user),
               "Resumed")
 
-    @admin.action(description="Cancel")
+    @admin.action(description="Cancel", permissions=["change"])
     def cancel(self, request, queryset):
         _each(self, request, queryset, lambda r: rollouts.rollout_cancel(rollout=r, requested_by=request.user),
               "Cancelled")

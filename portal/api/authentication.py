@@ -1,4 +1,5 @@
-"""``Authorization: Bearer ch_<prefix>_<secret>`` — per-user API tokens, with failed attempts throttled per address."""
+"""``Authorization: Bearer ch_<prefix>_<secret>`` — per-user API tokens, with failed attempts throttled per address
+and token."""
 import hmac
 from datetime import timedelta
 
@@ -17,16 +18,23 @@ def _client_address(request) -> str:
     return request.META.get("REMOTE_ADDR", "unknown")
 
 
-def _failure_key(request) -> str:
-    return f"cellhub:token-failures:{_client_address(request)}"
+# Failures with no real token's prefix (guessed prefixes, malformed headers) count together per address.
+UNKNOWN_TOKEN = "*"
+
+
+def _failure_key(request, token_prefix: str) -> str:
+    """One counter per client address *and* token: bad tokens from one address behind a proxy never lock out
+    the other clients behind it, and guessing one token's secret is limited wherever it comes from."""
+    return f"cellhub:token-failures:{_client_address(request)}:{token_prefix}"
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
     """Tokens are looked up by prefix and proven by a constant-time comparison of the secret's hash.
 
-    Expired, revoked or unknown tokens are refused with 401. After ``TOKEN_FAILURES_PER_WINDOW``
-    failures from one address inside ``TOKEN_FAILURE_WINDOW_SECONDS`` every token attempt from it is
-    answered 429 until the window passes.
+    Expired, revoked, unknown tokens and those of deactivated users are refused with 401. After
+    ``TOKEN_FAILURES_PER_WINDOW`` failures from one address with one token's prefix (or with prefixes of no
+    token at all) inside ``TOKEN_FAILURE_WINDOW_SECONDS``, attempts from that address with that prefix (or
+    with unknown prefixes) are answered 429 until the window passes; other tokens from the address still work.
     """
 
     keyword = "bearer"
@@ -36,31 +44,30 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         if not parts or parts[0].lower() != self.keyword.encode():
             return None
         limit, window = settings.CELLHUB["TOKEN_FAILURES_PER_WINDOW"], settings.CELLHUB["TOKEN_FAILURE_WINDOW_SECONDS"]
-        if cache.get(_failure_key(request), 0) >= limit:
-            raise exceptions.Throttled(wait=window, detail="Too many failed token attempts from this address.")
-        if len(parts) != 2:
-            self._fail(request, window)
-        try:
-            scheme, prefix, secret = parts[1].decode().split("_", 2)
-        except (UnicodeDecodeError, ValueError):
-            self._fail(request, window)
         token = None
-        if scheme == TOKEN_SCHEME:
-            token = ApiToken.objects.select_related("user").filter(prefix=prefix).first()
+        if len(parts) == 2:
+            try:
+                scheme, prefix, secret = parts[1].decode().split("_", 2)
+            except (UnicodeDecodeError, ValueError):
+                scheme = prefix = secret = ""
+            if scheme == TOKEN_SCHEME and prefix and "\x00" not in prefix:
+                token = ApiToken.objects.select_related("user").filter(prefix=prefix).first()
+        key = _failure_key(request, token.prefix if token is not None else UNKNOWN_TOKEN)
+        if cache.get(key, 0) >= limit:
+            raise exceptions.Throttled(wait=window, detail="Too many failed attempts with this token from here.")
         if (
             token is None
             or not hmac.compare_digest(token.secret_hash, hash_token_secret(secret))
             or not token.is_usable
             or not token.user.is_active
         ):
-            self._fail(request, window)
+            self._fail(key, window)
         now = timezone.now()
         if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
             ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         return token.user, token
 
-    def _fail(self, request, window):
-        key = _failure_key(request)
+    def _fail(self, key, window):
         cache.add(key, 0, timeout=window)
         try:
             cache.incr(key)

@@ -5,7 +5,7 @@ signup refusals) and anything unexpected (→ 500 without a stack trace) all lea
 """
 import logging
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.http import Http404, JsonResponse
@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from cells.errors import INVALID, NO_CAPACITY, Refused
+from portal.api.parsers import BodyTooLarge
 
 logger = logging.getLogger(__name__)
 CAPACITY_RETRY_AFTER_SECONDS = 300
@@ -62,6 +63,8 @@ def _translate(exc):
     if isinstance(exc, IntegrityError):  # a rule the database enforces that validation did not catch first
         return HubRefusal("This conflicts with a rule of the hub: " + str(exc).splitlines()[0], code="conflict",
                           status_code=status.HTTP_409_CONFLICT)
+    if isinstance(exc, RequestDataTooBig):  # a form body over DATA_UPLOAD_MAX_MEMORY_SIZE
+        return BodyTooLarge()
     if isinstance(exc, Http404):
         return exceptions.NotFound()
     if isinstance(exc, PermissionDenied):
@@ -104,6 +107,13 @@ def _plain(detail):
 def json_not_found(request, exception=None):
     """404 for paths outside the API's routes, in the API's shape (installed for /api/ by portal.urls)."""
     return JsonResponse(error_body("not_found", "Not found."), status=404)
+
+
+def json_bad_request(request, exception=None):
+    """400 (413 for a body over the size limit) for /api/ requests Django refused before any view ran."""
+    if isinstance(exception, RequestDataTooBig):
+        return JsonResponse(error_body("too_large", "The request body is too large."), status=413)
+    return JsonResponse(error_body("bad_request", "Bad request."), status=400)
 
 
 def json_server_error(request):

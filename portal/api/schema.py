@@ -26,6 +26,8 @@ DESCRIPTIONS = {
     "403": "Signed in, but the role may not do this.",
     "404": "No such object (or not yours).",
     "409": "The object's current state forbids this (`current_state`), or the same work is in progress.",
+    "413": "The request body is larger than the hub accepts.",
+    "415": "The body is neither JSON nor a form.",
     "422": "The Idempotency-Key was used for a different request.",
     "429": "Too many requests (signups or failed token attempts).",
 }
@@ -40,7 +42,7 @@ def add_error_responses(result, generator, request, public):
                 continue
             statuses = ["401", "403", "404", "429"]
             if method != "get":
-                statuses += ["400", "409", "422"]
+                statuses += ["400", "409", "413", "415", "422"]
             elif "{" not in "".join(path_item.get("parameters", [])):
                 statuses.append("400")  # a bad filter value
             responses = operation.setdefault("responses", {})

@@ -6,6 +6,8 @@ from rest_framework import serializers
 from cells.choices import PROVIDERS_BY_KIND, InstanceState, OperationState
 from cells.models import Instance, Operation, Pool, Reef, Region, Release, Rollout, RolloutWave, Share
 from cells.placement import region_takes_signups
+from cells.selectors import reef_instance_count
+from cells.services import pool_change, pool_register
 from cells.validators import validate_instance_name
 from portal.models import ApiToken
 from portal.roles import is_staff_reader
@@ -44,6 +46,13 @@ class ReefSerializer(serializers.ModelSerializer):
         read_only_fields = ["status", "created_at"]
         extra_kwargs = {"max_instances": {"min_value": 1}}
 
+    def validate_max_instances(self, value):
+        if self.instance is not None:
+            placed = reef_instance_count(reef=self.instance)
+            if value < placed:
+                raise serializers.ValidationError(f"{placed} instances are on this reef; it cannot hold fewer.")
+        return value
+
 
 class PoolSerializer(serializers.ModelSerializer):
     used_slots = serializers.IntegerField(read_only=True)
@@ -63,6 +72,14 @@ class PoolSerializer(serializers.ModelSerializer):
             allowed = ", ".join(PROVIDERS_BY_KIND.get(kind, ()))
             raise serializers.ValidationError({"provider": [f"A {kind} pool takes one of: {allowed}."]})
         return attrs
+
+    def create(self, validated_data):
+        """POST registers a pool whose host exists already: available at once (see ``pool_register``)."""
+        return pool_register(**validated_data)
+
+    def update(self, pool, validated_data):
+        """Changes go through ``pool_change``: nothing it holds may be broken (capacity, provider, host)."""
+        return pool_change(pool=pool, **validated_data)
 
 
 class ShareSerializer(serializers.ModelSerializer):

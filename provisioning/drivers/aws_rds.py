@@ -2,7 +2,7 @@
 
 Pool config (no secrets):
 
-- ``master_password_env``: the name of the environment variable holding the master password (required);
+- ``master_password_env``: the name of the ``CELLHUB_POOL_SECRET_…`` variable holding the master password (required);
 - ``db_instance_identifier`` (default ``<prefix>-p<pool id>``), ``master_username`` (default ``cellhub_admin``);
 - ``instance_class`` (default ``db.t4g.medium``), ``allocated_storage_gib`` (default 100),
   ``engine_version`` (default: RDS's), ``backup_retention_days`` (default 7), ``multi_az`` (default false),

@@ -3,7 +3,7 @@
 Pool config (no secrets):
 
 - ``subscription_id``, ``resource_group``, ``server`` (the logical server's name), ``elastic_pool``: required;
-- ``admin_password_env``: the name of the environment variable holding the server admin's password
+- ``admin_password_env``: the name of the ``CELLHUB_POOL_SECRET_…`` variable holding the server admin's password
   (required to create the server and to create the instance users over T-SQL); ``admin_login``
   (default ``cellhubadmin``);
 - ``location`` (default: the region's location), ``elastic_pool_sku`` (default

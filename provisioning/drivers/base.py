@@ -19,6 +19,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from cells.validators import POOL_SECRET_ENV_PREFIX, pool_secret_env_allowed
 
 if TYPE_CHECKING:
     from cells.models import Instance, Pool, Region, Share
@@ -53,6 +56,8 @@ def derive_secret(purpose: str, pk: int, length: int = 32) -> str:
     (``create_database``) re-applies the current one.
     """
     key = settings.CELLHUB["CREDENTIAL_KEY"].encode()
+    if not key:  # never derive passwords from an empty (guessable) key; see portal.checks
+        raise ImproperlyConfigured("CELLHUB_CREDENTIAL_KEY is required to derive instance passwords")
     digest = hmac.new(key, f"{purpose}:{pk}".encode(), hashlib.sha256).hexdigest()
     # Mixed classes so cloud password policies (upper, lower, digit, symbol) accept it.
     return f"Ch{digest[: length - 4]}!9"
@@ -109,14 +114,22 @@ class DeploymentStatus:
 def secret_from_environment(pool: Pool, config_key: str, *, what: str, required: bool = True) -> str | None:
     """The secret held by the environment variable whose *name* the pool's config gives under ``config_key``.
 
-    The database stores only the variable's name. Raises ``PermanentDriverError`` naming what is missing:
-    the config key (when ``required``) or the variable. Returns None when not required and not configured.
+    The database stores only the variable's name, and only a name the allow-list admits
+    (``CELLHUB_POOL_SECRET_…``, see ``cells.validators.pool_secret_env_allowed``) is read: checked again here,
+    at read time, so a config written around the validation still cannot reach the hub's own secrets.
+    Raises ``PermanentDriverError`` naming what is missing or refused: the config key (when ``required``), a
+    name outside the allow-list, or the variable. Returns None when not required and not configured.
     """
     env_name = (pool.config or {}).get(config_key)
     if not env_name:
         if not required:
             return None
         raise PermanentDriverError(f"pool {pool}: config is missing {config_key}")
+    if not pool_secret_env_allowed(env_name):
+        raise PermanentDriverError(
+            f"pool {pool}: {config_key} names {env_name!r}; only variables starting with {POOL_SECRET_ENV_PREFIX} "
+            "may hold a pool's secret"
+        )
     value = os.environ.get(env_name)
     if not value:
         raise PermanentDriverError(f"pool {pool}: environment variable {env_name} ({what}) is not set")

@@ -1,11 +1,12 @@
 """A PostgreSQL server as a database pool: a database and a login role of its own per instance.
 
 Pool config (no secrets): ``host``, ``port``, ``admin_user`` (default ``postgres``), ``admin_database``
-(default ``postgres``), ``admin_password_env`` (the name of the environment variable holding the admin
+(default ``postgres``), ``admin_password_env`` (the name of the ``CELLHUB_POOL_SECRET_…`` variable holding the admin
 password; unset means no password, e.g. trust or peer auth), ``sslmode``, ``bin_dir`` (where
 ``pg_dump``/``pg_restore`` are, when not on the PATH nor under ``/usr/lib/postgresql/*/bin``).
-Each instance's role owns its database; ``CONNECT`` is revoked from ``PUBLIC``, so no other
-instance's login can open it.
+Each instance's role owns its database; ``CONNECT`` is revoked from ``PUBLIC`` there and on the server's
+maintenance databases (``postgres``, ``template1``), so a login opens its own database and nothing else. Passwords
+reach the server only as SCRAM-SHA-256 verifiers.
 
 Backups are ``pg_dump --format=custom`` files taken as the admin from an exported snapshot (so the
 moment they hold is known exactly), streamed through Fernet encryption into
@@ -43,10 +44,19 @@ RESTORED_COMMENT = "cellhub-restore: done"
 _UNREACHABLE = ("could not connect", "connection to server", "Connection refused", "timeout expired")
 
 
+# Databases every PostgreSQL server has, which PUBLIC may connect to by default: an instance's login could open
+# them and look around (other tenants' roles and database names). On servers the hub runs they are closed.
+MAINTENANCE_DATABASES = ("postgres", "template1")
+
+
 def role_statements(*, login: str, password: str, role_exists: bool) -> list[sql.Composed]:
-    """Create the login role (no privileges beyond logging in), or re-apply its password."""
+    """Create the login role (no privileges beyond logging in), or re-apply its password.
+
+    The statement carries the password's SCRAM-SHA-256 verifier, never the password: a statement log or
+    ``pg_stat_statements`` on the server holds nothing a client could log in with.
+    """
     role = sql.Identifier(login)
-    password_literal = sql.Literal(password)
+    password_literal = sql.Literal(crypto.scram_sha256_verifier(password))
     if role_exists:
         role_statement = sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(role, password_literal)
     else:
@@ -65,12 +75,21 @@ def isolation_statements(*, database: str, login: str) -> list[sql.Composed]:
     ]
 
 
-def provision_role_and_database(cursor, *, database: str, login: str, password: str, admin_joins_role=False) -> None:
+def maintenance_lock_statements() -> list[sql.Composed]:
+    """PUBLIC loses CONNECT on the server's maintenance databases (``postgres``, ``template1``); superusers,
+    the hub's admin among them, still connect."""
+    return [sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+            for name in MAINTENANCE_DATABASES]
+
+
+def provision_role_and_database(cursor, *, database: str, login: str, password: str, admin_joins_role=False,
+                                lock_maintenance_databases=False) -> None:
     """Create (or find) the login role and the database it owns; re-apply the password and the isolation grants.
 
     Safe against a concurrent twin (duplicates are taken as made). ``admin_joins_role``: the admin grants
     itself the new role first, which a master user that is not a superuser (RDS) needs to create a
-    database owned by that role.
+    database owned by that role. ``lock_maintenance_databases``: on a server the hub runs (its admin a
+    superuser), also close ``postgres`` and ``template1`` to PUBLIC, so the login reaches its database only.
     """
     cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [login])
     role_exists = cursor.fetchone() is not None
@@ -91,6 +110,9 @@ def provision_role_and_database(cursor, *, database: str, login: str, password: 
             pass
     for statement in isolation_statements(database=database, login=login):
         cursor.execute(statement)
+    if lock_maintenance_databases:
+        for statement in maintenance_lock_statements():
+            cursor.execute(statement)
 
 
 class PostgresDatabaseDriver(DatabaseDriver):
@@ -170,7 +192,8 @@ class PostgresDatabaseDriver(DatabaseDriver):
         database, login, password = self.database_name(instance), self.login_name(instance), self.password(instance)
 
         def work(cursor):
-            provision_role_and_database(cursor, database=database, login=login, password=password)
+            provision_role_and_database(cursor, database=database, login=login, password=password,
+                                        lock_maintenance_databases=True)
 
         self._run(work)
         return self.credentials(instance)

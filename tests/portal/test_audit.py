@@ -166,14 +166,24 @@ def test_the_log_is_read_only_filterable_and_outlives_its_actors(staff_client, a
 
 
 def test_a_nul_character_never_erases_the_trace_of_a_credential_reveal(staff_user, acme):
-    """PostgreSQL's JSON and text refuse U+0000; the reveal is still recorded (the NUL replaced), never unrecorded."""
+    """The API refuses a body carrying U+0000 before any work (400 naming the field): nothing is revealed, and the
+    refusal is recorded."""
     response = token_client(staff_user).post(
         "/api/v1/instances/acme/reveal-credentials/", {"reason": "ticket 4712", "note": "a\u0000b"}, format="json"
     )
-    assert response.status_code == 200 and response.json()["url"]
+    assert response.status_code == 400 and "note" in response.json()["error"]["fields"]
+    assert "url" not in response.json()
     (reveal,) = _rows("credentials.reveal")
-    assert reveal.outcome == "succeeded" and reveal.actor == staff_user
-    assert reveal.reason == "ticket 4712" and reveal.details["note"] == "a\ufffdb"
+    assert reveal.outcome == "refused" and reveal.actor == staff_user
+
+
+def test_a_nul_character_is_recorded_replaced_never_unrecorded(staff_user, acme):
+    """PostgreSQL's JSON and text refuse U+0000; what other doors (forms) pass on is recorded with it replaced."""
+    audit_record(action="credentials.reveal", target=acme, actor=staff_user, reason="ticket\u00004712",
+                 details={"note": "a\u0000b", "a\u0000key": ["x\u0000"]})
+    (reveal,) = _rows("credentials.reveal")
+    assert reveal.outcome == "succeeded" and reveal.reason == "ticket\ufffd4712"
+    assert reveal.details["note"] == "a\ufffdb" and reveal.details["a\ufffdkey"] == ["x\ufffd"]
 
 
 def test_an_audit_row_that_cannot_be_written_takes_the_action_with_it(acme, staff_user):

@@ -21,6 +21,7 @@ def test_check_deploy_passes_with_production_settings():
     result = _manage(
         "check", "--deploy", "--fail-level", "WARNING",
         DEBUG="0", SECRET_KEY="a-production-secret-" + "x" * 50, ALLOWED_HOSTS="hub.example.com",
+        CELLHUB_CREDENTIAL_KEY="a-credential-key-of-its-own-" + "y" * 50,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -61,9 +61,10 @@ def test_postgres_unreachable_server_is_transient_and_missing_password_env_perma
     with pytest.raises(TransientDriverError, match="not reachable"):
         drivers.for_pool(down).create_database(instance=instance)
     secretless = make_pool(
-        kind=PoolKind.DATABASE, provider=Provider.POSTGRES, config={"admin_password_env": "CELLHUB_NO_SUCH_VAR"}
+        kind=PoolKind.DATABASE, provider=Provider.POSTGRES,
+        config={"admin_password_env": "CELLHUB_POOL_SECRET_NO_SUCH_VAR"},
     )
-    with pytest.raises(PermanentDriverError, match="CELLHUB_NO_SUCH_VAR"):
+    with pytest.raises(PermanentDriverError, match="CELLHUB_POOL_SECRET_NO_SUCH_VAR"):
         drivers.for_pool(secretless).create_database(instance=instance)
 
 
@@ -157,11 +158,28 @@ def test_unknown_provider_is_a_permanent_error():
 def test_secrets_come_from_the_environment_variable_the_config_names(monkeypatch):
     from provisioning.drivers.base import secret_from_environment
 
-    pool = make_pool(kind=PoolKind.DATABASE, provider=Provider.AWS_RDS, config={"master_password_env": "RDS_PW"})
-    with pytest.raises(PermanentDriverError, match="environment variable RDS_PW .the master password. is not set"):
+    pool = make_pool(kind=PoolKind.DATABASE, provider=Provider.AWS_RDS,
+                     config={"master_password_env": "CELLHUB_POOL_SECRET_RDS_PW"})
+    with pytest.raises(PermanentDriverError,
+                       match="environment variable CELLHUB_POOL_SECRET_RDS_PW .the master password. is not set"):
         secret_from_environment(pool, "master_password_env", what="the master password")
-    monkeypatch.setenv("RDS_PW", "s3cret")
+    monkeypatch.setenv("CELLHUB_POOL_SECRET_RDS_PW", "s3cret")
     assert secret_from_environment(pool, "master_password_env", what="the master password") == "s3cret"
     with pytest.raises(PermanentDriverError, match="config is missing admin_password_env"):
         secret_from_environment(pool, "admin_password_env", what="x")
     assert secret_from_environment(pool, "admin_password_env", what="x", required=False) is None
+
+
+@pytest.mark.parametrize("name", ["CELLHUB_BACKUP_KEY", "SECRET_KEY", "CELLHUB_POOL_SECRET_", "cellhub_pool_secret_x",
+                                  "CELLHUB_POOL_SECRET_X Y"])
+def test_a_secret_outside_the_allow_list_is_never_read(monkeypatch, name):
+    """Even a config written around the validation (a raw update) cannot make a driver read the hub's secrets."""
+    from cells.models import Pool
+    from provisioning.drivers.base import secret_from_environment
+
+    monkeypatch.setenv(name, "the hub's own secret")
+    pool = make_pool(kind=PoolKind.DATABASE, provider=Provider.AWS_RDS)
+    Pool.objects.filter(pk=pool.pk).update(config={"master_password_env": name})
+    pool.refresh_from_db()
+    with pytest.raises(PermanentDriverError, match="only variables starting with CELLHUB_POOL_SECRET_"):
+        secret_from_environment(pool, "master_password_env", what="the master password")

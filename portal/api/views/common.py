@@ -1,31 +1,18 @@
 """What every API view shares: cursor pages, 202 replies, audited and re-read writes."""
 from drf_spectacular.utils import OpenApiParameter
-from rest_framework import mixins, status
-from rest_framework.pagination import CursorPagination
+from rest_framework import exceptions, mixins, status
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
 
 from cells.audit import FAILED, REFUSED, SUCCEEDED, audit_record, request_fields
 from portal.api import serializers as s
 from portal.api.idempotency import REPLAYED_HEADER
+from portal.api.parsers import body_too_large, nul_path
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
     description="Repeat a request safely: the same key returns the first reply and starts nothing new.",
 )
-
-
-class NewestFirst(CursorPagination):
-    """Stable cursor pages: newest first, by id."""
-
-    ordering = "-id"
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
-
-
-class OldestFirst(NewestFirst):
-    ordering = "id"
 
 
 def accepted(request, operation) -> Response:
@@ -43,10 +30,38 @@ AUDIT_ACTIONS = {
 }
 
 
+def _content_length(request) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
 class AuditedWrites:
-    """Audits every write through the API once, whatever its outcome (a view mixin; place it first)."""
+    """Audits every write through the API once, whatever its outcome (a view mixin; place it first).
+
+    It also reads the request before any work starts, so every bad input is refused in the error shape
+    first: a NUL character in the path (404) or a query parameter (400), a body over the size limit (413),
+    a body that is not JSON or a form (415), that does not parse or holds a NUL character (400).
+    """
 
     _audit_target = None
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        if any("\x00" in str(value) for value in kwargs.values()):
+            raise exceptions.NotFound()
+        for name, values in request.query_params.lists():
+            if "\x00" in name or any("\x00" in value for value in values):
+                raise exceptions.ValidationError({name.replace("\x00", ""): ["NUL characters are not allowed."]})
+        if request.method not in SAFE_METHODS:
+            too_large = body_too_large(_content_length(request))
+            if too_large is not None:
+                raise too_large
+            data = request.data  # parse now: a body that cannot be read stops the request before any work
+            where = nul_path({key: values for key, values in data.lists()} if hasattr(data, "lists") else data)
+            if where is not None:  # forms too: PostgreSQL cannot store U+0000
+                raise exceptions.ValidationError({where.split("[")[0]: ["NUL characters are not allowed."]})
 
     def get_object(self):
         obj = super().get_object()
@@ -67,7 +82,10 @@ class AuditedWrites:
         data = response.data if isinstance(response.data, dict) else {}
         code = response.status_code
         outcome = SUCCEEDED if code < 400 else REFUSED if code < 500 else FAILED
-        details = {"via": "api", "status": code, **request_fields(request.data)}
+        # Only what was parsed before the work: the body is never (re)read here, outside the error handler.
+        body = getattr(request, "_full_data", None)
+        body = body if hasattr(body, "get") else {}
+        details = {"via": "api", "status": code, **request_fields(body)}
         if response.get(REPLAYED_HEADER):
             details["replayed"] = True
         target, target_type, target_id, label = self._audit_target, "", "", ""
@@ -87,7 +105,7 @@ class AuditedWrites:
                 f" {field}: {' '.join(map(str, messages))}" for field, messages in (error.get("fields") or {}).items()
             )
         else:  # the reason the caller gave, if any
-            reason = str(request.data.get("reason", "")) if hasattr(request.data, "get") else ""
+            reason = str(body.get("reason", ""))
         audit_record(
             action=action, outcome=outcome, target=target, target_type=target_type, target_id=target_id,
             target_label=label or "", reason=reason.strip(), details=details, request=request,

@@ -5,7 +5,6 @@ from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 
 from cells.errors import Refused
 from cells.models import Instance
@@ -15,10 +14,11 @@ from portal.api.filtersets import (
     InstanceFilterSet,
 )
 from portal.api.idempotency import idempotent
+from portal.api.pagination import NewestFirst
+from portal.api.throttling import AtomicScopedRateThrottle
 from portal.api.views.common import (
     IDEMPOTENCY_HEADER,
     AuditedWrites,
-    NewestFirst,
     accepted,
 )
 from portal.roles import is_staff_reader
@@ -42,7 +42,7 @@ class InstanceViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
 
     def get_throttles(self):
         if self.action == "create":
-            return [ScopedRateThrottle()]
+            return [AtomicScopedRateThrottle()]
         return super().get_throttles()
 
     queryset = Instance.objects.none()  # the model, for the schema; rows come from get_queryset

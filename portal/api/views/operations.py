@@ -11,7 +11,8 @@ from portal.api.filtersets import (
     OperationFilterSet,
 )
 from portal.api.idempotency import idempotent
-from portal.api.views.common import IDEMPOTENCY_HEADER, AuditedWrites, NewestFirst, accepted
+from portal.api.pagination import NewestFirst
+from portal.api.views.common import IDEMPOTENCY_HEADER, AuditedWrites, accepted
 from portal.roles import is_staff_reader
 from provisioning.models import Backup
 from provisioning.operations import operation_cancel, operation_retry

@@ -9,12 +9,15 @@ from cells.models import Release, Rollout
 from cells.states import RELEASE
 from portal.api import permissions as perms
 from portal.api import serializers as s
-from portal.api.views.common import AnnotatedWrites, AuditedWrites, NewestFirst
+from portal.api.pagination import NewestFirst
+from portal.api.views.common import AnnotatedWrites, AuditedWrites
+from portal.roles import is_staff_reader
 from provisioning import rollouts
 
 
 class ReleaseViewSet(AuditedWrites, AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
-    """Releases: everyone signed in reads them; staff add them and move them through their states."""
+    """Releases: staff read and add them all and move them through their states; customers read only those
+    they can get (available and default) — never a draft or a withdrawn release, nor its notes."""
 
     serializer_class = s.ReleaseSerializer
     permission_classes = [perms.ReadAnyWriteStaff]
@@ -23,6 +26,11 @@ class ReleaseViewSet(AuditedWrites, AnnotatedWrites, viewsets.ReadOnlyModelViewS
     lookup_field = "version"
     lookup_value_regex = "[^/]+"
     queryset = Release.objects.all()
+
+    def get_queryset(self):
+        if is_staff_reader(self.request.user):
+            return Release.objects.all()
+        return Release.objects.filter(state__in=[ReleaseState.AVAILABLE, ReleaseState.DEFAULT])
 
     def _move(self, request, change):
         release = self.get_object()

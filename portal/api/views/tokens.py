@@ -12,9 +12,9 @@ from cells.choices import ActorKind
 from portal.api import permissions as perms
 from portal.api import serializers as s
 from portal.api.errors import HubRefusal
+from portal.api.pagination import NewestFirst
 from portal.api.views.common import (
     AuditedWrites,
-    NewestFirst,
 )
 from portal.models import ApiToken
 from portal.tokens import api_token_issue, api_token_revoke

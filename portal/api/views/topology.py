@@ -15,7 +15,8 @@ from portal.api.filtersets import (
     ShareFilterSet,
 )
 from portal.api.idempotency import idempotent
-from portal.api.views.common import IDEMPOTENCY_HEADER, AnnotatedWrites, AuditedWrites, OldestFirst, accepted
+from portal.api.pagination import OldestFirst
+from portal.api.views.common import IDEMPOTENCY_HEADER, AnnotatedWrites, AuditedWrites, accepted
 from provisioning import capacity
 
 

@@ -202,3 +202,23 @@ def test_replace_needs_a_failed_pool_and_then_answers_202(world):
     client.post(f"/api/v1/pools/{pool.pk}/mark-failed/", {"reason": "gateway gone"}, format="json")
     accepted = client.post(f"/api/v1/pools/{pool.pk}/replace/")
     assert accepted.status_code == 202 and accepted.json()["kind"] == "replace"
+
+
+def test_another_customers_backups_are_hidden_from_list_and_detail(world):
+    """Each customer has a backup: the list shows one's own only, and the other's detail is a 404."""
+    from django.utils import timezone
+
+    from provisioning.models import Backup, BackupKind, BackupState
+
+    def backup(instance):
+        return Backup.objects.create(instance=instance, kind=BackupKind.DATABASE, state=BackupState.SUCCEEDED,
+                                     pool=world["cell"]["database"], location=f"file:///backups/{instance.name}",
+                                     finished_at=timezone.now(), taken_at=timezone.now())
+
+    mine, theirs = backup(world["mine"]), backup(world["theirs"])
+    listed = lambda role: {row["id"] for row in world["clients"][role].get("/api/v1/backups/").json()["results"]}  # noqa: E731
+    assert listed("owner") == {mine.pk} and listed("other") == {theirs.pk}
+    assert listed("readonly") == listed("staff") == {mine.pk, theirs.pk}
+    assert world["clients"]["owner"].get(f"/api/v1/backups/{theirs.pk}/").status_code == 404
+    assert world["clients"]["other"].get(f"/api/v1/backups/{mine.pk}/").status_code == 404
+    assert world["clients"]["owner"].get(f"/api/v1/backups/{mine.pk}/").status_code == 200

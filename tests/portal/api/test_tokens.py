@@ -56,11 +56,12 @@ def test_failed_token_attempts_are_throttled_per_address(world, settings):
     guesser = token_client()
     guesser.credentials(HTTP_AUTHORIZATION="Bearer ch_guess_wrong")
     assert [guesser.get("/api/v1/instances/").status_code for _ in range(4)] == [401, 401, 401, 429]
-    # Even a good token from that address waits out the window.
-    _, good = ApiToken.issue(user=world["users"]["owner"], name="good")
-    guesser.credentials(HTTP_AUTHORIZATION=f"Bearer {good}")
     response = guesser.get("/api/v1/instances/")
     assert response.status_code == 429 and response.json()["error"]["code"] == "throttled"
+    # A good token from that address is not locked out by the guesses (see the next test).
+    _, good = ApiToken.issue(user=world["users"]["owner"], name="good")
+    guesser.credentials(HTTP_AUTHORIZATION=f"Bearer {good}")
+    assert guesser.get("/api/v1/instances/").status_code == 200
 
 
 def test_signups_are_throttled(world, settings):
@@ -77,3 +78,87 @@ def test_signups_are_throttled(world, settings):
         assert codes == [202, 202, 429]
     finally:
         ScopedRateThrottle.THROTTLE_RATES = rates
+
+
+def test_bad_tokens_from_one_address_do_not_lock_out_other_tokens_from_it(world, settings):
+    """Clients behind one proxy share an address: one client's bad tokens must not lock out the rest."""
+    settings.CELLHUB = {**settings.CELLHUB, "TOKEN_FAILURES_PER_WINDOW": 3}
+    owner_token, _ = ApiToken.issue(user=world["users"]["owner"], name="target")
+    guesser = token_client()
+    guesser.credentials(HTTP_AUTHORIZATION=f"Bearer ch_{owner_token.prefix}_wrongsecret")
+    assert [guesser.get("/api/v1/instances/").status_code for _ in range(4)] == [401, 401, 401, 429]
+    # The same address with another (good) token still gets in.
+    _, good = ApiToken.issue(user=world["users"]["other"], name="good")
+    guesser.credentials(HTTP_AUTHORIZATION=f"Bearer {good}")
+    assert guesser.get("/api/v1/instances/").status_code == 200
+    # Another address guessing the same token is counted apart.
+    elsewhere = token_client()
+    elsewhere.credentials(HTTP_AUTHORIZATION=f"Bearer ch_{owner_token.prefix}_wrongsecret")
+    assert elsewhere.get("/api/v1/instances/", REMOTE_ADDR="10.0.0.9").status_code == 401
+
+
+def test_guessed_prefixes_count_together_per_address(world, settings):
+    settings.CELLHUB = {**settings.CELLHUB, "TOKEN_FAILURES_PER_WINDOW": 3}
+    guesser = token_client()
+    codes = []
+    for n in range(4):
+        guesser.credentials(HTTP_AUTHORIZATION=f"Bearer ch_guess{n}_wrong")
+        codes.append(guesser.get("/api/v1/instances/").status_code)
+    assert codes == [401, 401, 401, 429]
+
+
+def test_a_real_prefix_with_a_wrong_secret_is_refused(world):
+    token, plaintext = ApiToken.issue(user=world["users"]["owner"], name="real")
+    client = token_client()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer ch_{token.prefix}_{'x' * 40}")
+    response = client.get("/api/v1/instances/")
+    assert response.status_code == 401 and response.json()["error"]["code"] == "authentication_failed"
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext[:-1]}{'A' if plaintext[-1] != 'A' else 'B'}")
+    assert client.get("/api/v1/instances/").status_code == 401
+
+
+def test_a_deactivated_users_token_is_refused(world):
+    owner = world["users"]["owner"]
+    _, plaintext = ApiToken.issue(user=owner, name="before")
+    client = token_client()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+    assert client.get("/api/v1/instances/").status_code == 200
+    owner.is_active = False
+    owner.save(update_fields=["is_active"])
+    assert client.get("/api/v1/instances/").status_code == 401
+
+
+def test_the_signup_limit_holds_under_concurrent_requests(world, settings):
+    """60 requests at once against a limit of 20: exactly 20 pass (real threads, one shared counter)."""
+    import sys
+    import threading
+
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    from portal.api.views.instances import InstanceViewSet
+
+    view = InstanceViewSet()
+    view.action = "create"
+    barrier, results = threading.Barrier(60), []
+    user = world["users"]["owner"]
+
+    def attempt():
+        request = Request(APIRequestFactory().post("/api/v1/instances/"))
+        request.user = user
+        (throttle,) = view.get_throttles()  # the view's own throttle, as it builds it for a signup
+        throttle.THROTTLE_RATES = {"signup": "20/hour"}
+        barrier.wait()
+        results.append(throttle.allow_request(request, view))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: a read-decide-write race shows at once
+    try:
+        threads = [threading.Thread(target=attempt) for _ in range(60)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert results.count(True) == 20 and len(results) == 60

@@ -75,9 +75,9 @@ def reef(db):
 
 @pytest.fixture
 def rds_driver(reef, aws, monkeypatch):
-    monkeypatch.setenv("CELLHUB_TEST_RDS_PASSWORD", "Master-Passw0rd")
+    monkeypatch.setenv("CELLHUB_POOL_SECRET_TEST_RDS", "Master-Passw0rd")
     pool = make_pool(reef, PoolKind.DATABASE, provider="aws_rds",
-                     config={"master_password_env": "CELLHUB_TEST_RDS_PASSWORD", "instance_class": "db.t4g.small"})
+                     config={"master_password_env": "CELLHUB_POOL_SECRET_TEST_RDS", "instance_class": "db.t4g.small"})
     return RdsDatabaseDriver(pool)
 
 
@@ -159,10 +159,10 @@ def test_rds_admin_connection_uses_the_endpoint_and_the_password_from_the_enviro
 
 
 def test_rds_without_the_master_password_names_the_variable(reef, aws, monkeypatch):
-    monkeypatch.delenv("CELLHUB_TEST_RDS_PASSWORD", raising=False)
+    monkeypatch.delenv("CELLHUB_POOL_SECRET_TEST_RDS", raising=False)
     pool = make_pool(reef, PoolKind.DATABASE, provider="aws_rds",
-                     config={"master_password_env": "CELLHUB_TEST_RDS_PASSWORD"})
-    with pytest.raises(PermanentDriverError, match="CELLHUB_TEST_RDS_PASSWORD"):
+                     config={"master_password_env": "CELLHUB_POOL_SECRET_TEST_RDS"})
+    with pytest.raises(PermanentDriverError, match="CELLHUB_POOL_SECRET_TEST_RDS"):
         RdsDatabaseDriver(pool).provision_pool()
     assert boto3.client("rds", region_name=REGION).describe_db_instances()["DBInstances"] == []
 
@@ -170,7 +170,8 @@ def test_rds_without_the_master_password_names_the_variable(reef, aws, monkeypat
 def test_rds_without_aws_credentials_says_what_to_set(reef, monkeypatch):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    pool = make_pool(reef, PoolKind.DATABASE, provider="aws_rds", config={"master_password_env": "X"})
+    pool = make_pool(reef, PoolKind.DATABASE, provider="aws_rds",
+                     config={"master_password_env": "CELLHUB_POOL_SECRET_X"})
     with pytest.raises(PermanentDriverError, match="AWS credentials not found: set AWS_ACCESS_KEY_ID"):
         RdsDatabaseDriver(pool).describe()
 

@@ -26,7 +26,7 @@ SQL_CONFIG = {
     "resource_group": "rg-cells",
     "server": "sql-west-1",
     "elastic_pool": "ep-1",
-    "admin_password_env": "CELLHUB_TEST_SQL_ADMIN_PASSWORD",
+    "admin_password_env": "CELLHUB_POOL_SECRET_TEST_SQL_ADMIN",
     "hub_address": "203.0.113.10",
 }
 NOT_FOUND = {"error": {"code": "ResourceNotFound", "message": "not found"}}
@@ -70,7 +70,7 @@ def _lro_polls(transport):
 
 
 def test_sql_provision_pool_creates_server_firewall_rule_and_elastic_pool(reef, transport, monkeypatch):
-    monkeypatch.setenv("CELLHUB_TEST_SQL_ADMIN_PASSWORD", "Admin-Passw0rd!")
+    monkeypatch.setenv("CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", "Admin-Passw0rd!")
     transport.add("PUT", r"/servers/sql-west-1$", {"id": SERVER_PATH, "name": "sql-west-1", "location": "westus2",
                   "properties": {"fullyQualifiedDomainName": "sql-west-1.database.windows.net"}}, lro=True)
     transport.add("GET", r"/servers/sql-west-1$", {"id": SERVER_PATH, "name": "sql-west-1", "location": "westus2",
@@ -106,8 +106,8 @@ def test_sql_provision_pool_creates_server_firewall_rule_and_elastic_pool(reef, 
 
 
 def test_sql_provision_pool_without_the_admin_password_names_the_variable(reef, transport, monkeypatch):
-    monkeypatch.delenv("CELLHUB_TEST_SQL_ADMIN_PASSWORD", raising=False)
-    with pytest.raises(PermanentDriverError, match="CELLHUB_TEST_SQL_ADMIN_PASSWORD"):
+    monkeypatch.delenv("CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", raising=False)
+    with pytest.raises(PermanentDriverError, match="CELLHUB_POOL_SECRET_TEST_SQL_ADMIN"):
         _sql(reef, transport).provision_pool()
     assert transport.requests == []
 
