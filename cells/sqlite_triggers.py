@@ -26,15 +26,6 @@ BEGIN
     SELECT RAISE(ABORT, 'CHECK constraint failed: pool_capacity_covers_shares')
         WHERE EXISTS (SELECT 1 FROM cells_share WHERE pool_id = NEW.id AND slot >= NEW.capacity);
 END;""",
-    """CREATE TRIGGER IF NOT EXISTS cells_pool_capacity_covers_instances BEFORE UPDATE OF capacity, kind ON cells_pool
-FOR EACH ROW
-BEGIN
-    SELECT RAISE(ABORT, 'CHECK constraint failed: pool_capacity_covers_instances')
-        WHERE (NEW.kind = 'database' AND (SELECT count(*) FROM cells_instance
-                 WHERE database_pool_id = NEW.id AND state <> 'decommissioned') > NEW.capacity)
-           OR (NEW.kind = 'compute' AND (SELECT count(*) FROM cells_instance
-                 WHERE compute_pool_id = NEW.id AND state <> 'decommissioned') > NEW.capacity);
-END;""",
 ]
 
 # The slot counters (see cells.counters): the old row's slots are given back before the new row's are taken.
@@ -79,7 +70,6 @@ DROP = [
     "DROP TRIGGER IF EXISTS cells_share_slot_check_insert",
     "DROP TRIGGER IF EXISTS cells_share_slot_check_update",
     "DROP TRIGGER IF EXISTS cells_pool_capacity_check",
-    "DROP TRIGGER IF EXISTS cells_pool_capacity_covers_instances",
 ]
 
 

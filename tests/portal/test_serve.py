@@ -61,6 +61,7 @@ def served(tmp_path):
             os.environ.get("PGPORT", "5432"), database,
         ),
         "CELLHUB_VAR_DIR": str(tmp_path / "var"),
+        "CELLHUB_CREDENTIAL_KEY": "entrypoint-test-credential-key-of-its-own",
         "STATIC_ROOT": str(tmp_path / "static"),
         "BIND": f"127.0.0.1:{port}",
         "WEB_CONCURRENCY": "1",

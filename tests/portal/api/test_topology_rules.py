@@ -61,7 +61,7 @@ def test_capacity_cannot_shrink_under_used_slots(world, kind):
 @pytest.mark.parametrize("kind", ["database", "compute"])
 def test_the_database_refuses_a_capacity_below_the_instances_of_any_kind(world, kind):
     """The trigger is the last line: even a raw update cannot shrink a pool under its instances."""
-    with pytest.raises(IntegrityError, match="pool_capacity_covers_instances"), transaction.atomic():
+    with pytest.raises(IntegrityError, match="pool_held_within_capacity"), transaction.atomic():
         Pool.objects.filter(pk=world["cell"][kind].pk).update(capacity=1)
     decommissioned = make_instance(reef=world["cell"]["reef"], state=InstanceState.DECOMMISSIONED,
                                    database_pool=world["cell"]["database"], compute_pool=world["cell"]["compute"])
