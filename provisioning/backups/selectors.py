@@ -127,7 +127,9 @@ def restorable_window(*, instance: Instance) -> RestorableWindow | None:
     if point_in_time_supported(pool):
         measured_at = timezone.now()
         try:
-            earliest, latest = drivers.for_pool(pool).point_in_time_window(instance=instance)
+            earliest, latest = drivers.for_pool(pool).point_in_time_window(
+                instance=instance, **database_kwargs(instance)
+            )
         except drivers.DriverError:
             return None
         if earliest is None:

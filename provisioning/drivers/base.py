@@ -284,9 +284,12 @@ class DatabaseDriver(PoolDriver):
                 digest.update(block)
         return digest.hexdigest()
 
-    def point_in_time_window(self, *, instance: Instance) -> tuple[datetime | None, datetime | None]:
+    def point_in_time_window(
+        self, *, instance: Instance, database: str | None = None
+    ) -> tuple[datetime | None, datetime | None]:
         """(earliest, latest) second the provider can restore the instance's database to, as far as the provider
-        itself knows (None where the hub's own records say: e.g. the oldest base backup). Only drivers whose
+        itself knows (None where the hub's own records say: e.g. the oldest base backup); ``database`` as in
+        ``backup_database``. Only drivers whose
         ``pool_capabilities().point_in_time_restore`` is set implement it."""
         raise NotImplementedError
 

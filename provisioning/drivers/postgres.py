@@ -534,7 +534,7 @@ class PostgresDatabaseDriver(DatabaseDriver):
             return
         crypto.delete_local_backup(location)
 
-    def point_in_time_window(self, *, instance) -> tuple[datetime | None, datetime | None]:
+    def point_in_time_window(self, *, instance, database: str | None = None) -> tuple[datetime | None, datetime | None]:
         """(None, the newest restorable second): the newest archived WAL, or now when everything written is
         archived. The start is the pool's oldest base backup, which the hub records (``None`` here)."""
         cluster = self.cluster()

@@ -126,8 +126,10 @@ def restore_restore(operation: Operation) -> None:
     if restore.base_backup is not None:
         database = database_at(instance, restore.point_in_time)
         source = f"{restore.base_backup.location}?{urlencode({'database': database})}"
-    else:
-        source = restore.backup.location if restore.backup is not None else ""
+    elif restore.backup is not None:
+        source = restore.backup.location
+    else:  # the provider's own replica: of the database the instance used at that time
+        source = "?" + urlencode({"database": database_at(instance, restore.point_in_time)})
     drivers.for_pool(instance.database_pool).restore_database(
         instance=instance, point_in_time=restore.point_in_time, new_database=restore.new_database, source=source,
     )

@@ -18,7 +18,7 @@ from provisioning.drivers import postgres_cluster
 from provisioning.models import InstanceDatabase, Restore
 from tests.factories import make_cell
 from tests.provisioning import test_backups as shared
-from tests.provisioning.test_backups import finished, postgres_connect, signup
+from tests.provisioning.test_backups import finished, postgres_connect, signup, sqlite_file, sqlite_rows, sqlite_write
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 backup_key = shared.backup_key
@@ -38,7 +38,9 @@ def managed_cell(settings):
     Pool.objects.filter(pk=pool.pk).update(config={"managed": True})
     pool.refresh_from_db()
     result = drivers.for_pool(pool).provision_pool()
-    Pool.objects.filter(pk=pool.pk).update(external_id=result["external_id"], config={**pool.config, **result["config"]})
+    Pool.objects.filter(pk=pool.pk).update(
+        external_id=result["external_id"], config={**pool.config, **result["config"]}
+    )
     pool.refresh_from_db()
     cell["database"] = pool
     yield cell
@@ -170,3 +172,71 @@ def test_a_failed_recovery_removes_its_temporary_cluster(run, managed_cell):
     assert not driver.database_exists(instance=instance, database=restore.new_database)
     assert _temporary_clusters(pool) == [] and _held_ports() == [f"pool{pool.pk}"]
     assert not InstanceDatabase.objects.filter(instance=instance).exists()
+
+
+# ---- SQLite: Litestream ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_cell(settings):
+    settings.CELLHUB = {**settings.CELLHUB, "LITESTREAM_SYNC_SECONDS": 0.5}
+    return make_cell(capacity=3)
+
+
+def _sqlite_write(instance, body):
+    path = sqlite_file(instance, InstanceDatabase.objects.filter(instance=instance).values_list(
+        "name", flat=True).first())
+    sqlite_write(path, body)
+    return timezone.now()
+
+
+def test_sqlite_is_replicated_and_restores_to_any_second(run, sqlite_cell):
+    instance = signup(run, sqlite_cell)
+    driver = drivers.for_pool(instance.database_pool)
+    assert driver.pool_capabilities().point_in_time_restore
+    assert driver.replicator().running(driver.database_name(instance))
+    _sqlite_write(instance, "t0")
+    time.sleep(1.5)
+    t1 = _sqlite_write(instance, "t1")
+    time.sleep(3)
+    t2 = _sqlite_write(instance, "t2")
+    time.sleep(3)
+    t3 = _sqlite_write(instance, "t3")
+    time.sleep(2)
+
+    window = restorable_window(instance=instance)
+    assert window.continuous and window.start <= t1 and window.end >= t3.replace(microsecond=0)
+    assert window.rpo_seconds <= 3
+
+    operation = finished(run(instance_restore, instance=instance, point_in_time=t2 + (t3 - t2) / 2))
+    assert operation.state == OperationState.SUCCEEDED, operation.error
+    restore = Restore.objects.get(operation=operation)
+    assert restore.backup is None and restore.base_backup is None
+    assert sqlite_rows(sqlite_file(instance, restore.new_database)) == ["t0", "t1", "t2"]
+    assert InstanceDatabase.objects.get(instance=instance).name == restore.new_database
+    assert driver.replicator().running(restore.new_database)  # the new database is replicated too
+
+    operation = finished(run(instance_restore, instance=instance, point_in_time=t1 + (t2 - t1) / 2))
+    assert operation.state == OperationState.SUCCEEDED, operation.error
+    second = Restore.objects.get(operation=operation)
+    assert sqlite_rows(sqlite_file(instance, second.new_database)) == ["t0", "t1"]
+
+
+def test_a_tampered_sqlite_replica_is_refused_before_anything_is_written(run, sqlite_cell):
+    instance = signup(run, sqlite_cell)
+    driver = drivers.for_pool(instance.database_pool)
+    _sqlite_write(instance, "t0")
+    time.sleep(1.5)
+    target = _sqlite_write(instance, "t1")
+    time.sleep(1.5)
+    replica = driver.replicator().replica(driver.database_name(instance))
+    for replica_file in replica.rglob("*.ltx"):  # whichever files the restore reads, each one was changed
+        data = bytearray(replica_file.read_bytes())
+        data[-20] ^= 0xFF  # in the page data, before the trailer (the header, with its timestamp, intact)
+        replica_file.write_bytes(bytes(data))
+    before = driver.list_databases()
+
+    operation = finished(run(instance_restore, instance=instance, point_in_time=target + (timezone.now() - target) / 2))
+    assert operation.state == OperationState.FAILED and "checksum mismatch" in operation.error
+    assert driver.list_databases() == before
+    assert not list(sqlite_file(instance).parent.glob("*.partial*"))
