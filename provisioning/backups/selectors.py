@@ -75,17 +75,24 @@ def usable_backups(instance: Instance, kind: str | None = None) -> QuerySet:
     return queryset.order_by("-taken_at", "-id")
 
 
-class RestorableWindow(NamedTuple):
-    """The seconds an instance's database can be restored to: ``start`` to ``end``, both included.
+class _Span(NamedTuple):
+    start: datetime
+    end: datetime
+
+
+class RestorableWindow(_Span):
+    """The seconds an instance's database can be restored to: ``start`` to ``end``, both included (a pair, so
+    ``start, end = window`` reads it).
 
     ``continuous`` when the provider restores to any second of it (WAL archiving, Litestream, the clouds'
     point-in-time restore); otherwise a restore to T brings back the latest backup at or before T.
+    ``measured_at``: when the provider was asked (the RPO is counted from then).
     """
 
-    start: datetime
-    end: datetime
-    continuous: bool = False
-    measured_at: datetime | None = None
+    def __new__(cls, start: datetime, end: datetime, continuous: bool = False, measured_at: datetime | None = None):
+        window = super().__new__(cls, start, end)
+        window.continuous, window.measured_at = continuous, measured_at
+        return window
 
     @property
     def rpo(self) -> timedelta:

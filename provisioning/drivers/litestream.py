@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -140,7 +140,8 @@ class Replicator:
             fields = line.split()
             if fields:
                 moments.append(datetime.fromisoformat(fields[-1].replace("Z", "+00:00")))
-        return (min(moments), max(moments)) if moments else (None, None)
+        # ``ltx`` prints whole seconds, cut down: the first file may be up to a second later than it says.
+        return (min(moments) + timedelta(seconds=1), max(moments)) if moments else (None, None)
 
     def restore(self, database: str, *, point_in_time: datetime, output: Path) -> None:
         """Write the database as it was at ``point_in_time`` to ``output`` (which must not exist). Litestream checks

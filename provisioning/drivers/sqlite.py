@@ -8,6 +8,7 @@ Every database file is in WAL mode and replicated continuously by Litestream (``
 can be restored to any second of the retention: ``litestream restore -timestamp`` writes the file as it was then
 aside, it is checked (``PRAGMA integrity_check``) and only then moved into the pool as the NEW database.
 """
+import dataclasses
 import io
 import os
 import sqlite3
@@ -43,6 +44,20 @@ class SqliteDatabaseDriver(DatabaseDriver):
         point_in_time_restore=True, database_restore=True, database_switching=True, backup_deletion=True
     )
 
+    @property
+    def replicated(self) -> bool:
+        """Whether the pool's databases are replicated by Litestream (``config["litestream"]``; every pool a top-up
+        makes has it, see ``derived_config``); without it restores use the hub's dumps as before."""
+        return bool(self.config.get("litestream"))
+
+    def derived_config(self) -> dict:
+        return {"litestream": True}
+
+    def pool_capabilities(self) -> Capabilities:
+        """Any second only where Litestream replicates the pool's databases."""
+        return self.capabilities if self.replicated else dataclasses.replace(self.capabilities,
+                                                                               point_in_time_restore=False)
+
     def replicator(self) -> Replicator:
         return Replicator(f"pool{self.pool.pk}")
 
@@ -50,7 +65,7 @@ class SqliteDatabaseDriver(DatabaseDriver):
         """Start replicating the database's file if no Litestream process does (idempotent; the scheduler's
         replication pass calls it too, so a process that died is started again)."""
         path = self._file(instance, database)
-        if path.exists():
+        if self.replicated and path.exists():
             self.replicator().ensure(path.stem, path)
 
     def _folder(self):
@@ -72,7 +87,8 @@ class SqliteDatabaseDriver(DatabaseDriver):
         path = self._file(instance)
         try:
             with sqlite3.connect(path) as connection:
-                connection.execute("PRAGMA journal_mode=WAL")  # Litestream replicates the WAL
+                if self.replicated:
+                    connection.execute("PRAGMA journal_mode=WAL")  # Litestream replicates the WAL
                 connection.execute("CREATE TABLE IF NOT EXISTS cellhub_owner (instance TEXT PRIMARY KEY)")
                 connection.execute("INSERT OR IGNORE INTO cellhub_owner VALUES (?)", (instance.name,))
             connection.close()
@@ -159,7 +175,9 @@ class SqliteDatabaseDriver(DatabaseDriver):
         if target.exists():
             self.ensure_replication(instance=instance, database=new_database)
             return new_database
-        if not source or source.startswith("?"):
+        if not source:
+            raise PermanentDriverError(f"pool {self.pool}: a SQLite restore needs the backup to restore from")
+        if source.startswith("?"):
             database = (parse_qs(source.lstrip("?")).get("database") or [self.database_name(instance)])[0]
             partial = target.with_name(target.name + ".partial")
             for suffix in ("", "-wal", "-shm"):
@@ -178,7 +196,8 @@ class SqliteDatabaseDriver(DatabaseDriver):
             os.chmod(partial, 0o600)
             partial.replace(target)
             self.ensure_replication(instance=instance, database=new_database)
-            self.replicator().wait_replicated(new_database)
+            if self.replicated:
+                self.replicator().wait_replicated(new_database)
             return new_database
         path = crypto.check_local_backup(source, checksum="")
         image = io.BytesIO()
