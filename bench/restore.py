@@ -168,7 +168,7 @@ def bench_sqlite(megabytes: int, load_seconds: float) -> None:
     from tests.factories import make_instance, make_pool, make_reef
 
     reef = make_reef()
-    pool = make_pool(reef, PoolKind.DATABASE, provider=Provider.SQLITE)
+    pool = make_pool(reef, PoolKind.DATABASE, provider=Provider.SQLITE, config={"litestream": True})
     driver = drivers.for_pool(pool)
     try:
         instance = make_instance(reef=reef, database_pool=pool)
@@ -198,7 +198,7 @@ def bench_sqlite(megabytes: int, load_seconds: float) -> None:
         writer.join()
         writer_connection.close()
         pitr, _ = timed(lambda: driver.restore_database(
-            instance=instance, point_in_time=target, new_database=f"{database}_pitr", source=""))
+            instance=instance, point_in_time=target, new_database=f"{database}_pitr", source="?"))
         copy_target = path.with_name("plain-copy.sqlite3")
         plain, _ = timed(lambda: shutil.copyfile(path, copy_target))
         copy_target.unlink()
