@@ -200,7 +200,7 @@ def test_sqlite_is_replicated_and_restores_to_any_second(run, sqlite_cell):
     assert driver.pool_capabilities().point_in_time_restore
     assert driver.replicator().running(driver.database_name(instance))
     _sqlite_write(instance, "t0")
-    time.sleep(1.5)
+    time.sleep(2.5)  # the replica's first file (its times are whole seconds) is behind t1
     t1 = _sqlite_write(instance, "t1")
     time.sleep(3)
     t2 = _sqlite_write(instance, "t2")
