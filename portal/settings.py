@@ -193,6 +193,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Instance and InstanceDetail share the instance's state set: one named enum, not a guessed one.
+    "ENUM_NAME_OVERRIDES": {"InstanceStateEnum": "cells.choices.InstanceState"},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "portal.api.schema.add_error_responses",
@@ -255,6 +257,14 @@ CELLHUB = {
     "ARCHIVE_RETENTION_DAYS": env.int("CELLHUB_ARCHIVE_RETENTION_DAYS", default=90),
     # After a point-in-time restore the replaced database is kept this long unless confirmed earlier.
     "RESTORE_KEEP_OLD_DAYS": env.int("CELLHUB_RESTORE_KEEP_OLD_DAYS", default=7),
+    # Local PostgreSQL pools the hub runs (provisioning/drivers/postgres_cluster.py): the ports their clusters
+    # (and the temporary ones of point-in-time restores) take, the longest a finished transaction waits before
+    # its WAL is archived (the RPO), and how often a base backup of each cluster is taken.
+    "POSTGRES_PORTS": env.str("CELLHUB_POSTGRES_PORTS", default="55000-55999"),
+    "POSTGRES_ARCHIVE_TIMEOUT": env.int("CELLHUB_POSTGRES_ARCHIVE_TIMEOUT", default=2),
+    "BASE_BACKUP_EVERY_HOURS": env.int("CELLHUB_BASE_BACKUP_EVERY_HOURS", default=24),
+    # SQLite instances replicate their WAL with Litestream (provisioning/drivers/litestream.py) this often.
+    "LITESTREAM_SYNC_SECONDS": env.float("CELLHUB_LITESTREAM_SYNC_SECONDS", default=1.0),
     # API tokens: failed attempts allowed per client address per window before 429.
     "TOKEN_FAILURES_PER_WINDOW": env.int("CELLHUB_TOKEN_FAILURES_PER_WINDOW", default=20),
     "TOKEN_FAILURE_WINDOW_SECONDS": env.int("CELLHUB_TOKEN_FAILURE_WINDOW_SECONDS", default=600),

@@ -147,6 +147,41 @@ class BackupSchedule(models.Model):
         return f"backups of {self.instance}"
 
 
+class BaseBackup(models.Model):
+    """A base backup of a whole managed PostgreSQL pool (``pg_basebackup``): with the WAL archived after it, the
+    pool's databases can be recovered to any second from ``taken_at`` on.
+
+    ``checksum`` is the SHA-256 of its ``backup_manifest`` (which holds the SHA-256 of every file); a restore
+    checks both before it uses the backup. Written by ``provisioning.backups.base`` only.
+    """
+
+    pool = models.ForeignKey("cells.Pool", on_delete=models.PROTECT, related_name="base_backups")
+    state = models.CharField(max_length=10, choices=BackupState.choices, default=BackupState.RUNNING, db_index=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    taken_at = models.DateTimeField(null=True, blank=True, help_text="Restorable from this moment on.")
+    location = models.CharField(max_length=1000, blank=True)
+    size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    checksum = models.CharField(max_length=128, blank=True, help_text="SHA-256 of the backup's manifest.")
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(state__in=BackupState.values), name="base_backup_state_valid"),
+            models.CheckConstraint(
+                condition=~Q(state=BackupState.SUCCEEDED)
+                | (Q(location__gt="") & Q(checksum__gt="") & Q(taken_at__isnull=False)),
+                name="base_backup_succeeded_is_complete",
+            ),
+        ]
+        indexes = [models.Index(fields=["pool", "state", "taken_at"], name="base_backup_restorable")]
+
+    def __str__(self):
+        return f"base backup #{self.pk} of {self.pool}"
+
+
 class Restore(models.Model):
     """One restore of an instance: a database to a point in time (into a NEW database), or files from a backup.
 
@@ -158,7 +193,14 @@ class Restore(models.Model):
     instance = models.ForeignKey("cells.Instance", on_delete=models.PROTECT, related_name="restores")
     kind = models.CharField(max_length=10, choices=BackupKind.choices)
     state = models.CharField(max_length=10, choices=RestoreState.choices, default=RestoreState.PENDING)
-    backup = models.ForeignKey(Backup, on_delete=models.PROTECT, related_name="restores")
+    backup = models.ForeignKey(
+        Backup, null=True, blank=True, on_delete=models.PROTECT, related_name="restores",
+        help_text="The hub's backup restored from; empty when the provider restores to the second itself.",
+    )
+    base_backup = models.ForeignKey(
+        "BaseBackup", null=True, blank=True, on_delete=models.PROTECT, related_name="restores",
+        help_text="A managed PostgreSQL pool: the base backup recovered (with the WAL after it) to the time.",
+    )
     point_in_time = models.DateTimeField(null=True, blank=True, help_text="The moment asked for (database).")
     operation = models.ForeignKey(
         "cells.Operation", null=True, blank=True, on_delete=models.SET_NULL, related_name="restores"
@@ -188,6 +230,9 @@ class Restore(models.Model):
             models.CheckConstraint(
                 condition=~Q(kind=BackupKind.DATABASE) | Q(point_in_time__isnull=False),
                 name="restore_database_has_point_in_time",
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind=BackupKind.FILES) | Q(backup__isnull=False), name="restore_files_has_backup"
             ),
         ]
         indexes = [models.Index(fields=["old_dropped_at", "keep_old_until"], name="restore_kept_old")]

@@ -19,6 +19,8 @@ RECURRING = [
               "Order pools for reefs whose free slots run out within lead time + margin."),
     Recurring("scheduled backups", "provisioning.tasks.backups_run_due", 15,
               "Start the backups that are due by each instance's cadence."),
+    Recurring("base backups", "provisioning.tasks.base_backups_run_due", 60,
+              "Take a base backup of each managed PostgreSQL pool that has none within BASE_BACKUP_EVERY_HOURS."),
     Recurring("backup retention", "provisioning.tasks.backups_expire", 60,
               "Delete expired backups and purge archives past their retention."),
     Recurring("rollout tick", "provisioning.tasks.rollouts_tick", 1,

@@ -3,6 +3,7 @@
 Schedules (``provisioning.schedules``) and the operation engine name these by dotted path, so the names stay.
 """
 from provisioning import backups, capacity, health, operations, reconcile, rollouts, watchdog
+from provisioning.backups import base
 
 
 def operation_execute(operation_id: int) -> str | None:
@@ -18,6 +19,11 @@ def capacity_top_up_pass() -> list[int]:
 def backups_run_due() -> list[int]:
     """The scheduled backup pass: returns the ids of the backup operations it started."""
     return backups.backups_run_due()
+
+
+def base_backups_run_due() -> list[int]:
+    """The base backup pass of managed PostgreSQL pools: returns the ids of the base backups it took."""
+    return base.base_backups_run_due()
 
 
 def backups_expire() -> int:

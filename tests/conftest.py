@@ -1,5 +1,6 @@
 import os
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -51,7 +52,14 @@ def hub_settings(settings, tmp_path):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     # Hashing passwords at production strength costs ~0.5 s per user; tests check logic, not strength.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    return settings
+    yield settings
+    # SQLite databases are replicated by a Litestream process each: stop the ones this test started.
+    from provisioning.drivers.litestream import Replicator
+
+    for folder in {Path(settings.CELLHUB["VAR_DIR"]), var_dir}:
+        for pool_folder in (folder / "litestream").glob("*"):
+            if pool_folder.is_dir():
+                Replicator.at(pool_folder).stop_all()
 
 
 @pytest.fixture(autouse=True)

@@ -76,7 +76,7 @@ class PointInTimeForm(forms.Form):
         super().__init__(*args, **kwargs)
         if window:
             attrs = self.fields["point_in_time"].widget.attrs
-            attrs["min"], attrs["max"] = (moment.strftime("%Y-%m-%dT%H:%M:%S") for moment in window)
+            attrs["min"], attrs["max"] = (moment.strftime("%Y-%m-%dT%H:%M:%S") for moment in (window.start, window.end))
 
 
 class FilesBackupForm(forms.Form):
@@ -207,7 +207,8 @@ class InstanceAdmin(AuditedModelAdmin):
         if not instance.pk:
             return "—"
         window = restorable_window(instance=instance)
-        span = f"restorable {when(window[0])} to {when(window[1])}" if window else "no database backup yet"
+        span = (f"restorable {when(window.start)} to {when(window.end)}{' (any second)' if window.continuous else ''}; "
+                f"RPO {window.rpo_seconds} s" if window else "no database backup yet")
         url = reverse("admin:provisioning_backup_changelist") + f"?instance__id__exact={instance.pk}"
         return format_html('<a href="{}">all backups</a> ({})', url, span)
 

@@ -11,6 +11,7 @@ from cells.services import pool_change, pool_register
 from cells.validators import validate_instance_name
 from portal.models import ApiToken
 from portal.roles import is_staff_reader
+from provisioning.backups.selectors import restorable_window
 from provisioning.models import Backup
 
 
@@ -139,6 +140,31 @@ class InstanceSerializer(serializers.ModelSerializer):
         fields = ["id", "url", "name", "owner", "region", "reef", "state", "server_version", "tier", "cpu_millicores",
                   "memory_mib", "hostname", "created_at", "updated_at"]
         read_only_fields = fields
+
+
+class RestorableWindowSerializer(serializers.Serializer):
+    start = serializers.DateTimeField(help_text="The earliest second the database can be restored to.")
+    end = serializers.DateTimeField(help_text="The newest second the database can be restored to.")
+    continuous = serializers.BooleanField(help_text="Any second in between (else: the backups' moments).")
+    rpo_seconds = serializers.IntegerField(help_text="Achieved RPO: how far the newest restorable second is behind.")
+
+
+class InstanceDetailSerializer(InstanceSerializer):
+    """One instance, with its restorable window and achieved RPO (asked of its database provider)."""
+
+    restorable_window = serializers.SerializerMethodField()
+
+    class Meta(InstanceSerializer.Meta):
+        fields = [*InstanceSerializer.Meta.fields, "restorable_window"]
+        read_only_fields = fields
+
+    @extend_schema_field(RestorableWindowSerializer(allow_null=True))
+    def get_restorable_window(self, instance):
+        window = restorable_window(instance=instance)
+        return None if window is None else RestorableWindowSerializer({
+            "start": window.start, "end": window.end, "continuous": window.continuous,
+            "rpo_seconds": window.rpo_seconds,
+        }).data
 
 
 class SignupSerializer(serializers.Serializer):

@@ -141,7 +141,7 @@ class RestoreForm(Described, forms.Form):
         super().__init__(*args, **kwargs)
         if window:
             attrs = self.fields["point_in_time"].widget.attrs
-            attrs["min"], attrs["max"] = (moment.strftime("%Y-%m-%dT%H:%M:%S") for moment in window)
+            attrs["min"], attrs["max"] = (moment.strftime("%Y-%m-%dT%H:%M:%S") for moment in (window.start, window.end))
 
 
 class RestoreFilesForm(forms.Form):

@@ -18,13 +18,14 @@ from provisioning import drivers
 from provisioning.backups.selectors import (
     RESTORE_STATES,
     backup_for_point_in_time,
+    base_backup_for_point_in_time,
     current_database,
     database_restore_supported,
     file_restore_supported,
     kept_old_databases,
     restorable_window,
 )
-from provisioning.models import Backup, BackupKind, BackupState, Restore
+from provisioning.models import Backup, BackupKind, BackupState, BaseBackup, Restore
 from provisioning.operations import operation_create, operation_refuse_conflicts
 
 
@@ -61,8 +62,10 @@ def instance_restore(
 ) -> Operation:
     """Restore the instance's database as it was at ``point_in_time`` into a NEW database and switch to it.
 
-    The time must lie in ``restorable_window`` (the latest database backup taken at or before it is
-    used). Raises ``Refused`` (with ``field="point_in_time"`` when the time is at fault) for a
+    The time must lie in ``restorable_window``. On a pool that restores to any second (``point_in_time_supported``)
+    the restore brings back exactly what was committed by then (a managed PostgreSQL pool: from its latest base
+    backup at or before the time, recorded on the ``Restore``); elsewhere the latest database backup taken at or
+    before it is used. Raises ``Refused`` (with ``field="point_in_time"`` when the time is at fault) for a
     naive or out-of-window time, an instance without backups, in another state than running or stopped;
     ``NotSupported`` on a database provider that cannot restore into a new database and switch to it;
     ``OperationInProgress`` while work that excludes a restore is queued or running. ``follows``: the operation
@@ -83,15 +86,20 @@ def instance_restore(
         window = restorable_window(instance=locked)
         if window is None:
             raise Refused(f"instance {locked.name} has no database backup to restore from yet", field="point_in_time")
-        start, end = window
-        if not start <= point_in_time <= end:
+        if not window.start <= point_in_time <= window.end:
             raise Refused(
-                f"{when(point_in_time)} is outside the restorable window, {when(start)} to {when(end)}",
+                f"{when(point_in_time)} is outside the restorable window, {when(window.start)} to {when(window.end)}",
                 field="point_in_time",
             )
-        backup = backup_for_point_in_time(instance=locked, point_in_time=point_in_time)
+        backup = base = None
+        if not window.continuous:
+            backup = backup_for_point_in_time(instance=locked, point_in_time=point_in_time)
+        elif BaseBackup.objects.filter(pool=pool).exists():
+            base = base_backup_for_point_in_time(pool=pool, point_in_time=point_in_time)
+            if base is None:
+                raise Refused(f"no base backup of the pool holds {when(point_in_time)}", field="point_in_time")
         restore = Restore.objects.create(
-            instance=locked, kind=BackupKind.DATABASE, backup=backup, point_in_time=point_in_time,
+            instance=locked, kind=BackupKind.DATABASE, backup=backup, base_backup=base, point_in_time=point_in_time,
             requested_by=requested_by,
         )
         restore.new_database = f"{drivers.for_pool(pool).database_name(locked)}_r{restore.pk}"

@@ -1,15 +1,25 @@
 """Reads about backups and restores: which database an instance uses, what can be restored, what a page shows."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.db.models import Max, Min, QuerySet
+from django.utils import timezone
 
 from cells.choices import OPERATION_ACTIVE_STATES, InstanceState, OperationKind
 from cells.errors import Refused
 from cells.models import Instance, Operation
 from provisioning import drivers
-from provisioning.models import Backup, BackupKind, BackupState, InstanceDatabase, Restore, RestoreState
+from provisioning.models import (
+    Backup,
+    BackupKind,
+    BackupState,
+    BaseBackup,
+    InstanceDatabase,
+    Restore,
+    RestoreState,
+)
 from provisioning.operations import operation_progress
 
 # States in which an instance's data may be backed up or restored (it has a database and a share, and no
@@ -65,15 +75,81 @@ def usable_backups(instance: Instance, kind: str | None = None) -> QuerySet:
     return queryset.order_by("-taken_at", "-id")
 
 
-def restorable_window(*, instance: Instance) -> tuple[datetime, datetime] | None:
-    """[oldest kept database backup, latest database backup] by the moment they hold; None without any.
+class _Span(NamedTuple):
+    start: datetime
+    end: datetime
 
-    Restoring to a time T uses the latest database backup taken at or before T.
+
+class RestorableWindow(_Span):
+    """The seconds an instance's database can be restored to: ``start`` to ``end``, both included (a pair, so
+    ``start, end = window`` reads it).
+
+    ``continuous`` when the provider restores to any second of it (WAL archiving, Litestream, the clouds'
+    point-in-time restore); otherwise a restore to T brings back the latest backup at or before T.
+    ``measured_at``: when the provider was asked (the RPO is counted from then).
     """
+
+    def __new__(cls, start: datetime, end: datetime, continuous: bool = False, measured_at: datetime | None = None):
+        window = super().__new__(cls, start, end)
+        window.continuous, window.measured_at = continuous, measured_at
+        return window
+
+    @property
+    def rpo(self) -> timedelta:
+        """The achieved recovery point: how far the newest restorable second is behind now (never negative)."""
+        return max(timedelta(0), (self.measured_at or timezone.now()) - self.end)
+
+    @property
+    def rpo_seconds(self) -> int:
+        return int(self.rpo.total_seconds())
+
+
+def point_in_time_supported(pool) -> bool:
+    """Whether ``pool`` restores to any second (its driver's ``pool_capabilities().point_in_time_restore``)."""
+    return pool is not None and drivers.for_pool(pool).pool_capabilities().point_in_time_restore
+
+
+def base_backups(pool) -> QuerySet:
+    """A managed pool's succeeded base backups, newest first."""
+    return BaseBackup.objects.filter(pool=pool, state=BackupState.SUCCEEDED).order_by("-taken_at", "-id")
+
+
+def base_backup_for_point_in_time(*, pool, point_in_time: datetime) -> BaseBackup | None:
+    """The LATEST succeeded base backup of ``pool`` taken at or before ``point_in_time`` (never an older one:
+    the less WAL to replay, the faster the restore)."""
+    return base_backups(pool).filter(taken_at__lte=point_in_time).first()
+
+
+def restorable_window(*, instance: Instance) -> RestorableWindow | None:
+    """The instance's restorable window, and with it the achieved RPO; None when nothing can be restored yet.
+
+    On a pool that restores to any second (``point_in_time_supported``): from the provider's earliest
+    restorable second (or, where it keeps none itself, the pool's oldest base backup) to the newest second it
+    can restore (asked of the driver: the newest archived WAL, the newest Litestream replica file, ...).
+    Elsewhere: [oldest kept database backup, latest database backup] by the moment they hold; restoring to T
+    uses the latest database backup taken at or before T. A provider that cannot be asked right now
+    (``DriverError``) gives no window rather than a wrong one.
+    """
+    pool = instance.database_pool
+    if point_in_time_supported(pool):
+        measured_at = timezone.now()
+        try:
+            earliest, latest = drivers.for_pool(pool).point_in_time_window(
+                instance=instance, **database_kwargs(instance)
+            )
+        except drivers.DriverError:
+            return None
+        if earliest is None:
+            earliest = base_backups(pool).aggregate(start=Min("taken_at"))["start"]
+        if earliest is None or latest is None or latest < earliest:
+            return None
+        # Whole seconds, inside what is restorable: people pick times to the second.
+        start = earliest if not earliest.microsecond else earliest.replace(microsecond=0) + timedelta(seconds=1)
+        return RestorableWindow(start, max(start, latest.replace(microsecond=0)), True, measured_at)
     bounds = usable_backups(instance, BackupKind.DATABASE).aggregate(start=Min("taken_at"), end=Max("taken_at"))
     if bounds["start"] is None:
         return None
-    return bounds["start"], bounds["end"]
+    return RestorableWindow(bounds["start"], bounds["end"])
 
 
 def backup_for_point_in_time(*, instance: Instance, point_in_time: datetime) -> Backup | None:

@@ -16,7 +16,10 @@ import hmac
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -185,6 +188,28 @@ class PoolDriver:
         self.pool = pool
         self.config = pool.config or {}
 
+    def pool_capabilities(self) -> Capabilities:
+        """What this pool can do: the class's declaration, narrowed where a provider serves some pools less (a
+        PostgreSQL pool restores to any second only when it is a cluster the hub runs). Never wider."""
+        return self.capabilities
+
+    def backup_checksum(self, *, location: str) -> str:
+        """The checksum of the backup stored at ``location`` as it is now, computed as the driver recorded it when
+        the backup was made (``BackupResult.checksum``), so the restore plan can compare the two before it uses
+        the backup. The default: the SHA-256 of a local ``file://`` backup. Raises ``PermanentDriverError`` when
+        the backup is missing or cannot be read."""
+        parsed = urlparse(location)
+        path = Path(url2pathname(parsed.path)).resolve()
+        if parsed.scheme != "file" or not path.is_relative_to(Path(settings.CELLHUB["VAR_DIR"]).resolve()):
+            raise PermanentDriverError(f"{location!r} is not a local backup inside the hub's var directory")
+        if not path.is_file():
+            raise PermanentDriverError(f"backup file {path} is missing")
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
     def derived_config(self) -> dict:
         """Config a NEW pool of this provider gets from its own id (e.g. the name of its resource, where
         ``provision_pool`` does not derive one itself); what the pool's config already holds wins."""
@@ -270,6 +295,15 @@ class DatabaseDriver(PoolDriver):
     def delete_backup(self, *, location: str) -> None:
         """Delete one of this driver's backups (retention); absent is fine. Only drivers with
         ``capabilities.backup_deletion`` implement it."""
+        raise NotImplementedError
+
+    def point_in_time_window(
+        self, *, instance: Instance, database: str | None = None
+    ) -> tuple[datetime | None, datetime | None]:
+        """(earliest, latest) second the provider can restore the instance's database to, as far as the provider
+        itself knows (None where the hub's own records say: e.g. the oldest base backup); ``database`` as in
+        ``backup_database``. Only drivers whose
+        ``pool_capabilities().point_in_time_restore`` is set implement it."""
         raise NotImplementedError
 
 

@@ -12,19 +12,33 @@ Backups are ``pg_dump --format=custom`` files taken as the admin from an exporte
 moment they hold is known exactly), streamed through Fernet encryption into
 ``var/backups/database/pool<id>/``. A restore creates a NEW database owned by the instance's login and
 feeds the decrypted dump to ``pg_restore`` connected as that login, in one transaction.
+
+Two kinds of pool, told apart by ``config["managed"]``:
+
+- **external** (no ``managed``): a server set up outside the hub, reached at ``host``/``port`` as above; the hub
+  only creates databases and roles on it, and restores to the dump at or before the time asked.
+- **managed** (``"managed": true``): a cluster the hub itself creates and runs on this machine
+  (``postgres_cluster.Cluster``: its own port, data under ``var/postgres/pool<id>/``, WAL archived continuously,
+  base backups by ``base_backup``). Its admin password is derived from the credential key (stored nowhere);
+  ``host``, ``port`` and ``data_dir`` are written by ``provision_pool``, so a top-up of a managed pool creates a
+  new cluster. It restores to any second: the latest base backup at or before the time plus the archived WAL
+  are recovered into a temporary cluster, the one database is dumped from it into a new database of the pool,
+  and the temporary cluster is removed.
 """
-import glob
+import dataclasses
 import os
 import shutil
 import subprocess
 import tempfile
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import psycopg
 from psycopg import errors, sql
 
 from provisioning import crypto
+from provisioning.drivers import postgres_cluster
 from provisioning.drivers.base import (
     BackupResult,
     Capabilities,
@@ -32,6 +46,7 @@ from provisioning.drivers.base import (
     DatabaseDriver,
     PermanentDriverError,
     TransientDriverError,
+    derive_secret,
     resource_prefix,
     secret_from_environment,
 )
@@ -123,13 +138,40 @@ class PostgresDatabaseDriver(DatabaseDriver):
     clouds = ("local", "azure", "aws")  # any server the hub reaches
     default_for_clouds = ()
     lead_time_hours = 0.5
-    host_config_keys = ("version",)  # of the server it runs on
-    # The hub's own dumps, restored into a new database the instance is then switched to (to the latest backup at
-    # or before the time asked: not to any second).
-    capabilities = Capabilities(database_restore=True, database_switching=True, backup_deletion=True)
+    host_config_keys = ("version", "data_dir")  # of the server it runs on (a managed cluster's port is its own too)
+    # External servers: the hub's own dumps, restored into a new database the instance is then switched to (to the
+    # latest backup at or before the time asked). Managed clusters (``pool_capabilities``) restore to any second.
+    capabilities = Capabilities(
+        point_in_time_restore=True, database_restore=True, database_switching=True, backup_deletion=True
+    )
+
+    @property
+    def managed(self) -> bool:
+        """Whether the pool is a cluster the hub runs (``config["managed"]``), not an external server."""
+        return bool(self.config.get("managed"))
+
+    def pool_capabilities(self) -> Capabilities:
+        """Point-in-time restore only on a managed cluster (WAL archived); an external server restores dumps."""
+        return self.capabilities if self.managed else dataclasses.replace(self.capabilities,
+                                                                            point_in_time_restore=False)
+
+    def cluster(self) -> postgres_cluster.Cluster:
+        """The managed cluster of this pool (``PermanentDriverError`` on an external one, or before provisioning)."""
+        if not self.managed:
+            raise PermanentDriverError(f"pool {self.pool} is an external PostgreSQL server, not a managed cluster")
+        if not self.config.get("port"):
+            raise PermanentDriverError(f"pool {self.pool}: its cluster has not been provisioned (no port)")
+        return postgres_cluster.Cluster(
+            folder=postgres_cluster.root() / f"pool{self.pool.pk}", port=int(self.config["port"]),
+            password=derive_secret("postgres-cluster-admin", self.pool.pk), bin_dir=self.config.get("bin_dir"),
+        )
 
     def _connect_kwargs(self, dbname: str | None = None) -> dict:
         config = self.config
+        if self.managed:
+            cluster = self.cluster()
+            return {"host": "127.0.0.1", "port": cluster.port, "user": postgres_cluster.ADMIN,
+                    "dbname": dbname or "postgres", "password": cluster.password, "connect_timeout": 10}
         kwargs = {
             "host": config.get("host", "127.0.0.1"),
             "port": int(config.get("port", 5432)),
@@ -148,6 +190,9 @@ class PostgresDatabaseDriver(DatabaseDriver):
         try:
             return psycopg.connect(autocommit=True, **self._connect_kwargs())
         except psycopg.OperationalError as error:
+            if self.managed and not self.cluster().running():  # the machine restarted: the hub runs its clusters
+                self.cluster().start()
+                return self._admin()
             raise TransientDriverError(f"pool {self.pool}: PostgreSQL server not reachable: {error}") from error
 
     def _run(self, work):
@@ -161,7 +206,20 @@ class PostgresDatabaseDriver(DatabaseDriver):
             raise PermanentDriverError(f"pool {self.pool}: {error}") from error
 
     def provision_pool(self) -> dict:
-        """A PostgreSQL server is set up outside the hub; this checks it answers and returns its address."""
+        """External: check the server answers and return its address. Managed: create (or find) the pool's own
+        cluster on a port of its own, start it, and return its address; safe to repeat."""
+        if self.managed:
+            port = postgres_cluster.port_allocate(f"pool{self.pool.pk}")
+            self.config = {**self.config, "port": port}
+            cluster = self.cluster()
+            cluster.create()
+            cluster.start()
+            with cluster.connect() as connection:
+                server_version = connection.execute("SHOW server_version").fetchone()[0]
+            return {"external_id": f"postgres://127.0.0.1:{port}",
+                    "config": {"host": "127.0.0.1", "port": port, "data_dir": str(cluster.data),
+                               "version": server_version}}
+
         def version(cursor):
             cursor.execute("SHOW server_version")
             return cursor.fetchone()[0]
@@ -171,7 +229,12 @@ class PostgresDatabaseDriver(DatabaseDriver):
         return {"external_id": f"postgres://{kwargs['host']}:{kwargs['port']}", "config": {"version": server_version}}
 
     def delete_pool(self) -> None:
-        """The server outlives the pool row; nothing to delete."""
+        """External: the server outlives the pool row, nothing to delete. Managed: stop the cluster and delete
+        it with its archive and base backups, and give its port back."""
+        if self.managed:
+            if self.config.get("port"):
+                self.cluster().remove()
+            postgres_cluster.port_release(f"pool{self.pool.pk}")
 
     def credentials(self, instance, *, database: str | None = None) -> DatabaseCredentials:
         """How the instance connects to ``database`` (default: its derived database) with its own login."""
@@ -247,25 +310,7 @@ class PostgresDatabaseDriver(DatabaseDriver):
 
         Raises ``PermanentDriverError`` naming the package to install when it is nowhere.
         """
-        if self.config.get("bin_dir"):
-            candidate = Path(self.config["bin_dir"]) / name
-            if candidate.is_file():
-                return str(candidate)
-        found = shutil.which(name)
-        if found:
-            return found
-
-        def major(path: str) -> float:
-            version = Path(path).parent.parent.name
-            return float(version) if version.replace(".", "", 1).isdigit() else 0.0
-
-        installed = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=major)
-        if installed:
-            return installed[-1]
-        raise PermanentDriverError(
-            f"{name} is not installed on this worker: install the postgresql-client package "
-            "(its major version at least the server's)"
-        )
+        return postgres_cluster.binary(name, self.config.get("bin_dir"))
 
     def _client_environment(self, password: str | None) -> dict:
         """Environment of pg_dump / pg_restore: the password and TLS mode never go on the command line.
@@ -357,25 +402,96 @@ class PostgresDatabaseDriver(DatabaseDriver):
         return self._run(work)
 
     def restore_database(self, *, instance, point_in_time: datetime, new_database: str, source: str = "") -> str:
-        """Restore the dump at ``source`` (one of this pool's backups) into the NEW database ``new_database``.
+        """Restore into the NEW database ``new_database`` from ``source``, one of this pool's backups.
+
+        External server: ``source`` is a dump (``backup_database``); the database holds what it held when the
+        dump was taken (``point_in_time`` is the caller's business). Managed cluster: ``source`` is a base backup
+        (``base_backup``) taken at or before ``point_in_time``; it and the archived WAL are recovered into a
+        temporary cluster to exactly ``point_in_time``, and the instance's database is dumped from it: the derived
+        one, or the one ``?database=<name>`` on ``source`` names (the database it used at that time, after an
+        earlier restore switched it).
 
         The new database is owned by the instance's login, open to it alone, and filled by ``pg_restore``
         connected as that login in a single transaction. Idempotent: a finished restore of that name is
         returned as is, an unfinished one (a crash) is dropped and redone. Refuses (permanently) to touch a
-        database it did not create, the derived one included. ``point_in_time`` is the caller's business:
-        dumps restore to the moment they were taken.
+        database it did not create, the derived one included.
         """
         if not source:
             raise PermanentDriverError(f"pool {self.pool}: a PostgreSQL restore needs the backup to restore from")
+        if self.managed:
+            query = parse_qs(urlparse(source).query)
+            return self.restore_point_in_time(instance=instance, point_in_time=point_in_time,
+                                              new_database=new_database, base=source.split("?", 1)[0],
+                                              database=(query.get("database") or [None])[0])
+        path = crypto.check_local_backup(source, checksum="")
+
+        def feed(stdin):
+            with open(path, "rb") as encrypted:
+                for chunk in crypto.decrypted_chunks(encrypted):
+                    stdin.write(chunk)
+
+        return self._load(instance=instance, new_database=new_database, feed=feed, origin=Path(path).name)
+
+    def restore_point_in_time(self, *, instance, point_in_time: datetime, new_database: str, base: str,
+                              database: str | None = None) -> str:
+        """Managed cluster: recover ``base`` (a base backup's location) + WAL to ``point_in_time`` in a temporary
+        cluster, and load ``database`` (default: the derived one) from it into the NEW ``new_database``.
+
+        The temporary cluster (its folder, process and port) is removed on success and on failure. Raises
+        ``PermanentDriverError`` when the recovery cannot reach the time (e.g. the WAL archive has a gap).
+        """
         if new_database == self.database_name(instance):
             raise PermanentDriverError(f"restore must go to a new database, not onto {new_database}")
-        path = crypto.check_local_backup(source, checksum="")
-        pg_restore = self.binary("pg_restore")
+        if self._restored_already(new_database):
+            return new_database
+        cluster = self.cluster()
+        folder = crypto.local_file(base) if base.startswith("file://") else Path(base)
+        if not folder.is_relative_to(cluster.bases):
+            raise PermanentDriverError(f"{base} is not a base backup of pool {self.pool}")
+        database = database or self.database_name(instance)
+        cluster.archive_now()  # the WAL up to now is in the archive, and a commit follows any earlier target
+        with cluster.recovered(base=folder, point_in_time=point_in_time, name=new_database) as temporary:
+            pg_dump = self.binary("pg_dump")
+            with tempfile.TemporaryFile() as stderr:
+                dump = subprocess.Popen(
+                    [pg_dump, "--format=custom", "--no-password", "--host=127.0.0.1", f"--port={temporary.port}",
+                     f"--username={postgres_cluster.ADMIN}", f"--dbname={database}"],
+                    stdout=subprocess.PIPE, stderr=stderr, env=self._client_environment(temporary.password),
+                )
+
+                def feed(stdin):
+                    with dump.stdout:
+                        for block in iter(lambda: dump.stdout.read(1 << 20), b""):
+                            stdin.write(block)
+
+                try:
+                    self._load(instance=instance, new_database=new_database, feed=feed,
+                               origin=f"{folder.name} + WAL to {point_in_time.isoformat()}")
+                finally:
+                    if dump.poll() is None:
+                        dump.kill()
+                    dump.wait()
+                if dump.returncode != 0:
+                    stderr.seek(0)
+                    raise self._client_failed("pg_dump (temporary cluster)", dump.returncode, stderr.read())
+        return new_database
+
+    def _restored_already(self, new_database: str) -> bool:
         comment = self._database_comment(new_database)
         if comment is not None and comment.startswith(RESTORED_COMMENT):
-            return new_database
+            return True
         if comment is not None and comment != RESTORING_COMMENT:
             raise PermanentDriverError(f"database {new_database} exists and is not an unfinished restore: not touched")
+        return False
+
+    def _load(self, *, instance, new_database: str, feed, origin: str) -> str:
+        """Create ``new_database`` for the instance's login and ``pg_restore`` into it what ``feed(stdin)``
+        writes (a custom-format dump); marks it done. A finished one is returned as is."""
+        if new_database == self.database_name(instance):
+            raise PermanentDriverError(f"restore must go to a new database, not onto {new_database}")
+        pg_restore = self.binary("pg_restore")
+        if self._restored_already(new_database):
+            return new_database
         login = self.login_name(instance)
         identifier = sql.Identifier(new_database)
 
@@ -398,9 +514,8 @@ class PostgresDatabaseDriver(DatabaseDriver):
                 env=self._client_environment(self.password(instance)),
             )
             try:
-                with open(path, "rb") as encrypted, process.stdin:
-                    for chunk in crypto.decrypted_chunks(encrypted):
-                        process.stdin.write(chunk)
+                with process.stdin:
+                    feed(process.stdin)
             except BrokenPipeError:
                 pass  # pg_restore stopped early: its exit status and messages say why
             except BaseException:
@@ -410,12 +525,53 @@ class PostgresDatabaseDriver(DatabaseDriver):
             if process.wait() != 0:
                 stderr.seek(0)
                 raise self._client_failed("pg_restore", process.returncode, stderr.read())
-        done = f"{RESTORED_COMMENT} from {Path(path).name}"
+        done = f"{RESTORED_COMMENT} from {origin}"[:1000]
         self._run(lambda cursor: cursor.execute(
             sql.SQL("COMMENT ON DATABASE {} IS {}").format(identifier, sql.Literal(done))
         ))
         return new_database
 
+    # -- a managed cluster's base backups and window ----------------------------------------------------------
+
+    def base_backup(self, *, label: str) -> BackupResult:
+        """A base backup of the managed cluster (``pg_basebackup``, verified with ``pg_verifybackup``); its
+        checksum is the SHA-256 of its ``backup_manifest``, which holds the SHA-256 of every file. ``taken_at``
+        is when it finished: the cluster is consistent from then on. The same label finds the same backup."""
+        folder, size, checksum = self.cluster().base_backup(label)
+        return BackupResult(location=folder.as_uri(), size_bytes=size, checksum=checksum,
+                            extra={"taken_at": datetime.now(UTC).isoformat(), "format": "pg_basebackup"})
+
+    def backup_checksum(self, *, location: str) -> str:
+        """A base backup (a folder): ``pg_verifybackup`` checks each file against the manifest, and the manifest's
+        SHA-256 is returned. A dump file: its SHA-256."""
+        path = crypto.local_file(location)
+        if path.is_dir():
+            return self.cluster().verify_base(path)
+        return super().backup_checksum(location=location)
+
     def delete_backup(self, *, location: str) -> None:
-        """Remove a dump file of this pool; absent is fine."""
+        """Remove a dump file or a base backup folder of this pool; absent is fine."""
+        path = crypto.local_file(location)
+        if self.managed and path.is_relative_to(self.cluster().bases):
+            shutil.rmtree(path, ignore_errors=True)
+            return
         crypto.delete_local_backup(location)
+
+    def point_in_time_window(self, *, instance, database: str | None = None) -> tuple[datetime | None, datetime | None]:
+        """(None, the newest restorable second): the newest archived WAL, or now when everything written is
+        archived. The start is the pool's oldest base backup, which the hub records (``None`` here)."""
+        cluster = self.cluster()
+        try:
+            with cluster.connect() as connection:
+                archived, last_time = connection.execute(
+                    "SELECT pg_walfile_name(pg_current_wal_lsn()) = last_archived_wal, last_archived_time "
+                    "FROM pg_stat_archiver"
+                ).fetchone()
+                if archived:
+                    return None, datetime.now(UTC)
+                if last_time is not None:
+                    return None, last_time
+        except psycopg.OperationalError:
+            pass  # the cluster is down: what is in the archive is what can be restored
+        return None, cluster.latest_archived()
+

@@ -2,7 +2,10 @@
 
 Steps (the operation's ``params["what"]`` says which restore; its ``Restore`` row holds the details):
 
-1. verify — the backup is usable: not deleted, and (local drivers) its file whole and readable with the key;
+1. verify — the backup is usable: not deleted, and its checksum as stored now (``backup_checksum`` of its driver)
+   is the one recorded when it was made — the one check every restore passes, before anything is written;
+   a point-in-time restore on a managed PostgreSQL pool checks its base backup the same way; a provider that
+   restores from its own replica (Litestream, the clouds' PITR) checks the replica's own checksums itself;
 2. safeguard — files: back the share's current content up first; database: nothing (the old database is kept);
 3. restore — database: into the NEW database ``Restore.new_database``, never over the live one;
    files: the share's content replaced by the backup's (unpacked aside first, then moved in);
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db import transaction
@@ -28,7 +32,7 @@ from provisioning import crypto, drivers
 from provisioning.backups.selectors import RESTORE_STATES, current_database
 from provisioning.backups.services import backup_take
 from provisioning.drivers.base import PermanentDriverError
-from provisioning.models import BackupKind, BackupReason, BackupState, InstanceDatabase, Restore, RestoreState
+from provisioning.models import Backup, BackupKind, BackupReason, BackupState, InstanceDatabase, Restore, RestoreState
 from provisioning.plans.provision import deployment_spec
 from provisioning.plans.registry import HOURS, Plan, register_plan
 
@@ -40,7 +44,7 @@ def _instance(operation: Operation) -> Instance:
 
 
 def _restore(operation: Operation) -> Restore:
-    return Restore.objects.select_related("backup__pool").get(pk=operation.params["restore_id"])
+    return Restore.objects.select_related("backup__pool", "base_backup__pool").get(pk=operation.params["restore_id"])
 
 
 def _in_use(instance: Instance) -> str:
@@ -65,12 +69,40 @@ def restore_begin(operation: Operation) -> None:
     Restore.objects.filter(pk=operation.params["restore_id"]).update(state=RestoreState.PENDING, finished_at=None)
 
 
+def restore_source(restore: Restore):
+    """What the restore reads: the hub's backup, the pool's base backup (managed PostgreSQL), or None (the provider
+    restores from its own replica)."""
+    return restore.base_backup or restore.backup
+
+
 def restore_verify(operation: Operation) -> None:
-    backup = _restore(operation).backup
-    if backup.state != BackupState.SUCCEEDED:
-        raise PermanentDriverError(f"backup #{backup.pk} is {backup.state}: it cannot be restored")
-    if backup.location.startswith("file://"):
-        crypto.check_local_backup(backup.location, backup.checksum)
+    """Refuse (``BackupCorrupt``, permanent) a source that is not succeeded or whose checksum as stored now differs
+    from the one recorded when it was made; nothing has been written yet."""
+    restore = _restore(operation)
+    source = restore_source(restore)
+    if source is None:
+        return
+    if source.state != BackupState.SUCCEEDED:
+        raise PermanentDriverError(f"{source} is {source.state}: it cannot be restored")
+    if not source.checksum:
+        raise crypto.BackupCorrupt(f"{source} has no recorded checksum: it cannot be verified, so it is not used")
+    found = drivers.for_pool(source.pool).backup_checksum(location=source.location)
+    if found != source.checksum:
+        raise crypto.BackupCorrupt(
+            f"{source} does not match its recorded checksum (recorded {source.checksum[:12]}…, found "
+            f"{found[:12]}…): it was changed or damaged after it was made; nothing was restored"
+        )
+    if source.location.startswith("file://") and isinstance(source, Backup):
+        crypto.check_local_backup(source.location, source.checksum)  # and readable with the current key
+
+
+def database_at(instance: Instance, moment) -> str:
+    """The database the instance used at ``moment``: the one the last restore finished by then switched to, else
+    its derived one."""
+    switched = Restore.objects.filter(
+        instance=instance, kind=BackupKind.DATABASE, state=RestoreState.SUCCEEDED, finished_at__lte=moment
+    ).order_by("-finished_at", "-id").values_list("new_database", flat=True).first()
+    return switched or drivers.for_pool(instance.database_pool).database_name(instance)
 
 
 def restore_safeguard(operation: Operation) -> None:
@@ -91,9 +123,15 @@ def restore_restore(operation: Operation) -> None:
         return
     if restore.new_database == _in_use(instance):
         return  # switched already (a re-run after the switch)
+    if restore.base_backup is not None:
+        database = database_at(instance, restore.point_in_time)
+        source = f"{restore.base_backup.location}?{urlencode({'database': database})}"
+    elif restore.backup is not None:
+        source = restore.backup.location
+    else:  # the provider's own replica: of the database the instance used at that time
+        source = "?" + urlencode({"database": database_at(instance, restore.point_in_time)})
     drivers.for_pool(instance.database_pool).restore_database(
-        instance=instance, point_in_time=restore.point_in_time, new_database=restore.new_database,
-        source=restore.backup.location,
+        instance=instance, point_in_time=restore.point_in_time, new_database=restore.new_database, source=source,
     )
 
 

@@ -20,7 +20,7 @@ from tests.factories import make_cell, make_instance, make_pool, make_reef, make
 # Written here, not read from the drivers: the config keys that name each provider's own host.
 EXPECTED_HOST_KEYS = {
     "sqlite": set(),
-    "postgres": {"version"},
+    "postgres": {"version", "data_dir"},  # a managed cluster's folder (its port is re-allocated by provision_pool)
     "azure_sql": {"elastic_pool"},
     "aws_rds": {"db_instance_identifier"},
     "local_fs": set(),

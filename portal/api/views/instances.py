@@ -40,6 +40,9 @@ class InstanceViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     lookup_field = "name"
     throttle_scope = "signup"
 
+    def get_serializer_class(self):
+        return s.InstanceDetailSerializer if self.action == "retrieve" else s.InstanceSerializer
+
     def get_throttles(self):
         if self.action == "create":
             return [AtomicScopedRateThrottle()]
