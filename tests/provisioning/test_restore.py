@@ -9,8 +9,8 @@ from django.utils import timezone
 
 from cells.choices import InstanceState, OperationState, PoolKind, Provider
 from cells.errors import Refused
-from cells.models import Instance
-from provisioning import drivers, faults
+from cells.models import Instance, Operation
+from provisioning import crypto, drivers, faults
 from provisioning.backups import (
     backups_expire,
     instance_restore,
@@ -18,7 +18,15 @@ from provisioning.backups import (
     instance_restore_files,
     restorable_window,
 )
-from provisioning.models import Backup, BackupKind, BackupReason, InstanceDatabase, Restore, RestoreState
+from provisioning.models import (
+    Backup,
+    BackupKind,
+    BackupReason,
+    BackupState,
+    InstanceDatabase,
+    Restore,
+    RestoreState,
+)
 from provisioning.operations import operation_retry
 from tests.factories import make_instance, make_pool
 from tests.provisioning import test_backups as shared
@@ -211,3 +219,64 @@ def test_restore_is_refused_on_a_provider_that_cannot_switch():
     instance = make_instance(state=InstanceState.RUNNING, database_pool=pool, reef=pool.reef)
     with pytest.raises(Refused, match=r"not available yet .*\(Azure SQL elastic pool\)"):
         instance_restore(instance=instance, point_in_time=timezone.now())
+
+
+def test_a_restore_to_t_uses_the_latest_database_backup_at_or_before_t():
+    """Three database backups with known moments, T between the second and the third: the second is restored (not
+    the first, which is also before T, nor the third, which is after it)."""
+    pool = make_pool(kind=PoolKind.DATABASE)  # SQLite without Litestream: a restore brings a backup back
+    instance = make_instance(state=InstanceState.RUNNING, database_pool=pool, reef=pool.reef)
+    first_at = timezone.now().replace(microsecond=0) - timedelta(hours=3)
+    second_at, third_at = first_at + timedelta(hours=1), first_at + timedelta(hours=2)
+
+    def backup(taken_at, kind=BackupKind.DATABASE, **fields):
+        return Backup.objects.create(
+            instance=instance, kind=kind, pool=pool, state=BackupState.SUCCEEDED, taken_at=taken_at,
+            finished_at=taken_at, location=f"file:///backups/{kind}-{taken_at:%H%M%S}", checksum="0" * 64, **fields,
+        )
+
+    # Made out of order, so neither the ids nor the creation order point at the right one.
+    backup(third_at)
+    second = backup(second_at)
+    backup(first_at)
+    # Between the second and T: a files backup and a failed database backup, neither of which holds the database.
+    backup(second_at + timedelta(minutes=20), kind=BackupKind.FILES)
+    Backup.objects.create(instance=instance, kind=BackupKind.DATABASE, pool=pool, state=BackupState.FAILED,
+                          taken_at=second_at + timedelta(minutes=25))
+
+    point = second_at + timedelta(minutes=30)
+    operation = instance_restore(instance=instance, point_in_time=point)
+    restore = Restore.objects.get(operation=operation)
+    assert restore.backup_id == second.pk and restore.point_in_time == point
+    # Exactly at a backup's moment, that backup is the one ("at or before").
+    Restore.objects.filter(pk=restore.pk).update(state=RestoreState.SUCCEEDED)
+    Operation.objects.filter(pk=operation.pk).update(state=OperationState.SUCCEEDED)
+    at_third = Restore.objects.get(operation=instance_restore(instance=instance, point_in_time=third_at))
+    assert at_third.backup.taken_at == third_at
+
+
+def test_a_backup_whose_checksum_does_not_match_is_refused_before_anything_is_written(run, sqlite_cell):
+    """The older backup's file replaced by the newer one's (a valid file under the current key, so it decrypts
+    fine, but not what was recorded): the restore to the older backup's moment is refused by its checksum, and no
+    new database exists, the Restore is not left running and the instance keeps its live database."""
+    instance = signup(run, sqlite_cell)
+    live = sqlite_file(instance)
+    sqlite_write(live, "first")
+    older = Backup.objects.get(operation=back_up(run, instance))
+    _after(older.taken_at)
+    sqlite_write(live, "second")
+    newer = Backup.objects.get(operation=back_up(run, instance))
+    older_file, newer_file = crypto.local_file(older.location), crypto.local_file(newer.location)
+    older_file.write_bytes(newer_file.read_bytes())
+
+    operation = finished(run(instance_restore, instance=instance, point_in_time=older.taken_at))
+    restore = Restore.objects.get(operation=operation)
+    assert restore.backup_id == older.pk
+    assert operation.state == OperationState.FAILED
+    assert "does not match its recorded checksum" in operation.error and "nothing was restored" in operation.error
+    restore.refresh_from_db()
+    assert restore.state == RestoreState.FAILED
+    assert not sqlite_file(instance, restore.new_database).exists()
+    assert not InstanceDatabase.objects.filter(instance=instance).exists()
+    assert _deployed_database_url(instance) == f"sqlite:///{live}"
+    assert sqlite_rows(live) == ["first", "second"]
