@@ -115,3 +115,59 @@ def test_a_dedicated_instance_completing_its_placement_in_its_reef_takes_dedicat
     assert (instance.database_pool_id, instance.compute_pool_id) == (
         cell["dedicated_database"].pk, cell["dedicated_compute"].pk)
     assert Share.objects.get(instance=instance).pool_id == cell["dedicated_storage"].pk
+
+
+def _storage_scarce_cell():
+    """Capacities that differ by kind: database 5, compute 5, shared storage 2 — and a dedicated storage pool with
+    three free shares, which only a tier=dedicated instance may take."""
+    reef = make_reef()
+    return {
+        "reef": reef,
+        "database": make_pool(reef, PoolKind.DATABASE, capacity=5),
+        "compute": make_pool(reef, PoolKind.COMPUTE, capacity=5),
+        "storage": make_pool(reef, PoolKind.STORAGE, capacity=2),
+        "dedicated_storage": make_pool(reef, PoolKind.STORAGE, capacity=3, dedicated=True),
+    }
+
+
+def _shared_instances_on_dedicated_shares(cell):
+    return Share.objects.filter(pool=cell["dedicated_storage"], instance__tier=Tier.SHARED)
+
+
+def test_exhausting_shared_storage_never_hands_out_a_dedicated_share():
+    """The one-statement PostgreSQL path (shared instances): database and compute still have room when shared storage
+    runs out, and the next signup is refused rather than given the dedicated pool's share."""
+    cell = _storage_scarce_cell()
+    placed = [place(cell["reef"].region) for _ in range(2)]
+    assert {Share.objects.get(instance=i).pool_id for i in placed} == {cell["storage"].pk}
+    for _ in range(2):  # asked again: still no
+        with pytest.raises(NoCapacity):
+            place(cell["reef"].region)
+    assert not _shared_instances_on_dedicated_shares(cell).exists()
+    assert cell["dedicated_storage"].shares.filter(status=ShareStatus.AVAILABLE).count() == 3
+    assert Instance.objects.filter(reef=cell["reef"]).count() == 2  # the refused ones took nothing
+
+    # A shared instance completing its placement in its reef (a retry after a partial release) is refused too.
+    lacking = make_instance(reef=cell["reef"], database_pool=cell["database"], compute_pool=cell["compute"])
+    with pytest.raises(NoCapacity):
+        instance_place(instance=lacking)
+    assert not _shared_instances_on_dedicated_shares(cell).exists()
+    assert cell["dedicated_storage"].shares.filter(status=ShareStatus.AVAILABLE).count() == 3
+
+
+def test_the_dedicated_path_takes_one_dedicated_pool_and_never_a_second_instance_into_it():
+    """The dedicated path (row-locked reef, then slots): the first tier=dedicated instance gets the dedicated storage
+    pool; with shared storage exhausted, a second one is refused rather than given another share of that pool."""
+    cell = _storage_scarce_cell()
+    for _ in range(2):
+        place(cell["reef"].region)  # shared storage is now full
+    first = place(cell["reef"].region, tier=Tier.DEDICATED)
+    assert Share.objects.get(instance=first).pool_id == cell["dedicated_storage"].pk
+    with pytest.raises(NoCapacity):
+        place(cell["reef"].region, tier=Tier.DEDICATED)
+    with pytest.raises(NoCapacity):
+        place(cell["reef"].region)
+    assert list(cell["dedicated_storage"].shares.exclude(instance=None).values_list("instance", flat=True)) == [
+        first.pk
+    ]
+    assert cell["dedicated_storage"].shares.filter(status=ShareStatus.AVAILABLE).count() == 2
