@@ -30,7 +30,7 @@ from provisioning.rollouts import (
     rollout_start,
     rollouts_tick,
 )
-from tests.factories import make_cell, make_reef, make_region, make_user
+from tests.factories import make_cell, make_instance, make_reef, make_region, make_user
 
 pytestmark = pytest.mark.django_db
 BACKUP_KEY = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0wMDAwMDA="
@@ -259,8 +259,6 @@ def test_two_ticks_at_once_never_upgrade_one_instance_twice():
     Release.objects.create(version=NEW, image="img", state=ReleaseState.AVAILABLE)
     cell = make_cell(make_reef(region, rollout_ring=0), capacity=30)
     owner = make_user()
-    from tests.factories import make_instance
-
     for n in range(20):
         make_instance(owner=owner, region=region, name=f"t{n:02d}", reef=cell["reef"], database_pool=cell["database"],
                       compute_pool=cell["compute"], state=InstanceState.RUNNING, server_version=OLD)
@@ -286,3 +284,39 @@ def test_two_ticks_at_once_never_upgrade_one_instance_twice():
     assert len(per_instance) == 20 and len(set(per_instance)) == 20
     assert sorted(len(r) for r in results) in ([0, 1], [1, 1])
     assert RolloutTarget.objects.filter(rollout=rollout, state=TargetState.UPGRADING).count() == 20
+
+
+def test_a_wave_halts_on_the_absolute_failure_count_while_the_ratio_stays_under_its_limit():
+    """max_failures=1 with a 50% ratio limit, a wave of ten: one failed upgrade goes on, the second halts the rollout
+    (20% failed, well under the ratio), with the reason: "more failed upgrades than max_failures halt" (the model's
+    rule), so the count alone decides here."""
+    region = make_region()
+    Release.objects.create(version=NEW, image="img", state=ReleaseState.AVAILABLE)
+    cell = make_cell(make_reef(region, rollout_ring=0), capacity=12)
+    owner = make_user()
+    for n in range(10):
+        make_instance(owner=owner, region=region, name=f"t{n:02d}", reef=cell["reef"], database_pool=cell["database"],
+                      compute_pool=cell["compute"], state=InstanceState.RUNNING, server_version=OLD)
+    rollout = rollout_create(release=Release.objects.get(version=NEW), batch_size=10, bake_minutes=60,
+                             max_failures=1, max_failure_ratio=0.5)
+    rollout_start(rollout=rollout)
+    rollouts_tick(now=SUNDAY_0230)  # every target's upgrade starts (the worker is not run: outcomes are set below)
+    upgrades = {o.instance.name: o for o in Operation.objects.filter(kind=OperationKind.UPGRADE)}
+    assert sorted(upgrades) == [f"t{n:02d}" for n in range(10)]
+
+    def outcome(names, state):
+        Operation.objects.filter(pk__in=[upgrades[n].pk for n in names]).update(state=state)
+
+    outcome([f"t{n:02d}" for n in range(1, 9)], OperationState.SUCCEEDED)
+    outcome(["t00"], OperationState.FAILED)
+    rollouts_tick(now=SUNDAY_0230 + timedelta(minutes=1))
+    rollout.refresh_from_db()
+    assert rollout.state == RolloutState.RUNNING and rollout.halt_reason == ""  # one failure: not more than 1
+
+    outcome(["t09"], OperationState.FAILED)
+    rollouts_tick(now=SUNDAY_0230 + timedelta(minutes=2))
+    rollout.refresh_from_db()
+    assert rollout.state == RolloutState.HALTED
+    assert rollout.halt_reason == "wave 1 (ring 0): 2 of 10 upgrades failed (limit 1 or 50%): t00, t09"
+    wave = rollout.waves.get()
+    assert (wave.failed, wave.succeeded, wave.state) == (2, 8, WaveState.RUNNING)  # halted, never baked
