@@ -6,7 +6,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from cells.choices import CleanupState, InstanceState, OperationKind, OperationState, Provider, ShareStatus
@@ -206,6 +206,92 @@ def test_a_retry_gives_the_watchdog_its_requeue_back_but_not_while_a_cleanup_is_
     assert OperationWatch.objects.get(operation=operation).requeues == 0
     operation.refresh_from_db()
     assert (operation.state, operation.cleanup_state) == (OperationState.QUEUED, CleanupState.NONE)
+
+
+def test_operation_run_leaves_an_operation_a_live_worker_holds_alone(instance, settings):
+    """Running, with a heartbeat inside the lease, held by another worker: a second delivery of its task runs no
+    step, takes no attempt and writes no audit row; once the heartbeat is older than the lease, it is taken over."""
+    settings.CELLHUB = {**settings.CELLHUB, "OPERATION_LEASE_SECONDS": 60}
+    now = timezone.now()
+    operation = Operation.objects.create(kind=OperationKind.STOP, instance=instance, state=OperationState.RUNNING,
+                                         attempts=1, started_at=now - timedelta(minutes=5))
+    OperationWatch.objects.create(operation=operation, claimed_at=now - timedelta(minutes=5), worker="elsewhere:4242")
+    beat = now - timedelta(seconds=50)  # the other worker's last heartbeat: inside the lease
+    Operation.objects.filter(pk=operation.pk).update(updated_at=beat)
+
+    assert operation_run(operation.pk) is None
+    operation.refresh_from_db()
+    assert (operation.state, operation.attempts, operation.steps, operation.updated_at) == (
+        OperationState.RUNNING, 1, [], beat)
+    assert OperationWatch.objects.get(operation=operation).worker == "elsewhere:4242"
+    assert not AuditEvent.objects.filter(target_type="operation", target_id=str(operation.pk)).exists()
+
+    # The same operation whose heartbeat is past the lease (its worker died) is this worker's to take.
+    Operation.objects.filter(pk=operation.pk).update(updated_at=now - timedelta(seconds=61))
+    operation_run(operation.pk)
+    operation.refresh_from_db()
+    assert operation.attempts == 2 and OperationWatch.objects.get(operation=operation).worker != "elsewhere:4242"
+    assert _audit("operation.start", operation)
+
+
+def _sessions_waiting_for_a_lock() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("requeues", [0, 1], ids=["would-requeue", "would-fail"])
+def test_the_watchdog_rechecks_under_the_row_lock_and_leaves_a_refreshed_operation_alone(settings, requeues):
+    """The watchdog lists an operation whose heartbeat is stale; before it gets the row lock, the operation's worker
+    (another connection) commits a fresh heartbeat. Under the lock the watchdog sees it alive and does nothing:
+    neither the requeue (first time stuck) nor the failure (stuck again)."""
+    settings.CELLHUB = {**settings.CELLHUB, "OPERATION_LEASE_SECONDS": 30}
+    cell = make_cell(capacity=2)
+    instance = make_instance(reef=cell["reef"], state=InstanceState.RUNNING)
+    long_ago = timezone.now() - timedelta(minutes=5)
+    operation = Operation.objects.create(kind=OperationKind.STOP, instance=instance, state=OperationState.RUNNING,
+                                         attempts=1, started_at=long_ago)
+    Operation.objects.filter(pk=operation.pk).update(updated_at=long_ago)
+    OperationWatch.objects.create(operation=operation, claimed_at=long_ago, worker="elsewhere:4242", requeues=requeues)
+    beating, commit = threading.Event(), threading.Event()
+    summary = {}
+
+    def worker():  # the operation's worker, alive after all: its heartbeat holds the row until it commits
+        try:
+            with transaction.atomic():
+                Operation.objects.filter(pk=operation.pk).update(updated_at=timezone.now())
+                beating.set()
+                commit.wait(30)
+        finally:
+            connection.close()
+
+    def watchdog():
+        try:
+            summary.update(operations_watch())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, name="worker"), threading.Thread(target=watchdog, name="watchdog")]
+    threads[0].start()
+    assert beating.wait(10)
+    threads[1].start()
+    try:
+        # The heartbeat is not committed, so the watchdog's list still shows the operation stuck; it is now waiting
+        # for the row lock to act on it.
+        wait_for(lambda: _sessions_waiting_for_a_lock() == 1, timeout=15, message="the watchdog at the row lock")
+    finally:
+        commit.set()
+        for thread in threads:
+            thread.join(30)
+    assert summary == {"requeued": [], "failed": [], "cleaned_up": []}
+    operation.refresh_from_db()
+    assert (operation.state, operation.attempts, operation.error) == (OperationState.RUNNING, 1, "")
+    assert operation.updated_at > timezone.now() - timedelta(seconds=30)
+    assert OperationWatch.objects.get(operation=operation).requeues == requeues
+    assert not AuditEvent.objects.filter(target_type="operation", target_id=str(operation.pk)).exists()
 
 
 # ---- staff: cancel and force-state -----------------------------------------------------------------------------
