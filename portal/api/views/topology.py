@@ -48,7 +48,9 @@ class ReefViewSet(AuditedWrites, AnnotatedWrites, viewsets.ReadOnlyModelViewSet)
         return Response(self.get_serializer(self.get_queryset().get(pk=reef.pk)).data)
 
     @extend_schema(request=None, responses={202: s.OperationSerializer(many=True)}, parameters=[IDEMPOTENCY_HEADER])
-    @action(detail=True, methods=["post"], url_path="top-up")
+    # Not paged (the reply is the operations just ordered): without pagination_class=None the schema would
+    # describe a page of operations, not the plain list the reply is.
+    @action(detail=True, methods=["post"], url_path="top-up", pagination_class=None)
     @idempotent
     def top_up(self, request, pk=None):
         """Order now the pools this reef lacks by its thresholds; 202 with the top-up operations (maybe none)."""
