@@ -138,12 +138,16 @@ class AzureFilesStorageDriver(StorageDriver):
         kept = [rule for rule in ((current.ip_rules if current else None) or [])
                 if rule.ip_address_or_range not in set(remove) | allowed]
         rules = kept + [IPRule(ip_address_or_range=address, action="Allow") for address in sorted(allowed)]
+        operators = {}
+        if current is not None and current.virtual_network_rules:
+            operators["virtual_network_rules"] = current.virtual_network_rules
+        if current is not None and current.resource_access_rules:
+            operators["resource_access_rules"] = current.resource_access_rules
         return NetworkRuleSet(
             default_action="Deny",
             bypass=(current.bypass if current and current.bypass else "AzureServices"),
             ip_rules=sorted(rules, key=lambda rule: rule.ip_address_or_range),
-            virtual_network_rules=(current.virtual_network_rules if current else None) or [],
-            resource_access_rules=(current.resource_access_rules if current else None) or None,
+            **operators,
         )
 
     def _clients_kwargs(self) -> dict:

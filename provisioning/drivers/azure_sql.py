@@ -120,7 +120,7 @@ def restore_point(location: str) -> tuple[str, datetime, str]:
     Raises ``PermanentDriverError`` for a location that is not one."""
     parsed = urlparse(location)
     query = parse_qs(parsed.query)
-    moment = parse_datetime((query.get("restorePointInTime") or [""])[0])
+    moment = parse_datetime((query.get("restorePointInTime") or [""])[0].replace(" ", "+"))
     if not parsed.path.startswith("/subscriptions/") or moment is None:
         raise PermanentDriverError(f"{location!r} is not an Azure SQL restore point")
     return parsed.path, moment, (query.get("databaseId") or [""])[0]
@@ -520,7 +520,7 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         database_id = f"{self._server_id()}/databases/{database}"
         extra["taken_at"] = taken_at.isoformat()
         return BackupResult(
-            location=f"{database_id}?restorePointInTime={taken_at.isoformat()}&databaseId={found.database_id}",
+            location=f"{database_id}?restorePointInTime={taken_at:%Y-%m-%dT%H:%M:%SZ}&databaseId={found.database_id}",
             size_bytes=0,
             checksum=found.database_id,
             encrypted_with="Azure SQL transparent data encryption",
