@@ -309,7 +309,8 @@ class AzureFilesStorageDriver(StorageDriver):
             f"read the keys of storage account {s['account_name']}",
             lambda: self.client.storage_accounts.list_keys(s["resource_group"], s["account_name"]),
         )
-        values = [key.value for key in (keys.keys or []) if key.value]
+        # ``keys`` is also a Mapping method on the SDK's models: read the field by its wire name.
+        values = [key.get("value") for key in (keys.get("keys") or []) if key.get("value")]
         if not values:
             raise PermanentDriverError(f"storage account {s['account_name']} returned no key (shared keys disabled?)")
         return {"azurestorageaccountname": s["account_name"], "azurestorageaccountkey": values[0]}

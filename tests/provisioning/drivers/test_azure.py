@@ -537,23 +537,6 @@ def test_files_scrub_while_azure_still_deletes_is_transient(reef, transport):
         driver.scrub_share(share=share)
 
 
-def test_files_archive_creates_the_container_then_names_the_data_plane_packages(reef, transport):
-    driver = _files(reef, transport)
-    share = driver.pool.shares.get(slot=0)
-    name = f"{resource_prefix()}-archive"
-    container = f"/subscriptions/{SUB}/resourceGroups/rg-cells/providers/Microsoft.Storage/storageAccounts/cellsdeep" \
-                f"/blobServices/default/containers/{name}"
-    transport.add("GET", rf"/containers/{name}$", status=404, body={"error": {"code": "ContainerNotFound"}})
-    transport.add("PUT", rf"/containers/{name}$", {"name": name, "properties": {}})
-
-    with pytest.raises(PermanentDriverError, match="azure-storage-file-share and azure-storage-blob"):
-        driver.archive_share(share=share, label="final")
-
-    (put,) = transport.calls("PUT")
-    assert put.path == container
-    assert put.body == {"properties": {"publicAccess": "None"}}
-
-
 def test_files_throttled_twice_then_one_share(reef, transport):
     driver = _files(reef, transport)
     share = driver.pool.shares.get(slot=0)
