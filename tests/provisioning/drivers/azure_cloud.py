@@ -155,6 +155,8 @@ class AzureCloud(ArmTransport):
                 account = segments[segments.index("storageAccounts") + 1]
                 self.files.setdefault((account, name), {})
             self.resources[key] = stored
+            if method == "PUT" and segments[-2].startswith("backup"):  # retention policies answer 202
+                return self._lro(request, 202, None)
             if method == "PUT" and self._is_lro(segments):
                 return self._lro(request, 201 if existing is None else 200, self._public(stored))
             return self._response(request, 200, self._public(stored))
@@ -162,9 +164,7 @@ class AzureCloud(ArmTransport):
 
     @staticmethod
     def _is_lro(segments) -> bool:
-        return segments[-2] in ("servers", "elasticPools", "databases", "backupShortTermRetentionPolicies",
-                                "backupLongTermRetentionPolicies") or segments[-1] in (
-            "default",) and segments[-2] in ("backupShortTermRetentionPolicies",)
+        return segments[-2] in ("servers", "elasticPools", "databases")
 
     @staticmethod
     def _public(resource):
