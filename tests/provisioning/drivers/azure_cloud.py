@@ -66,7 +66,9 @@ class AzureCloud(ArmTransport):
         if host.endswith(".file.core.windows.net") or host.endswith(".blob.core.windows.net"):
             return self._data_plane(request, parsed)
         if request.url.startswith(OPERATIONS_HOST):
-            return super().send(request, **kwargs)
+            response = super().send(request, **kwargs)
+            response.headers["Retry-After"] = "0"  # poll again at once (drivers built by the hub keep ARM's 30 s)
+            return response
         content = request.content if hasattr(request, "content") else request.data
         if isinstance(content, bytes | bytearray):
             content = content.decode()
