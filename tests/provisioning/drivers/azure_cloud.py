@@ -67,7 +67,8 @@ class AzureCloud(ArmTransport):
             return self._data_plane(request, parsed)
         if request.url.startswith(OPERATIONS_HOST):
             response = super().send(request, **kwargs)
-            response.headers["Retry-After"] = "0"  # poll again at once (drivers built by the hub keep ARM's 30 s)
+            # Poll again at once: drivers built by the hub keep ARM's 30 s default, and azure-core reads "0" as unset (whole seconds only).
+            response.headers["Retry-After"] = "1"
             return response
         content = request.content if hasattr(request, "content") else request.data
         if isinstance(content, bytes | bytearray):
@@ -92,7 +93,7 @@ class AzureCloud(ArmTransport):
     def _lro(self, request, status, body):
         operation = f"op{next(self._ids)}"
         self._operations[operation] = ["InProgress", "Succeeded"]
-        headers = {"Azure-AsyncOperation": f"{OPERATIONS_HOST}/{operation}", "Retry-After": "0"}
+        headers = {"Azure-AsyncOperation": f"{OPERATIONS_HOST}/{operation}", "Retry-After": "1"}
         return self._response(request, status, body, headers)
 
     def _arm(self, request, parsed, body):
