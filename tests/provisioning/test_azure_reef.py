@@ -39,7 +39,7 @@ def cloud(monkeypatch, settings):
     for module in (azure_requests_transport, fileshare_base, blob_base):
         monkeypatch.setattr(module, "RequestsTransport", lambda *args, **kwargs: cloud)
     monkeypatch.setattr(azure.identity, "DefaultAzureCredential", FakeCredential)
-    monkeypatch.setenv("CELLHUB_TEST_SQL_ADMIN_PASSWORD", "Admin-Passw0rd!")
+    monkeypatch.setenv("CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", "Admin-Passw0rd!")
     settings.CELLHUB = {**settings.CELLHUB, "CLOUD_BACKOFF": 0, "DNS_PROVIDER": "local"}
     return cloud
 
@@ -69,7 +69,7 @@ def kube(tmp_path):
 def reef(cloud, kube):
     reef = make_reef(make_region(cloud="azure", location="westus2"))
     sql = {"subscription_id": SUB, "resource_group": "rg-cells", "server": "sql-west-1", "elastic_pool": "ep-1",
-           "admin_password_env": "CELLHUB_TEST_SQL_ADMIN_PASSWORD", "hub_address": "203.0.113.10"}
+           "admin_password_env": "CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", "hub_address": "203.0.113.10"}
     files = {"subscription_id": SUB, "resource_group": "rg-cells", "account_name": "cellswest1",
              "hub_address": "203.0.113.10", "archive_account": "cellsdeep"}
     database = make_pool(reef, PoolKind.DATABASE, provider=Provider.AZURE_SQL, capacity=5, config=sql)

@@ -178,7 +178,7 @@ def _retention_routes(transport):
 def test_sql_create_database_in_the_elastic_pool_with_its_window_then_the_contained_user_over_tds(
     reef, transport, tds, monkeypatch, settings
 ):
-    monkeypatch.setenv("CELLHUB_TEST_SQL_ADMIN_PASSWORD", "Admin-Passw0rd!")
+    monkeypatch.setenv("CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", "Admin-Passw0rd!")
     driver = _sql(reef, transport)
     instance = make_instance()
     database = driver.database_name(instance)
@@ -231,7 +231,7 @@ def test_sql_contained_user_signs_in_with_an_entra_token_when_configured(reef, t
 def test_sql_unreachable_server_is_transient_and_a_refused_statement_permanent(reef, transport, monkeypatch):
     import pytds
 
-    monkeypatch.setenv("CELLHUB_TEST_SQL_ADMIN_PASSWORD", "x")
+    monkeypatch.setenv("CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", "x")
     driver = _sql(reef, transport)
     monkeypatch.setattr(pytds, "connect", RecordingTds(fail=pytds.OperationalError("timed out")).connect)
     with pytest.raises(TransientDriverError, match="cannot connect"):
@@ -253,7 +253,7 @@ def test_contained_user_statements_create_or_realign_the_user_and_quote():
 
 
 def test_sql_restore_creates_a_new_database_by_point_in_time_from_the_restore_point(reef, transport, tds, monkeypatch):
-    monkeypatch.setenv("CELLHUB_TEST_SQL_ADMIN_PASSWORD", "x")
+    monkeypatch.setenv("CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", "x")
     driver = _sql(reef, transport)
     instance = make_instance()
     source = driver.database_name(instance)
@@ -351,7 +351,7 @@ def test_sql_restorable_window_is_azures(reef, transport):
     instance = make_instance()
     database = driver.database_name(instance)
     transport.add("GET", rf"/databases/{database}$", _database_body(database))
-    start, end = driver.restorable_window(instance=instance)
+    start, end = driver.point_in_time_window(instance=instance)
     assert start == datetime(2026, 2, 1, tzinfo=UTC)
     assert timedelta(minutes=9) < datetime.now(UTC) - end < timedelta(minutes=11)
 
@@ -383,7 +383,7 @@ def test_sql_lists_and_checks_databases(reef, transport):
 
 
 def test_sql_throttled_twice_then_created_once(reef, transport, tds, monkeypatch):
-    monkeypatch.setenv("CELLHUB_TEST_SQL_ADMIN_PASSWORD", "x")
+    monkeypatch.setenv("CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", "x")
     driver = _sql(reef, transport)
     instance = make_instance()
     database = driver.database_name(instance)
