@@ -67,7 +67,8 @@ class AzureCloud(ArmTransport):
             return self._data_plane(request, parsed)
         if request.url.startswith(OPERATIONS_HOST):
             response = super().send(request, **kwargs)
-            # Poll again at once: drivers built by the hub keep ARM's 30 s default, and azure-core reads "0" as unset (whole seconds only).
+            # Poll again soon: drivers built by the hub keep ARM's 30 s default; azure-core reads "0" as unset and
+            # takes whole seconds only.
             response.headers["Retry-After"] = "1"
             return response
         content = request.content if hasattr(request, "content") else request.data
