@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from cells.audit import FAILED, SUCCEEDED, audit_record
 from cells.choices import OPERATION_ACTIVE_STATES, InstanceState, Provider
-from cells.models import Instance, Operation, Share
+from cells.models import Instance, Operation, Pool, Share
 from provisioning import drivers
 from provisioning.backups.selectors import database_kwargs
 from provisioning.drivers.base import DriverError
@@ -303,3 +303,12 @@ def instance_health_overview(instance: Instance, *, limit: int = 10) -> dict:
     for check in checks:
         check.customer_text = CUSTOMER_TEXT.get((check.status, check.action)) or check.get_status_display()
     return {"health": current, "health_checks": checks}
+
+
+def pool_alarm_states(*, pool: Pool) -> dict[str, str] | str:
+    """The pool's cloud metric alarms (CloudWatch, Azure Monitor) and their states, as the provider reports them;
+    an empty dict when its provider has none; a sentence when the provider cannot be read (never raises)."""
+    try:
+        return drivers.for_pool(pool).alarm_states()
+    except DriverError as error:
+        return f"alarm states unavailable: {error}"

@@ -27,6 +27,7 @@ from provisioning.capacity import (
     reef_drain,
     reef_top_up,
 )
+from provisioning.health import pool_alarm_states
 
 REFUSALS = (Refused, IntegrityError)
 
@@ -176,7 +177,7 @@ class PoolAdmin(StatusByActions, AuditedModelAdmin):
     list_filter = ["status", "kind", "provider", "dedicated", "reef__region"]
     search_fields = ["name", "external_id", "reef__slug"]
     list_select_related = ["reef__region"]
-    readonly_fields = ["status_reason", "replaces", "replaced_by", "dependent_instances"]
+    readonly_fields = ["status_reason", "replaces", "replaced_by", "dependent_instances", "alarms"]
     inlines = [ShareInline]
     actions = ["drain", "activate", "mark_failed", "replace"]
     change_list_template = "admin/capacity_change_list.html"
@@ -191,6 +192,18 @@ class PoolAdmin(StatusByActions, AuditedModelAdmin):
             return "—"
         url = reverse("admin:cells_pool_change", args=[replacement.pk])
         return format_html('<a href="{}">{}</a> ({})', url, replacement.name, replacement.status)
+
+    @admin.display(description="cloud alarms")
+    def alarms(self, pool):
+        """The database pool's metric alarms and their states, read from the provider when the page opens."""
+        if pool.pk is None or pool.kind != "database":
+            return "—"
+        states = pool_alarm_states(pool=pool)
+        if isinstance(states, str):
+            return states
+        if not states:
+            return "none (its provider has no cloud alarms)"
+        return format_html_join(", ", "{} <b>{}</b>", sorted(states.items()))
 
     @admin.display(description="instances depending on it")
     def dependent_instances(self, pool):

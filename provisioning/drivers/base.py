@@ -104,6 +104,9 @@ class DeploymentSpec:
     share_endpoint: str
     share_name: str
     replicas: int = 1
+    # What the pod needs to mount the share (``StorageDriver.mount_credentials``), rendered as the Secret
+    # ``<name>-storage``; empty when the share mounts without credentials (NFS, a local folder).
+    share_credentials: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,24 @@ class DatabaseDriver(PoolDriver):
         ``pool_capabilities().point_in_time_restore`` is set implement it."""
         raise NotImplementedError
 
+    def admit_client(self, *, instance: Instance, address: str) -> None:
+        """Let ``address`` (where the instance's compute reaches the database from) through the server's firewall,
+        as narrowly as the provider allows; idempotent. Providers without a network firewall of their own (local
+        servers, RDS behind its security group set up by staff) do nothing."""
+
+    # Cloud monitoring of the pool's own resource (CPU, storage, connections). Providers without it do nothing.
+    def ensure_alarms(self) -> list[str]:
+        """Create (or converge) the pool's metric alarms; returns their names. Idempotent."""
+        return []
+
+    def delete_alarms(self) -> None:
+        """Delete the pool's metric alarms; absent is fine."""
+
+    def alarm_states(self) -> dict[str, str]:
+        """Each alarm's name → its state as the provider words it (e.g. ``OK``, ``ALARM``, ``Fired``,
+        ``Resolved``); empty when the provider has none. Raises ``DriverError`` when the provider cannot be read."""
+        return {}
+
 
 class StorageDriver(PoolDriver):
     """A storage pool: shares, each backed by its own bucket / file share, firewalled to one address."""
@@ -319,6 +340,11 @@ class StorageDriver(PoolDriver):
     def set_firewall(self, *, share: Share, address: str) -> None:
         """Allow ``address`` only (an empty address allows no one)."""
         raise NotImplementedError
+
+    def mount_credentials(self, *, share: Share) -> dict[str, str]:
+        """What a pod needs to mount ``share`` (keys as its volume plugin reads them), put in the instance's Secret
+        ``<name>-storage``; empty when the share mounts without credentials. Never store the result."""
+        return {}
 
     def share_exists(self, *, share: Share) -> bool:
         raise NotImplementedError

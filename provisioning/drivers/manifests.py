@@ -27,12 +27,22 @@ def _share_volume(spec: DeploymentSpec) -> dict:
 
 
 def render(spec: DeploymentSpec) -> list[dict]:
-    """Namespace, Secret, Deployment, Service and Ingress for one instance."""
+    """Namespace, Secret (and the share's ``<name>-storage`` Secret when it mounts with credentials), Deployment,
+    Service and Ingress for one instance. Each lives in the instance's namespace, deleted with it."""
     labels = {LABEL: spec.name, "app.kubernetes.io/managed-by": "cellhub"}
     resources = {
         "requests": {"cpu": f"{spec.cpu_millicores}m", "memory": f"{spec.memory_mib}Mi"},
         "limits": {"cpu": f"{spec.cpu_millicores}m", "memory": f"{spec.memory_mib}Mi"},
     }
+    storage_secret = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"{spec.name}-storage", "namespace": spec.namespace, "labels": labels},
+            "type": "Opaque",
+            "stringData": dict(spec.share_credentials),
+        }
+    ] if spec.share_credentials else []
     probe = {"httpGet": {"path": "/api/health", "port": APP_PORT}, "periodSeconds": 10, "failureThreshold": 6}
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": spec.namespace, "labels": labels}},
@@ -43,6 +53,7 @@ def render(spec: DeploymentSpec) -> list[dict]:
             "type": "Opaque",
             "stringData": {"DATABASE_URL": spec.database_url},
         },
+        *storage_secret,
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",

@@ -46,6 +46,7 @@ def deployment_spec(instance: Instance, *, database_url: str, share: Share) -> D
         database_url=database_url,
         share_endpoint=share.endpoint,
         share_name=share.name,
+        share_credentials=drivers.for_pool(share.pool).mount_credentials(share=share),
     )
 
 
@@ -70,8 +71,12 @@ def provision_place(operation: Operation) -> None:
 
 
 def provision_database(operation: Operation) -> None:
+    """Create the database and its login, and let the instance's compute through the server's firewall."""
     instance = _instance(operation)
-    drivers.for_pool(instance.database_pool).create_database(instance=instance)
+    database = drivers.for_pool(instance.database_pool)
+    database.create_database(instance=instance)
+    address = drivers.for_pool(instance.compute_pool).egress_address(instance=instance)
+    database.admit_client(instance=instance, address=address)
 
 
 def provision_share(operation: Operation) -> None:

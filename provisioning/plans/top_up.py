@@ -1,7 +1,8 @@
 """The top-up plan: a pool ordered by the capacity pass becomes available, or fails leaving nothing behind.
 
-pool (the provider's resource: a server, a gateway, a folder) → shares (a storage pool's rows, one per slot,
-each with its own bucket / file share / folder) → available. Every step is idempotent (drivers derive names
+pool (the provider's resource: a server, a gateway, a folder) → alarms (a database pool's cloud metric alarms,
+deleted with the pool) → shares (a storage pool's rows, one per slot, each with its own bucket / file share /
+folder) → available. Every step is idempotent (drivers derive names
 from ids; ``pool_ensure_shares`` adds only missing rows), so a re-run after a crash repeats at most one step.
 On failure the pool's shares and resources are deleted, its share rows removed and the pool left ``failed``
 with the error; a retry starts from the first step. A failed top-up holds back further orders for its reef
@@ -40,6 +41,13 @@ def top_up_pool(operation: Operation) -> None:
     )
 
 
+def top_up_alarms(operation: Operation) -> None:
+    """A database pool's cloud metric alarms (CPU, storage, connections), where its provider has them."""
+    pool = _pool(operation)
+    if pool.kind == PoolKind.DATABASE:
+        drivers.for_pool(pool).ensure_alarms()
+
+
 def top_up_shares(operation: Operation) -> None:
     """A storage pool's share rows, and each share's bucket / file share / folder with its endpoint."""
     pool = _pool(operation)
@@ -71,6 +79,11 @@ def _undo(pool: Pool) -> list[str]:
                 share.delete()
             except Exception as error:
                 problems.append(f"share {share}: {error.__class__.__name__}: {error}")
+    if not problems and pool.kind == PoolKind.DATABASE:
+        try:
+            driver.delete_alarms()
+        except Exception as error:
+            problems.append(f"alarms: {error.__class__.__name__}: {error}")
     if not problems:
         try:
             driver.delete_pool()
@@ -98,7 +111,7 @@ def top_up_fail(operation: Operation, message: str) -> str:
 
 
 TOP_UP = Plan(
-    steps=[("pool", top_up_pool), ("shares", top_up_shares)],
+    steps=[("pool", top_up_pool), ("alarms", top_up_alarms), ("shares", top_up_shares)],
     begin=top_up_begin,
     succeed=top_up_succeed,
     fail=top_up_fail,

@@ -129,12 +129,12 @@ def test_the_database_contract_takes_the_database_keyword_everywhere():
 
 
 def test_a_driver_that_cannot_switch_refuses_another_database():
-    pool = Pool(pk=7, provider="azure_sql", kind="database", config={})
+    pool = Pool(pk=7, provider="aws_rds", kind="database", config={})
     driver = drivers.for_pool(pool)
     stand_in = Instance(pk=3)
     assert driver.own_database(stand_in, None) == driver.database_name(stand_in)
     with pytest.raises(drivers.PermanentDriverError, match="derived database"):
-        driver.credentials(stand_in, database="cellhub_i3_r9")
+        driver.own_database(stand_in, "cellhub_i3_r9")
 
 
 @pytest.mark.django_db
@@ -165,14 +165,14 @@ def test_a_restore_the_provider_cannot_do_is_refused_as_not_supported_before_any
         instance_restore(instance=instance, point_in_time=timezone.now())
     assert refusal.value.code == NOT_SUPPORTED
 
-    storage = make_pool(database.reef, PoolKind.STORAGE, capacity=2, provider=Provider.AZURE_FILES)
+    storage = make_pool(database.reef, PoolKind.STORAGE, capacity=2, provider=Provider.AWS_STORAGE_GATEWAY)
     share = storage.shares.first()
     share.instance, share.status = instance, "assigned"
     share.save(update_fields=["instance", "status"])
     backup = Backup.objects.create(instance=instance, kind=BackupKind.FILES, state=BackupState.SUCCEEDED,
                                    pool=storage, taken_at=timezone.now(), finished_at=timezone.now(),
                                    location="https://x/y")
-    with pytest.raises(NotSupported, match=r"Azure Files") as refusal:
+    with pytest.raises(NotSupported, match=r"Storage Gateway") as refusal:
         instance_restore_files(instance=instance, backup=backup)
     assert refusal.value.code == NOT_SUPPORTED
     assert not Restore.objects.exists()

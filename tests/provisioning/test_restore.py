@@ -215,9 +215,9 @@ def test_restore_refusals_name_the_reason_and_start_nothing(run, sqlite_cell):
 
 
 def test_restore_is_refused_on_a_provider_that_cannot_switch():
-    pool = make_pool(kind=PoolKind.DATABASE, provider=Provider.AZURE_SQL)
+    pool = make_pool(kind=PoolKind.DATABASE, provider=Provider.AWS_RDS)
     instance = make_instance(state=InstanceState.RUNNING, database_pool=pool, reef=pool.reef)
-    with pytest.raises(Refused, match=r"not available yet .*\(Azure SQL elastic pool\)"):
+    with pytest.raises(Refused, match=r"not available yet .*\(AWS RDS"):
         instance_restore(instance=instance, point_in_time=timezone.now())
 
 

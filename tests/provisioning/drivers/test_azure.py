@@ -6,7 +6,7 @@ operations being polled to completion.
 """
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -112,50 +112,165 @@ def test_sql_provision_pool_without_the_admin_password_names_the_variable(reef, 
     assert transport.requests == []
 
 
-def test_sql_create_database_puts_it_in_the_elastic_pool_then_needs_odbc(reef, transport):
+class RecordingTds:
+    """The DB-API boundary of python-tds: ``pytds.connect`` replaced by a recorder of its arguments and of every
+    statement executed (the real library is imported; only its socket-opening entry point is stood in for)."""
+
+    def __init__(self, fail=None):
+        self.connections, self.statements, self.fail = [], [], fail
+
+    def connect(self, **arguments):
+        if self.fail is not None:
+            raise self.fail
+        self.connections.append(arguments)
+        recorder = self
+
+        class Cursor:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *args):
+                return False
+
+            def execute(self, statement, params=None):
+                recorder.statements.append((arguments["database"], statement))
+
+        class Connection:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *args):
+                return False
+
+            def cursor(self):
+                return Cursor()
+
+        return Connection()
+
+
+@pytest.fixture
+def tds(monkeypatch):
+    import pytds
+
+    recorder = RecordingTds()
+    monkeypatch.setattr(pytds, "connect", recorder.connect)
+    return recorder
+
+
+DATABASE_ID = "6f1a0a52-0000-4000-8000-00000000000a"
+
+
+def _database_body(name, **properties):
+    return {"id": f"{SERVER_PATH}/databases/{name}", "name": name, "location": "westus2",
+            "properties": {"databaseId": DATABASE_ID, "earliestRestoreDate": "2026-02-01T00:00:00Z", **properties}}
+
+
+def _restore_point(database):
+    return f"{SERVER_PATH}/databases/{database}?restorePointInTime=2026-03-01T12:00:00+00:00&databaseId={DATABASE_ID}"
+
+
+def _retention_routes(transport):
+    policy = {"name": "default", "properties": {"retentionDays": 7}}
+    transport.add("PUT", r"/backupShortTermRetentionPolicies/default$", policy, lro=202)
+    transport.add("GET", r"/backupShortTermRetentionPolicies/default$", policy)
+
+
+def test_sql_create_database_in_the_elastic_pool_with_its_window_then_the_contained_user_over_tds(
+    reef, transport, tds, monkeypatch, settings
+):
+    monkeypatch.setenv("CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", "Admin-Passw0rd!")
     driver = _sql(reef, transport)
     instance = make_instance()
     database = driver.database_name(instance)
-    body = {"id": f"{SERVER_PATH}/databases/{database}", "name": database, "location": "westus2"}
+    body = _database_body(database)
     transport.add("PUT", rf"/databases/{database}$", body, lro=True)
     transport.add("GET", rf"/databases/{database}$", body)
+    _retention_routes(transport)
 
-    with pytest.raises(PermanentDriverError, match="pyodbc.*ODBC Driver 18"):
-        driver.create_database(instance=instance)
+    credentials = driver.create_database(instance=instance)
 
-    (put,) = transport.calls("PUT")
+    put, retention = transport.calls("PUT")
     assert put.path == f"{SERVER_PATH}/databases/{database}"
     assert put.query["api-version"] == ["2025-01-01"]
     assert put.body["properties"]["elasticPoolId"] == f"{SERVER_PATH}/elasticPools/ep-1"
     assert put.body["location"] == "westus2"
     assert transport.calls("GET", rf"/databases/{database}$"), "the LRO was followed to the final resource"
+    assert retention.path == f"{SERVER_PATH}/databases/{database}/backupShortTermRetentionPolicies/default"
+    # The hub's BACKUP_RETENTION_DAYS, within Azure's 1-35.
+    assert retention.body == {"properties": {"retentionDays": min(35, settings.CELLHUB["BACKUP_RETENTION_DAYS"])}}
+    (arguments,) = tds.connections
+    assert arguments["server"] == "sql-west-1.database.windows.net" and arguments["port"] == 1433
+    assert arguments["database"] == database  # the statements run inside the instance's database only
+    assert arguments["user"] == "cellhubadmin" and arguments["password"] == "Admin-Passw0rd!"
+    assert arguments["cafile"] and arguments["validate_host"] is True  # TLS verified: Azure refuses plain TDS
+    login, password = driver.login_name(instance), driver.password(instance)
+    assert [statement for _, statement in tds.statements] == [
+        f"IF NOT EXISTS (SELECT 1 FROM sys.database_principals WHERE name = N'{login}')\n"
+        f"    CREATE USER [{login}] WITH PASSWORD = N'{password}';\n"
+        "ELSE\n"
+        f"    ALTER USER [{login}] WITH PASSWORD = N'{password}';",
+        f"ALTER ROLE db_datareader ADD MEMBER [{login}];",
+        f"ALTER ROLE db_datawriter ADD MEMBER [{login}];",
+        f"ALTER ROLE db_ddladmin ADD MEMBER [{login}];",
+    ]
+    sent = " ".join(statement for _, statement in tds.statements).upper()
+    for server_level in ("CREATE LOGIN", "SERVER ROLE", "GRANT", "DB_OWNER", "MASTER"):
+        assert server_level not in sent
+    assert credentials.login == login and credentials.database == database
+
+
+def test_sql_contained_user_signs_in_with_an_entra_token_when_configured(reef, transport, tds):
+    config = {key: value for key, value in SQL_CONFIG.items() if key != "admin_password_env"}
+    driver = _sql(reef, transport, config={**config, "tsql_auth": "aad"})
+    driver.run_tsql(database="db1", statements=["SELECT 1"])
+    (arguments,) = tds.connections
+    assert "password" not in arguments and "user" not in arguments
+    assert arguments["access_token_callable"]() == "test-token"  # FakeCredential's token for database.windows.net
+
+
+def test_sql_unreachable_server_is_transient_and_a_refused_statement_permanent(reef, transport, monkeypatch):
+    import pytds
+
+    monkeypatch.setenv("CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", "x")
+    driver = _sql(reef, transport)
+    monkeypatch.setattr(pytds, "connect", RecordingTds(fail=pytds.OperationalError("timed out")).connect)
+    with pytest.raises(TransientDriverError, match="cannot connect"):
+        driver.run_tsql(database="db1", statements=["SELECT 1"])
+    monkeypatch.setattr(pytds, "connect", RecordingTds(fail=pytds.ProgrammingError("denied")).connect)
+    with pytest.raises(PermanentDriverError, match="T-SQL failed"):
+        driver.run_tsql(database="db1", statements=["SELECT 1"])
 
 
 def test_contained_user_statements_create_or_realign_the_user_and_quote():
     statements = contained_user_statements(login="cellhub_i7_login", password="Ch'pw]!9")
-    assert statements == [
+    assert statements[0] == (
         "IF NOT EXISTS (SELECT 1 FROM sys.database_principals WHERE name = N'cellhub_i7_login')\n"
         "    CREATE USER [cellhub_i7_login] WITH PASSWORD = N'Ch''pw]!9';\n"
         "ELSE\n"
-        "    ALTER USER [cellhub_i7_login] WITH PASSWORD = N'Ch''pw]!9';",
-        "ALTER ROLE db_owner ADD MEMBER [cellhub_i7_login];",
-    ]
-    assert contained_user_statements(login="a]b", password="x")[1] == "ALTER ROLE db_owner ADD MEMBER [a]]b];"
+        "    ALTER USER [cellhub_i7_login] WITH PASSWORD = N'Ch''pw]!9';"
+    )
+    assert contained_user_statements(login="a]b", password="x")[1] == "ALTER ROLE db_datareader ADD MEMBER [a]]b];"
 
 
-def test_sql_restore_creates_a_new_database_by_point_in_time(reef, transport):
+def test_sql_restore_creates_a_new_database_by_point_in_time_from_the_restore_point(reef, transport, tds, monkeypatch):
+    monkeypatch.setenv("CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", "x")
     driver = _sql(reef, transport)
     instance = make_instance()
     source = driver.database_name(instance)
-    body = {"id": f"{SERVER_PATH}/databases/restored", "name": "restored", "location": "westus2"}
-    transport.add("PUT", r"/databases/restored$", body, lro=True)
-    transport.add("GET", r"/databases/restored$", sequence=[(404, NOT_FOUND), (200, body)])
+    new = f"{source}_r9"
+    transport.add("GET", rf"/databases/{source}$", _database_body(source))
+    body = _database_body(new)
+    transport.add("PUT", rf"/databases/{new}$", body, lro=True)
+    transport.add("GET", rf"/databases/{new}$", sequence=[(404, NOT_FOUND), (200, body)])
+    _retention_routes(transport)
     point = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    restore_point = _restore_point(source)
 
-    assert driver.restore_database(instance=instance, point_in_time=point, new_database="restored") == "restored"
+    restored = driver.restore_database(instance=instance, point_in_time=point, new_database=new, source=restore_point)
+    assert restored == new
 
-    (put,) = transport.calls("PUT")
-    assert put.path == f"{SERVER_PATH}/databases/restored"
+    put = transport.calls("PUT", rf"/databases/{new}$")[0]
+    assert put.path == f"{SERVER_PATH}/databases/{new}"
     assert put.body["properties"] == {
         "createMode": "PointInTimeRestore",
         "sourceDatabaseId": f"{SERVER_PATH}/databases/{source}",
@@ -163,10 +278,28 @@ def test_sql_restore_creates_a_new_database_by_point_in_time(reef, transport):
         "elasticPoolId": f"{SERVER_PATH}/elasticPools/ep-1",
     }
     assert _lro_polls(transport), "the restore was polled to completion"
+    assert {database for database, _ in tds.statements} == {new}  # the same contained user, in the new database
 
-    # A repeat finds the restored database and sends no second PUT.
-    assert driver.restore_database(instance=instance, point_in_time=point, new_database="restored") == "restored"
-    assert len(transport.calls("PUT")) == 1
+    # A repeat finds the restored database and sends no second restore.
+    restored = driver.restore_database(instance=instance, point_in_time=point, new_database=new, source=restore_point)
+    assert restored == new
+    assert len(transport.calls("PUT", rf"/databases/{new}$")) == 1
+
+
+def test_sql_restore_refuses_a_point_whose_database_was_replaced_before_creating_anything(reef, transport, tds):
+    driver = _sql(reef, transport)
+    instance = make_instance()
+    source = driver.database_name(instance)
+    transport.add("GET", rf"/databases/{source}$", _database_body(source, databaseId="another-incarnation"))
+    restore_point = _restore_point(source)
+    with pytest.raises(PermanentDriverError, match="no longer the one the restore point was recorded for"):
+        driver.restore_database(instance=instance, point_in_time=datetime(2026, 3, 1, 12, 30, tzinfo=UTC),
+                                new_database=f"{source}_r1", source=restore_point)
+    with pytest.raises(PermanentDriverError, match="before the earliest restorable"):
+        transport.add("GET", rf"/databases/{source}$", _database_body(source))
+        driver.restore_database(instance=instance, point_in_time=datetime(2026, 1, 1, tzinfo=UTC),
+                                new_database=f"{source}_r1", source=restore_point)
+    assert transport.calls("PUT") == [] and tds.statements == []
 
 
 def test_sql_restore_refuses_to_overwrite_the_source(reef, transport):
@@ -176,35 +309,51 @@ def test_sql_restore_refuses_to_overwrite_the_source(reef, transport):
         driver.restore_database(
             instance=instance, point_in_time=datetime.now(UTC), new_database=driver.database_name(instance)
         )
+    with pytest.raises(PermanentDriverError, match="not one of instance"):
+        driver.restore_database(instance=instance, point_in_time=datetime.now(UTC), new_database="someone_else")
     assert transport.calls("PUT") == []
 
 
-def test_sql_backup_applies_long_term_retention(reef, transport):
+def test_sql_backup_is_a_restore_point_of_the_database_identity_with_long_term_retention(reef, transport):
     retention = {"weeklyRetention": "P4W", "monthlyRetention": "P12M", "yearlyRetention": "P5Y", "weekOfYear": 1}
     driver = _sql(reef, transport, config={**SQL_CONFIG, "long_term_retention": retention})
     instance = make_instance()
     database = driver.database_name(instance)
-    transport.add("GET", rf"/servers/sql-west-1/databases/{database}$", {
-        "id": f"{SERVER_PATH}/databases/{database}", "name": database, "location": "westus2",
-        "properties": {"earliestRestoreDate": "2026-02-01T00:00:00Z"}})
+    transport.add("GET", rf"/servers/sql-west-1/databases/{database}$", _database_body(database))
+    _retention_routes(transport)
     policy = {"id": f"{SERVER_PATH}/databases/{database}/backupLongTermRetentionPolicies/default",
               "name": "default", "properties": retention}
     transport.add("PUT", r"/backupLongTermRetentionPolicies/default$", policy, lro=202)
     transport.add("GET", r"/backupLongTermRetentionPolicies/default$", policy)
-    transport.add("GET", rf"/longTermRetentionDatabases/{database}/longTermRetentionBackups$",
-                  {"value": [{"name": "ltr-backup-1", "properties": {}}]})
 
+    before = datetime.now(UTC).replace(microsecond=0)
     result = driver.backup_database(instance=instance, label="final")
 
-    (put,) = transport.calls("PUT")
-    assert put.path == f"{SERVER_PATH}/databases/{database}/backupLongTermRetentionPolicies/default"
-    assert put.body == {"properties": retention}
-    (listing,) = transport.calls("GET", r"/longTermRetentionBackups$")
-    assert "/locations/westus2/longTermRetentionServers/sql-west-1/" in listing.path
-    assert listing.query["onlyLatestPerDatabase"] == ["true"]
+    short, long = transport.calls("PUT")
+    assert short.path.endswith(f"/databases/{database}/backupShortTermRetentionPolicies/default")
+    assert long.path == f"{SERVER_PATH}/databases/{database}/backupLongTermRetentionPolicies/default"
+    assert long.body == {"properties": retention}
     assert result.location.startswith(f"{SERVER_PATH}/databases/{database}?restorePointInTime=")
-    assert result.extra["latest_long_term_backup"] == "ltr-backup-1"
+    assert result.location.endswith(f"&databaseId={DATABASE_ID}")
+    assert result.checksum == DATABASE_ID
+    assert datetime.fromisoformat(result.extra["taken_at"]) >= before
     assert result.extra["earliest_restore_date"].startswith("2026-02-01")
+    # Deleting a restore point calls nothing: Azure's retention owns the backups behind it.
+    calls = len(transport.requests)
+    driver.delete_backup(location=result.location)
+    assert len(transport.requests) == calls
+    with pytest.raises(PermanentDriverError):
+        driver.delete_backup(location="file:///tmp/x.dump")
+
+
+def test_sql_restorable_window_is_azures(reef, transport):
+    driver = _sql(reef, transport)
+    instance = make_instance()
+    database = driver.database_name(instance)
+    transport.add("GET", rf"/databases/{database}$", _database_body(database))
+    start, end = driver.point_in_time_window(instance=instance)
+    assert start == datetime(2026, 2, 1, tzinfo=UTC)
+    assert timedelta(minutes=9) < datetime.now(UTC) - end < timedelta(minutes=11)
 
 
 def test_sql_drop_database_and_absent_is_fine(reef, transport):
@@ -233,7 +382,8 @@ def test_sql_lists_and_checks_databases(reef, transport):
     assert driver.database_exists(instance=instance) is True
 
 
-def test_sql_throttled_twice_then_created_once(reef, transport):
+def test_sql_throttled_twice_then_created_once(reef, transport, tds, monkeypatch):
+    monkeypatch.setenv("CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", "x")
     driver = _sql(reef, transport)
     instance = make_instance()
     database = driver.database_name(instance)
@@ -241,11 +391,11 @@ def test_sql_throttled_twice_then_created_once(reef, transport):
     route = transport.add("PUT", rf"/databases/{database}$", body, lro=True, throttle=2)
     transport.add("GET", rf"/databases/{database}$", body)
 
-    with pytest.raises(PermanentDriverError, match="pyodbc"):  # past the ARM step: the T-SQL step
-        driver.create_database(instance=instance)
+    _retention_routes(transport)
+    driver.create_database(instance=instance)
 
     assert route.times_called == 3  # two 429s, then the accepted PUT
-    assert len(_lro_polls(transport)) == 2  # one operation polled: one database created
+    assert len(_lro_polls(transport)) == 4  # the database and its retention policy, each polled once
 
 
 def test_sql_throttled_without_end_is_transient(reef, transport):
@@ -323,12 +473,21 @@ def test_files_create_share_with_quota_then_find_it(reef, transport):
     assert len(transport.calls("PUT")) == 1
 
 
-def test_files_firewall_is_the_account_rule_set_of_every_share(reef, transport):
+def test_files_firewall_adds_and_removes_only_the_hubs_addresses_and_keeps_operators_rules(reef, transport):
     driver = _files(reef, transport)
     other = driver.pool.shares.get(slot=0)
     other.firewall_address = "198.51.100.7"
     other.save(update_fields=["firewall_address"])
     share = driver.pool.shares.get(slot=2)
+    share.firewall_address = "198.51.100.41"  # its previous address, to be replaced
+    subnet = f"/subscriptions/{SUB}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/ops/subnets/admin"
+    transport.add("GET", r"/storageAccounts/cellswest1$", {
+        "id": ACCOUNT_PATH, "name": "cellswest1", "location": "westus2", "properties": {"networkAcls": {
+            "defaultAction": "Deny", "bypass": "AzureServices, Logging",
+            "ipRules": [{"value": "192.0.2.0/24", "action": "Allow"}, {"value": "198.51.100.41", "action": "Allow"},
+                        {"value": "198.51.100.7", "action": "Allow"}],
+            "virtualNetworkRules": [{"id": subnet, "action": "Allow"}],
+        }}})
     transport.add("PATCH", r"/storageAccounts/cellswest1$", {"id": ACCOUNT_PATH, "name": "cellswest1"})
 
     driver.set_firewall(share=share, address="198.51.100.42")
@@ -339,19 +498,17 @@ def test_files_firewall_is_the_account_rule_set_of_every_share(reef, transport):
         "properties": {
             "networkAcls": {
                 "defaultAction": "Deny",
-                "bypass": "AzureServices",
+                "bypass": "AzureServices, Logging",  # the operators' bypass kept
                 "ipRules": [
-                    {"value": "198.51.100.42", "action": "Allow"},
-                    {"value": "198.51.100.7", "action": "Allow"},
-                    {"value": "203.0.113.10", "action": "Allow"},
-                ],
+                    {"value": "192.0.2.0/24", "action": "Allow"},  # an operator's rule kept
+                    {"value": "198.51.100.42", "action": "Allow"},  # the share's new address
+                    {"value": "198.51.100.7", "action": "Allow"},  # another share's
+                    {"value": "203.0.113.10", "action": "Allow"},  # the hub
+                ],  # the share's previous address (198.51.100.41) is gone
+                "virtualNetworkRules": [{"id": subnet, "action": "Allow"}],  # kept
             }
         }
     }
-
-    driver.set_firewall(share=share, address="")
-    values = [rule["value"] for rule in transport.calls("PATCH")[-1].body["properties"]["networkAcls"]["ipRules"]]
-    assert values == ["198.51.100.7", "203.0.113.10"]
 
 
 def test_files_scrub_deletes_and_recreates_with_the_same_quota(reef, transport):
@@ -378,23 +535,6 @@ def test_files_scrub_while_azure_still_deletes_is_transient(reef, transport):
                   body={"error": {"code": "ShareBeingDeleted", "message": "The specified share is being deleted."}})
     with pytest.raises(TransientDriverError, match="still being deleted"):
         driver.scrub_share(share=share)
-
-
-def test_files_archive_creates_the_container_then_names_the_data_plane_packages(reef, transport):
-    driver = _files(reef, transport)
-    share = driver.pool.shares.get(slot=0)
-    name = f"{resource_prefix()}-archive"
-    container = f"/subscriptions/{SUB}/resourceGroups/rg-cells/providers/Microsoft.Storage/storageAccounts/cellsdeep" \
-                f"/blobServices/default/containers/{name}"
-    transport.add("GET", rf"/containers/{name}$", status=404, body={"error": {"code": "ContainerNotFound"}})
-    transport.add("PUT", rf"/containers/{name}$", {"name": name, "properties": {}})
-
-    with pytest.raises(PermanentDriverError, match="azure-storage-file-share and azure-storage-blob"):
-        driver.archive_share(share=share, label="final")
-
-    (put,) = transport.calls("PUT")
-    assert put.path == container
-    assert put.body == {"properties": {"publicAccess": "None"}}
 
 
 def test_files_throttled_twice_then_one_share(reef, transport):

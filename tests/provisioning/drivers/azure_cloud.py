@@ -1,0 +1,321 @@
+"""A stateful Azure for end-to-end tests: Resource Manager and the Files/Blob data planes behind one azure-core
+transport, so the real SDKs (azure-mgmt-sql, -storage, -monitor, azure-storage-file-share, -blob) run unchanged.
+
+Resource Manager: a PUT stores the resource (as a long-running operation: 201 + ``Azure-AsyncOperation``, polled
+``InProgress`` then ``Succeeded``), GET reads it, DELETE removes it (404 when absent), a GET of a collection lists
+its children. Databases get a ``databaseId`` and an ``earliestRestoreDate``; a share PUT with
+``$expand=snapshots`` makes a snapshot holding a copy of the share's files; ``listKeys`` answers a key; a metric
+alert has a ``status``. The data planes keep files per share (and per snapshot) and blobs per container.
+
+``fail(method, path_regex, times=1, status=400)`` makes the next matching calls fail as Azure refuses a request, so
+a test can break each step. Everything is recorded in ``requests`` (as ``ArmTransport`` does).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from urllib.parse import parse_qs, unquote, urlparse
+from xml.sax.saxutils import escape
+
+from tests.provisioning.drivers.azure_transport import OPERATIONS_HOST, ArmTransport, Recorded
+
+COLLECTIONS = {"databases", "firewallRules", "shares", "metricAlerts", "elasticPools", "containers",
+               "storageAccounts", "servers"}
+
+
+class _Stream:
+    """A body stream as azure-core hands it out: iterable, and the storage SDKs hang attributes on it."""
+
+    def __init__(self, content: bytes):
+        self._chunks = iter([content] if content else [])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._chunks)
+
+
+class AzureCloud(ArmTransport):
+    def __init__(self):
+        super().__init__()
+        self.resources: dict[str, dict] = {}  # lower-cased ARM path → resource
+        self.files: dict[tuple[str, str], dict[str, bytes]] = {}  # (account, share) → {path or "dir/": bytes}
+        self.snapshots: dict[tuple[str, str, str], dict[str, bytes]] = {}  # (account, share, stamp) → files
+        self.blobs: dict[tuple[str, str, str], dict] = {}  # (account, container, blob) → {data, metadata, tier}
+        self.failures: list[list] = []  # [method, regex, times, status]
+        self._clock = itertools.count(1)
+
+    # -- test API ---------------------------------------------------------------------------
+    def fail(self, method: str, path_regex: str, *, times: int = 1, status: int = 400):
+        self.failures.append([method.upper(), re.compile(path_regex, re.IGNORECASE), times, status])
+
+    def arm_paths(self, pattern: str = "") -> list[str]:
+        """Stored resource paths (as first written) matching ``pattern``."""
+        return sorted(r["id"] for key, r in self.resources.items() if re.search(pattern, r["id"], re.IGNORECASE))
+
+    # -- transport ----------------------------------------------------------------------------
+    def send(self, request, **kwargs):
+        parsed = urlparse(request.url)
+        host = parsed.hostname or ""
+        if host.endswith(".file.core.windows.net") or host.endswith(".blob.core.windows.net"):
+            return self._data_plane(request, parsed)
+        if request.url.startswith(OPERATIONS_HOST):
+            response = super().send(request, **kwargs)
+            # Poll again soon: drivers built by the hub keep ARM's 30 s default; azure-core reads "0" as unset and
+            # takes whole seconds only.
+            response.headers["Retry-After"] = "1"
+            return response
+        content = request.content if hasattr(request, "content") else request.data
+        if isinstance(content, bytes | bytearray):
+            content = content.decode()
+        body = json.loads(content) if content else None
+        self.requests.append(Recorded(request.method, request.url, parsed.path, parse_qs(parsed.query), body))
+        failure = self._failure(request.method, parsed.path)
+        if failure:
+            return failure(request)
+        return self._arm(request, parsed, body)
+
+    def _failure(self, method, path):
+        for entry in self.failures:
+            if entry[2] > 0 and entry[0] == method and entry[1].search(path):
+                entry[2] -= 1
+                status = entry[3]
+                error = {"error": {"code": "BadRequest", "message": f"refused by the test cloud: {method} {path}"}}
+                return lambda request: self._response(request, status, error)
+        return None
+
+    # -- Resource Manager ---------------------------------------------------------------------
+    def _lro(self, request, status, body):
+        operation = f"op{next(self._ids)}"
+        self._operations[operation] = ["InProgress", "Succeeded"]
+        headers = {"Azure-AsyncOperation": f"{OPERATIONS_HOST}/{operation}", "Retry-After": "1"}
+        return self._response(request, status, body, headers)
+
+    def _arm(self, request, parsed, body):
+        path = parsed.path.rstrip("/")
+        key = path.lower()
+        query = parse_qs(parsed.query)
+        method = request.method
+        snapshot = request.headers.get("x-ms-snapshot")
+        segments = path.split("/")
+        name = segments[-1]
+
+        if method == "POST" and name == "listKeys":
+            account = segments[-2]
+            return self._response(request, 200, {"keys": [
+                {"keyName": "key1", "value": f"key-of-{account}==", "permissions": "FULL"}]})
+        if method == "GET" and name == "status" and "metricAlerts" in segments:
+            alert = self.resources.get(key[: -len("/status")])
+            if alert is None:
+                return self._not_found(request, path)
+            return self._response(request, 200, {"value": [{"name": "1", "properties": {
+                "status": alert.get("_status", "Healthy"), "timestamp": "2026-03-01T12:00:00Z"}}]})
+
+        if "shares" in segments and (snapshot or query.get("$expand") == ["snapshots"]):
+            return self._share_snapshots(request, segments, method, snapshot, query)
+
+        if method == "GET" and name in COLLECTIONS:
+            children = [copy.deepcopy(r) for k, r in sorted(self.resources.items())
+                        if k.startswith(key + "/") and k.count("/") == key.count("/") + 1]
+            return self._response(request, 200, {"value": [self._public(r) for r in children]})
+        if method == "GET":
+            found = self.resources.get(key)
+            return self._response(request, 200, self._public(found)) if found else self._not_found(request, path)
+        if method == "DELETE":
+            if key not in self.resources:
+                return self._not_found(request, path) if "databases" not in segments else self._response(
+                    request, 204, None)
+            for other in [k for k in self.resources if k == key or k.startswith(key + "/")]:
+                del self.resources[other]
+            if "shares" in segments:
+                account = segments[segments.index("storageAccounts") + 1]
+                self.files.pop((account, name), None)
+                for snap in [s for s in self.snapshots if s[:2] == (account, name)]:
+                    del self.snapshots[snap]
+            return self._lro(request, 202, None) if self._is_lro(segments) else self._response(request, 200, None)
+        if method in ("PUT", "PATCH"):
+            existing = self.resources.get(key)
+            stored = copy.deepcopy(existing) if existing else {"id": path, "name": name}
+            for field, value in (body or {}).items():
+                if field == "properties" and isinstance(value, dict):
+                    stored.setdefault("properties", {}).update(value)
+                else:
+                    stored[field] = value
+            if segments[-2] == "databases" and existing is None:
+                stored.setdefault("properties", {}).update({
+                    "databaseId": str(uuid.uuid4()),
+                    "earliestRestoreDate": (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "status": "Online",
+                })
+            if segments[-2] == "servers":
+                stored.setdefault("properties", {})["fullyQualifiedDomainName"] = f"{name}.database.windows.net"
+            if segments[-2] == "shares":
+                account = segments[segments.index("storageAccounts") + 1]
+                self.files.setdefault((account, name), {})
+            self.resources[key] = stored
+            if method == "PUT" and segments[-2].startswith("backup"):  # retention policies answer 202
+                return self._lro(request, 202, None)
+            if method == "PUT" and self._is_lro(segments):
+                return self._lro(request, 201 if existing is None else 200, self._public(stored))
+            return self._response(request, 200, self._public(stored))
+        return self._not_found(request, path)
+
+    @staticmethod
+    def _is_lro(segments) -> bool:
+        return segments[-2] in ("servers", "elasticPools", "databases")
+
+    @staticmethod
+    def _public(resource):
+        return {k: v for k, v in resource.items() if not k.startswith("_")} if resource else resource
+
+    def _not_found(self, request, path):
+        return self._response(request, 404, {"error": {"code": "ResourceNotFound", "message": f"{path} not found"}})
+
+    def _share_snapshots(self, request, segments, method, snapshot, query):
+        account = segments[segments.index("storageAccounts") + 1]
+        if segments[-1] == "shares":  # list with snapshots
+            items = []
+            for (acct, share), _ in sorted(self.files.items()):
+                if acct == account:
+                    items.append({"name": share, "properties": {}})
+            for (acct, share, stamp), meta in sorted(self.snapshots.items()):
+                if acct == account:
+                    items.append({"name": share, "properties": {"snapshotTime": stamp,
+                                                                "metadata": meta.get("_metadata", {})}})
+            return self._response(request, 200, {"value": items})
+        share = segments[-1]
+        if method == "PUT":
+            stamp = (datetime(2026, 3, 1, tzinfo=UTC) + timedelta(seconds=next(self._clock))).strftime(
+                "%Y-%m-%dT%H:%M:%S.0000000Z")
+            content = copy.deepcopy(self.files.get((account, share), {}))
+            metadata = (json.loads(request.content) if request.content else {}).get("properties", {}).get(
+                "metadata", {})
+            self.snapshots[(account, share, stamp)] = {**content, "_metadata": metadata}
+            return self._response(request, 201, {"name": share, "properties": {"snapshotTime": stamp,
+                                                                                "metadata": metadata}})
+        if (account, share, snapshot) not in self.snapshots:
+            return self._not_found(request, f"{share}@{snapshot}")
+        if method == "DELETE":
+            del self.snapshots[(account, share, snapshot)]
+            return self._response(request, 200, None)
+        return self._response(request, 200, {"name": share, "properties": {"snapshotTime": snapshot}})
+
+    # -- data planes ----------------------------------------------------------------------------
+    def _raw(self, request, status, content=b"", headers=None):
+        from azure.core.rest._http_response_impl import HttpResponseImpl
+        from azure.core.utils import CaseInsensitiveDict
+
+        from tests.provisioning.drivers.azure_transport import _Internal
+
+        all_headers = CaseInsensitiveDict({
+            "x-ms-request-id": "test", "x-ms-version": "2025-05-05", "ETag": '"0x1"',
+            "Last-Modified": format_datetime(datetime(2026, 3, 1, tzinfo=UTC), usegmt=True),
+            "Content-Length": str(len(content)),
+        })
+        all_headers.update(headers or {})
+        response = HttpResponseImpl(
+            request=request, internal_response=_Internal(), status_code=status, reason="OK" if status < 400 else "Err",
+            content_type=all_headers.get("Content-Type"), headers=all_headers,
+            stream_download_generator=lambda *a, **k: _Stream(content),
+        )
+        response._content = content
+        return response
+
+    def _data_plane(self, request, parsed):
+        account = (parsed.hostname or "").split(".")[0]
+        query = parse_qs(parsed.query)
+        parts = [unquote(p) for p in parsed.path.strip("/").split("/")]
+        content = request.content if hasattr(request, "content") else request.data
+        if hasattr(content, "read"):
+            content = content.read()
+        self.requests.append(Recorded(request.method, request.url, parsed.path, query, None))
+        failure = self._failure(request.method, parsed.path)
+        if failure:
+            return self._raw(request, 500, b"", {"x-ms-error-code": "InternalError"})
+        if ".blob." in parsed.hostname:
+            return self._blob(request, account, parts, query, content or b"")
+        return self._file(request, account, parts, query, content or b"")
+
+    def _file(self, request, account, parts, query, content):
+        share, path = parts[0], "/".join(parts[1:])
+        stamp = (query.get("sharesnapshot") or [None])[0]
+        files = self.snapshots.get((account, share, stamp)) if stamp else self.files.get((account, share))
+        if files is None:
+            return self._raw(request, 404, b"", {"x-ms-error-code": "ShareNotFound"})
+        method, is_dir = request.method, query.get("restype") == ["directory"]
+        if method == "GET" and query.get("comp") == ["list"]:
+            prefix = f"{path}/" if path else ""
+            entries = []
+            for name in sorted(k for k in files if not k.startswith("_")):
+                if not name.startswith(prefix) or name == prefix:
+                    continue
+                rest = name[len(prefix):]
+                if rest.endswith("/") and rest.count("/") == 1:
+                    entries.append(f"<Directory><Name>{escape(rest[:-1])}</Name><Properties /></Directory>")
+                elif "/" not in rest:
+                    entries.append(f"<File><Name>{escape(rest)}</Name><Properties><Content-Length>"
+                                   f"{len(files[name])}</Content-Length></Properties></File>")
+            xml = ('<?xml version="1.0" encoding="utf-8"?><EnumerationResults ServiceEndpoint="https://'
+                   f'{account}.file.core.windows.net/" ShareName="{share}" DirectoryPath="{escape(path)}"><Entries>'
+                   f'{"".join(entries)}</Entries><NextMarker /></EnumerationResults>')
+            return self._raw(request, 200, xml.encode(), {"Content-Type": "application/xml"})
+        if method == "PUT" and is_dir:
+            files[f"{path}/"] = b""
+            return self._raw(request, 201)
+        if method == "DELETE" and is_dir:
+            if any(k.startswith(f"{path}/") and k != f"{path}/" for k in files):
+                return self._raw(request, 409, b"", {"x-ms-error-code": "DirectoryNotEmpty"})
+            files.pop(f"{path}/", None)
+            return self._raw(request, 202)
+        if method == "PUT" and query.get("comp") == ["range"]:
+            start = int(request.headers["x-ms-range"].split("=")[1].split("-")[0])
+            data = bytearray(files.get(path, b""))
+            data[start:start + len(content)] = content
+            files[path] = bytes(data)
+            return self._raw(request, 201)
+        if method == "PUT":
+            files[path] = bytes(int(request.headers.get("x-ms-content-length", "0")))
+            return self._raw(request, 201)
+        if path not in files:
+            return self._raw(request, 404, b"", {"x-ms-error-code": "ResourceNotFound"})
+        if method == "DELETE":
+            del files[path]
+            return self._raw(request, 202)
+        data = files[path]
+        return self._raw(request, 206 if data else 200, data, {
+            "Content-Range": f"bytes 0-{max(len(data) - 1, 0)}/{len(data)}", "x-ms-type": "File",
+            "Content-Type": "application/octet-stream"})
+
+    def _blob(self, request, account, parts, query, content):
+        key = (account, parts[0], "/".join(parts[1:]))
+        method = request.method
+        if method == "PUT" and query.get("comp") == ["tier"]:
+            self.blobs[key]["rehydrating"] = request.headers.get("x-ms-access-tier")
+            return self._raw(request, 202)
+        if method == "PUT":
+            metadata = {k[len("x-ms-meta-"):]: v for k, v in request.headers.items() if k.lower().startswith(
+                "x-ms-meta-")}
+            self.blobs[key] = {"data": bytes(content), "metadata": metadata,
+                               "tier": request.headers.get("x-ms-access-tier", "Hot")}
+            return self._raw(request, 201, b"", {"Content-MD5": "AAAAAAAAAAAAAAAAAAAAAA=="})
+        blob = self.blobs.get(key)
+        if blob is None:
+            return self._raw(request, 404, b"", {"x-ms-error-code": "BlobNotFound"})
+        if method == "DELETE":
+            del self.blobs[key]
+            return self._raw(request, 202)
+        headers = {"x-ms-blob-type": "BlockBlob", "x-ms-access-tier": blob["tier"],
+                   "Content-Type": "application/octet-stream",
+                   **{f"x-ms-meta-{k}": v for k, v in blob["metadata"].items()}}
+        if blob.get("rehydrating"):
+            headers["x-ms-archive-status"] = f"rehydrate-pending-to-{blob['rehydrating'].lower()}"
+        if method == "HEAD":
+            return self._raw(request, 200, b"", {**headers, "Content-Length": str(len(blob["data"]))})
+        data = blob["data"]
+        return self._raw(request, 206, data, {**headers, "Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}"})
