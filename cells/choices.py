@@ -36,7 +36,7 @@ class Provider(models.TextChoices):
     LOCAL_FS = "local_fs", "Local folders"
     AZURE_FILES = "azure_files", "Azure Files"
     AWS_STORAGE_GATEWAY = "aws_storage_gateway", "AWS Storage Gateway"
-    LOCAL_COMPUTE = "local_compute", "Local manifests"
+    LOCAL_COMPUTE = "local_compute", "Local processes"
     KUBERNETES = "kubernetes", "Kubernetes"
 
 

@@ -433,6 +433,11 @@ class Release(models.Model):
                              help_text="Container image without the tag; the version is the tag.")
     notes = models.TextField(blank=True)
     state = models.CharField(max_length=10, choices=choices.ReleaseState.choices, default=choices.ReleaseState.DRAFT)
+    fails_health = models.BooleanField(
+        default=False,
+        help_text="A rehearsal release: its server fails its health check (the local runtime), so a rollout of it "
+        "halts at the canary ring and the canary is rolled back.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -228,6 +228,8 @@ else:
 CELLHUB = {
     # Instances answer at <name>.<HUB_DOMAIN>.
     "HUB_DOMAIN": env.str("CELLHUB_DOMAIN", default="cells.localhost"),
+    # The hub's own address, for links in the mails it sends staff (empty: links are relative paths).
+    "HUB_URL": env.str("CELLHUB_URL", default=""),
     "VAR_DIR": VAR_DIR,
     "DEFAULT_SERVER_VERSION": env.str("CELLHUB_DEFAULT_VERSION", default="2026.4.1"),
     "DEFAULT_IMAGE": env.str("CELLHUB_DEFAULT_IMAGE", default="ghcr.io/cellhub/server"),
@@ -285,6 +287,10 @@ CELLHUB = {
     "HEALTH_HTTP_TIMEOUT": env.float("CELLHUB_HEALTH_HTTP_TIMEOUT", default=5.0),
     "HEALTH_DRIVER_TIMEOUT": env.float("CELLHUB_HEALTH_DRIVER_TIMEOUT", default=30.0),
     "HEALTH_HISTORY_DAYS": env.int("CELLHUB_HEALTH_HISTORY_DAYS", default=14),
+    # An upgrade waits this long for the new version to answer its health check before the try counts as failed.
+    "UPGRADE_HEALTH_WAIT_SECONDS": env.float("CELLHUB_UPGRADE_HEALTH_WAIT_SECONDS", default=60.0),
+    # Local compute pools: each instance listens on a port of this machine taken from this range ("low-high").
+    "LOCAL_PORTS": tuple(int(p) for p in env.str("CELLHUB_LOCAL_PORTS", default="20000-20999").split("-", 1)),
     # /metrics answers only `Authorization: Bearer <token>` when this is set. Without a token it is open while DEBUG
     # is on; in production it answers 403 unless CELLHUB_METRICS_OPEN=1 says it is scraped from a private network.
     "METRICS_TOKEN": env.str("CELLHUB_METRICS_TOKEN", default=""),

@@ -1,9 +1,10 @@
 """Health checks: each running instance is asked whether it is up; one that is not is restarted, then flagged.
 
 A check asks the instance's compute driver for its deployment (it exists, has at least one ready replica, and runs
-the image of the instance's version) and, when ``HEALTH_HTTP`` is on, GETs its health URL (``HEALTH_URL``, or the
-compute pool's ``config["health_url"]``; ``{hostname}`` is the instance's) with a short timeout — not for local
-compute pools, where nothing runs the manifests, unless their config names a URL.
+the image of the instance's version), then asks the instance itself: an instance of a local compute pool always
+(``GET http://127.0.0.1:<its port>/api/health`` with its own name in the ``Host`` header), others when
+``HEALTH_HTTP`` is on (``HEALTH_URL``, or the compute pool's ``config["health_url"]``; ``{hostname}`` is the
+instance's). Healthy means a 2xx answer whose ``version``, when it gives one, is the version the hub expects.
 
 An unhealthy instance is restarted through its driver — scaled to zero (every pod stopped), then deployed again
 from its spec (one replica, its version's image, its current database) — at most ``HEALTH_RESTART_ATTEMPTS``
@@ -24,7 +25,6 @@ import dataclasses
 import logging
 from datetime import datetime, timedelta
 
-import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
@@ -33,7 +33,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from cells.audit import FAILED, SUCCEEDED, audit_record
-from cells.choices import OPERATION_ACTIVE_STATES, InstanceState, Provider
+from cells.choices import OPERATION_ACTIVE_STATES, InstanceState
 from cells.models import Instance, Operation, Pool, Share
 from provisioning import drivers
 from provisioning.backups.selectors import database_kwargs
@@ -41,6 +41,7 @@ from provisioning.drivers.base import DriverError
 from provisioning.models import HealthAction, HealthCheck, HealthStatus, InstanceHealth
 from provisioning.operations import call_with_timeout
 from provisioning.plans.provision import deployment_spec
+from provisioning.probe import Probe, health_request, health_url, instance_probe  # noqa: F401  (health's public face)
 
 logger = logging.getLogger(__name__)
 
@@ -58,67 +59,6 @@ CUSTOMER_TEXT = {
     (HealthStatus.UNHEALTHY, HealthAction.NONE): "Not responding: our support staff are looking into it",
     (HealthStatus.UNKNOWN, HealthAction.NONE): "Could not be checked this time",
 }
-
-
-@dataclasses.dataclass
-class Probe:
-    status: str
-    detail: str
-    details: dict
-
-
-def _compute_status(instance: Instance):
-    compute = drivers.for_pool(instance.compute_pool)
-    return call_with_timeout(
-        lambda _abandoned: compute.status(instance=instance),
-        seconds=settings.CELLHUB["HEALTH_DRIVER_TIMEOUT"], name=f"health status of {instance.name}",
-    )
-
-
-def health_url(instance: Instance) -> str | None:
-    """The URL the HTTP check asks, or None when there is none to ask."""
-    if not settings.CELLHUB["HEALTH_HTTP"] or not instance.hostname:
-        return None
-    template = (instance.compute_pool.config or {}).get("health_url")
-    if template is None and instance.compute_pool.provider == Provider.LOCAL_COMPUTE:
-        return None  # nothing runs local manifests: there is no server to ask
-    return (template or settings.CELLHUB["HEALTH_URL"]).format(hostname=instance.hostname)
-
-
-def instance_probe(instance: Instance) -> Probe:
-    """Ask the driver (and the health URL) about the instance; never raises for what the instance or its cloud
-    does: a driver that cannot answer gives ``unknown``."""
-    try:
-        status = _compute_status(instance)
-    except DriverError as error:
-        return Probe(HealthStatus.UNKNOWN, f"compute pool {instance.compute_pool} did not answer: {error}", {})
-    except Exception as error:  # a driver's own bug or a damaged record: unknown, never a crashed pass
-        logger.exception("health status of %s could not be read", instance.name)
-        return Probe(HealthStatus.UNKNOWN, f"the status could not be read: {error.__class__.__name__}: {error}", {})
-    details = {"exists": status.exists, "replicas": status.replicas, "ready_replicas": status.ready_replicas,
-               "image": status.image}
-    problems = []
-    if not status.exists:
-        problems.append("its deployment is missing")
-    elif status.replicas < 1:
-        problems.append("its deployment is scaled to 0 replicas")
-    elif status.ready_replicas < 1:
-        problems.append(f"0 of {status.replicas} replicas are ready")
-    if status.exists and status.image.rpartition(":")[2] != instance.server_version:
-        problems.append(f"it runs {status.image or 'no image'}, not version {instance.server_version}")
-    url = health_url(instance) if not problems else None
-    if url:
-        details["url"] = url
-        try:
-            response = requests.get(url, timeout=settings.CELLHUB["HEALTH_HTTP_TIMEOUT"], allow_redirects=False)
-            details["http_status"] = response.status_code
-            if not 200 <= response.status_code < 300:
-                problems.append(f"{url} answered {response.status_code}")
-        except requests.RequestException as error:
-            problems.append(f"{url} did not answer: {error.__class__.__name__}")
-    if problems:
-        return Probe(HealthStatus.UNHEALTHY, "; ".join(problems), details)
-    return Probe(HealthStatus.HEALTHY, f"{status.ready_replicas} of {status.replicas} replicas ready", details)
 
 
 def instance_restart(instance: Instance) -> None:

@@ -266,6 +266,25 @@ class InstanceDatabase(models.Model):
         return self.name
 
 
+class InstancePort(models.Model):
+    """The port of this machine an instance of a local compute pool listens on (``capabilities.host_ports``).
+
+    The database keeps two instances from ever holding the same port (``port`` is unique); the row goes when the
+    instance is decommissioned or its provision is released, which frees the port for another.
+    """
+
+    instance = models.OneToOneField("cells.Instance", on_delete=models.CASCADE, primary_key=True,
+                                    related_name="host_port")
+    port = models.PositiveIntegerField(unique=True)
+    allocated_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["port"]
+
+    def __str__(self):
+        return str(self.port)
+
+
 # ---- keeping instances alive and the hub honest (issue 9) ---------------------------------------------------
 
 

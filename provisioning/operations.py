@@ -82,6 +82,7 @@ from provisioning import faults
 from provisioning.drivers.base import PermanentDriverError, TransientDriverError
 from provisioning.logs import log_context
 from provisioning.models import OperationWatch
+from provisioning.notifications import operation_failure_notify
 from provisioning.plans.registry import excluded_kinds, plan_for
 
 logger = logging.getLogger(__name__)
@@ -429,6 +430,8 @@ def operation_run(operation_id: int) -> str | None:
             operation.refresh_from_db()
             if not _end(operation, OperationState.FAILED, error=message + (f"\n{cleanup}" if cleanup else "")):
                 return _let_go(operation, cleanup_done=cleanup or "the plan's clean-up ran")
+            failed_at = next((name for name in plan.step_names if name not in operation.done_step_names), "")
+            operation_failure_notify(operation=operation, step=failed_at)
     return operation.state
 
 

@@ -39,7 +39,8 @@ def _drop_run_databases():
 
 @pytest.fixture(autouse=True)
 def hub_settings(settings, tmp_path):
-    """Each test gets its own var directory, this run's resource prefix, and no backoff sleeps."""
+    """Each test gets its own var directory, this run's resource prefix, and no backoff sleeps. The local runtime's
+    supervisord of that var directory (with every instance process it runs) is shut down after the test."""
     var_dir = tmp_path / "var"
     var_dir.mkdir()
     settings.CELLHUB = {
@@ -53,6 +54,12 @@ def hub_settings(settings, tmp_path):
     # Hashing passwords at production strength costs ~0.5 s per user; tests check logic, not strength.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     yield settings
+    # The local runtime's supervisord of this var directory, with every instance process it runs, first.
+    from provisioning.drivers.local_supervisor import Supervisor
+
+    supervisor = Supervisor(var_dir / "supervisor")
+    if supervisor.pid_file.exists():
+        supervisor.kill()
     # SQLite databases are replicated by a Litestream process each: stop the ones this test started.
     from provisioning.drivers.litestream import Replicator
 

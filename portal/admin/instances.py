@@ -41,9 +41,10 @@ from provisioning.backups.selectors import (
 )
 from provisioning.drivers.base import DriverError
 from provisioning.health import instance_health_overview
-from provisioning.lifecycle import instance_force_state
+from provisioning.lifecycle import instance_force_state, instance_start, instance_stop
 from provisioning.models import BackupKind
 from provisioning.operations import operation_retry
+from provisioning.ports import instance_address
 
 RESTORE_HELP = (
     "Restoring to a time uses the latest database backup taken at or before it. The backup is restored into a "
@@ -163,13 +164,14 @@ class InstanceAdmin(AuditedModelAdmin):
         "name", "hostname", "region", "reef", "database_pool", "compute_pool", "tier", "server_version",
     ]
     readonly_fields = [
-        *LIFECYCLE_FIELDS, "state", "created_at", "updated_at", "database_in_use", "backups", "health_history",
+        *LIFECYCLE_FIELDS, "state", "address", "created_at", "updated_at", "database_in_use", "backups",
+        "health_history",
     ]
     show_full_result_count = False  # a second COUNT(*) over the whole table buys nothing
     inlines = [OperationInline]
     actions = [
         "retry_provision", "back_up_now", "restore_to_point_in_time", "restore_files", "confirm_restore",
-        "decommission", "force_state", "reveal_credentials", "pin_version", "unpin_version",
+        "decommission", "force_state", "reveal_credentials", "pin_version", "unpin_version", "stop", "start",
     ]
 
     def has_add_permission(self, request):
@@ -179,6 +181,33 @@ class InstanceAdmin(AuditedModelAdmin):
     def has_delete_permission(self, request, obj=None):
         """Instances end by the decommission action, which releases everything they hold."""
         return False
+
+    def _power(self, request, queryset, service, action: str, verb: str):
+        queued = []
+        for instance in queryset:
+            try:
+                operation = service(instance=instance, requested_by=request.user)
+            except Refused as refusal:
+                admin_refusal(request, action, instance, refusal)
+                self.message_user(request, f"{instance.name}: {refusal}", messages.WARNING)
+            else:
+                admin_audit(request, action, instance, operation=operation.pk)
+                queued.append(f"{instance.name} (operation #{operation.pk})")
+        if queued:
+            self.message_user(request, f"{verb}: {', '.join(queued)}.", messages.SUCCESS)
+
+    @admin.action(description="Stop the selected instances (their data and addresses stay)", permissions=["change"])
+    def stop(self, request, queryset):
+        self._power(request, queryset, instance_stop, "instance.stop", "Stopping")
+
+    @admin.action(description="Start the selected stopped instances", permissions=["change"])
+    def start(self, request, queryset):
+        self._power(request, queryset, instance_start, "instance.start", "Starting")
+
+    @admin.display(description="address")
+    def address(self, instance):
+        address = instance_address(instance)
+        return format_html('<a href="{}">{}</a>', address, address) if address else "—"
 
     def _set_pinned(self, request, queryset, pinned: bool):
         names = list(queryset.values_list("name", flat=True))
@@ -265,8 +294,9 @@ class InstanceAdmin(AuditedModelAdmin):
         queued = []
         for instance in queryset:
             try:
-                for kind in (BackupKind.DATABASE, BackupKind.FILES):
-                    operation = instance_backup(instance=instance, kind=kind, requested_by=request.user)
+                operation = instance_backup(
+                    instance=instance, kinds=[BackupKind.DATABASE, BackupKind.FILES], requested_by=request.user
+                )
             except Refused as refusal:
                 admin_refusal(request, "instance.backup", instance, refusal)
                 self.message_user(request, str(refusal), messages.WARNING)  # it names the instance

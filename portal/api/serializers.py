@@ -13,6 +13,7 @@ from portal.models import ApiToken
 from portal.roles import is_staff_reader
 from provisioning.backups.selectors import restorable_window
 from provisioning.models import Backup
+from provisioning.ports import instance_address
 
 
 class RegionSerializer(serializers.ModelSerializer):
@@ -134,12 +135,20 @@ class InstanceSerializer(serializers.ModelSerializer):
     url = serializers.HyperlinkedIdentityField(view_name="api:instance-detail", lookup_field="name")
     region = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     owner = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    address = serializers.SerializerMethodField()
 
     class Meta:
         model = Instance
         fields = ["id", "url", "name", "owner", "region", "reef", "state", "server_version", "tier", "cpu_millicores",
-                  "memory_mib", "hostname", "created_at", "updated_at"]
+                  "memory_mib", "hostname", "address", "created_at", "updated_at"]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.CharField())
+    def get_address(self, instance) -> str:
+        """Where the instance answers: ``http://<hostname>:<port>/`` on a local runtime, else
+        ``https://<hostname>/``; empty until it has a hostname."""
+        host_port = getattr(instance, "host_port", None)  # the views select it with the instance
+        return instance_address(instance, port=host_port.port if host_port else 0)
 
 
 class RestorableWindowSerializer(serializers.Serializer):

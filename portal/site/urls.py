@@ -23,6 +23,8 @@ urlpatterns = [
     path("instances/<slug:name>/", views.instance_detail, name="instance-detail"),
     path("instances/<slug:name>/status.json", views.instance_status, name="instance-status"),
     path("instances/<slug:name>/backups/", views.instance_backup_now, name="instance-backup"),
+    path("instances/<slug:name>/stop/", views.instance_stop_view, name="instance-stop"),
+    path("instances/<slug:name>/start/", views.instance_start_view, name="instance-start"),
     path("instances/<slug:name>/restore/", views.instance_restore_view, name="instance-restore"),
     path("instances/<slug:name>/restore/files/", views.instance_restore_files_view, name="instance-restore-files"),
     path(

@@ -58,18 +58,22 @@ def backup_keep_days(instance: Instance, reason: str) -> int:
 
 
 def instance_backup(
-    *, instance: Instance, kind: str = BackupKind.DATABASE, requested_by=None, reason: str = BackupReason.ON_DEMAND
+    *, instance: Instance, kind: str = BackupKind.DATABASE, requested_by=None, reason: str = BackupReason.ON_DEMAND,
+    kinds: list[str] | None = None,
 ) -> Operation:
-    """Queue a backup of the instance's ``kind`` ("database" or "files"); returns its operation.
+    """Queue a backup of the instance's ``kind`` ("database" or "files") — or of every kind in ``kinds``, as ONE
+    operation ("Back up now": database and files) — and return its operation.
 
-    A backup operation still queued for the instance takes the kind on (so "database" then "files" make
-    one operation with both); one already running that covers the kind is returned as is. Raises
+    A backup operation still queued for the instance takes the kinds on (so "database" then "files" make
+    one operation with both); one already running that covers them is returned as is. Raises
     ``Refused`` naming the state unless the instance is running, stopped or upgrading, and
-    ``OperationInProgress`` (from ``operation_create``) when a running backup does not cover the kind or work that
+    ``OperationInProgress`` (from ``operation_create``) when a running backup does not cover them or work that
     excludes a backup (a restore, a decommission) is queued or running.
     """
-    if kind not in BackupKind.values:
-        raise Refused(f"unknown backup kind {kind!r}; choose database or files", field="kind")
+    wanted = list(dict.fromkeys(kinds or [kind]))
+    for kind in wanted:
+        if kind not in BackupKind.values:
+            raise Refused(f"unknown backup kind {kind!r}; choose database or files", field="kind")
     with transaction.atomic():
         locked = Instance.objects.select_for_update().get(pk=instance.pk)
         if locked.state not in BACKUP_STATES:
@@ -78,23 +82,24 @@ def instance_backup(
                 "backed up",
                 current_state=locked.state,
             )
-        if kind == BackupKind.DATABASE and not locked.database_pool_id:
+        if BackupKind.DATABASE in wanted and not locked.database_pool_id:
             raise Refused(f"instance {locked.name} has no database to back up")
-        if kind == BackupKind.FILES and not Share.objects.filter(instance=locked).exists():
+        if BackupKind.FILES in wanted and not Share.objects.filter(instance=locked).exists():
             raise Refused(f"instance {locked.name} has no share to back up")
         active = active_operations(locked).filter(kind=OperationKind.BACKUP).select_for_update().first()
         if active is not None:
-            kinds = list(active.params.get("kinds", []))
-            if kind in kinds:
+            covered = list(active.params.get("kinds", []))
+            missing = [kind for kind in wanted if kind not in covered]
+            if not missing:
                 return active
             if active.state == OperationState.QUEUED:
                 # The worker claims with a conditional UPDATE, which waits for this row lock: it then sees both.
-                active.params = {**active.params, "kinds": [*kinds, kind]}
+                active.params = {**active.params, "kinds": [*covered, *missing]}
                 Operation.objects.filter(pk=active.pk).update(params=active.params, updated_at=timezone.now())
                 return active
         return operation_create(  # refuses while a running backup (or work that excludes one) is in the way
             kind=OperationKind.BACKUP, instance=locked, requested_by=requested_by,
-            params={"kinds": [kind], "reason": str(reason)},
+            params={"kinds": [str(kind) for kind in wanted], "reason": str(reason)},
         )
 
 

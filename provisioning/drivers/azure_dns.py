@@ -119,7 +119,7 @@ class AzureDnsDriver(DnsDriver):
         except CloudNotFoundError:
             pass
 
-    def upsert_record(self, *, name: str, address: str) -> None:
+    def upsert_record(self, *, name: str, address: str, port: int | None = None) -> None:
         """Point ``name`` at ``address`` (A, AAAA or CNAME by its form); the other types at the name go."""
         relative, kind = self.relative_name(name), record_type(address)
         for other in RECORD_TYPES:

@@ -107,6 +107,9 @@ class DeploymentSpec:
     # What the pod needs to mount the share (``StorageDriver.mount_credentials``), rendered as the Secret
     # ``<name>-storage``; empty when the share mounts without credentials (NFS, a local folder).
     share_credentials: dict = field(default_factory=dict)
+    # The port the instance listens on, for drivers that run it on this machine (``capabilities.host_ports``); the hub
+    # allocates it (provisioning/ports.py). Clusters serve through their ingress and leave it None.
+    port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class DeploymentStatus:
     ready_replicas: int = 0
     replicas: int = 0
     image: str = ""
+    # What the runtime says the deployment is doing, in words (e.g. "process EXITED (exit status 1)"); may be empty.
+    detail: str = ""
 
 
 def secret_from_environment(pool: Pool, config_key: str, *, what: str, required: bool = True) -> str | None:
@@ -154,6 +159,9 @@ class Capabilities:
     file_restore: bool = False  # ``restore_share``: a share's content brought back from a files backup
     backup_deletion: bool = False  # ``delete_backup``: retention deletes the hub's backups through the driver
     host_replacement: bool = False  # ``replace_pool``: a failed pool's shares re-associated with a new host
+    # Compute: each deployment listens on a port of this machine that the hub allocates (provisioning/ports.py) and
+    # passes as ``DeploymentSpec.port``; the instance answers at ``http://<hostname>:<port>/`` (the local runtime).
+    host_ports: bool = False
 
 
 # The declaration every pool driver fills in on its own class (``drivers.registry()`` reads it).
@@ -443,7 +451,10 @@ class DnsDriver:
     def fqdn(self, name: str) -> str:
         return f"{name}.{self.zone}"
 
-    def upsert_record(self, *, name: str, address: str) -> None:
+    def upsert_record(self, *, name: str, address: str, port: int | None = None) -> None:
+        """Point ``name`` at ``address``; idempotent. ``port``, when the instance listens on a port of its own (the
+        local runtime), is published where the provider can (an SRV record in the local zone); the clouds' records
+        point at an ingress on the standard port and ignore it."""
         raise NotImplementedError
 
     def delete_record(self, *, name: str) -> None:

@@ -97,7 +97,7 @@ class Route53DnsDriver(DnsDriver):
                 ),
             )
 
-    def upsert_record(self, *, name: str, address: str) -> None:
+    def upsert_record(self, *, name: str, address: str, port: int | None = None) -> None:
         """Point ``name`` at ``address``, replacing any record of another type at that name."""
         fqdn, kind = self.fqdn(name), record_type(address)
         changes = [

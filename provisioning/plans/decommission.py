@@ -14,14 +14,14 @@ stopped in):
 8. mark_decommissioned — the instance ends ``decommissioned``.
 
 The archive and the final backup are kept ``ARCHIVE_RETENTION_DAYS``. A failure at any step fails the
-operation with the error and tells staff by mail; the instance stays ``decommissioning`` and the share
-out of the pool, nothing is released the way a failed provision is, and a retry resumes at that step.
+operation with the error (staff are told by mail, as of every failed operation); the instance stays
+``decommissioning`` and the share out of the pool, nothing is released the way a failed provision is, and a
+retry resumes at that step.
 """
 from __future__ import annotations
 
 import logging
 
-from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
 from django.utils import timezone
 
@@ -34,6 +34,7 @@ from provisioning.backups.services import backup_take
 from provisioning.drivers.base import PermanentDriverError
 from provisioning.models import Backup, BackupKind, BackupReason, BackupState, Restore, RestoreState
 from provisioning.plans.registry import HOURS, Plan, register_plan
+from provisioning.ports import instance_port_release
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +69,11 @@ def decommission_begin(operation: Operation) -> None:
 
 
 def decommission_stop_compute(operation: Operation) -> None:
+    """Stop and delete the deployment (on a local runtime: its process), then free its port."""
     instance = _instance(operation)
     if instance.compute_pool_id:
         drivers.for_pool(instance.compute_pool).delete(instance=instance)
+    instance_port_release(instance=instance)
 
 
 def decommission_archive_share(operation: Operation) -> None:
@@ -197,28 +200,12 @@ def decommission_succeed(operation: Operation) -> None:
 
 
 def decommission_fail(operation: Operation, message: str) -> str:
-    """Release nothing: the instance stays decommissioning, the share out of the pool; staff are told."""
+    """Release nothing: the instance stays decommissioning, the share out of the pool (staff are told by mail, as
+    of every failed operation: provisioning/notifications.py)."""
     instance = Instance.objects.get(pk=operation.instance_id)
     steps = [name for name, _ in DECOMMISSION.steps]
     failed_at = next((name for name in steps if name not in operation.done_step_names), "the end")
-    staff = list(
-        get_user_model().objects.filter(is_staff=True, is_active=True).exclude(email="").values_list("email", flat=True)
-    )
     logger.error("decommission of %s (operation %s) failed at %s: %s", instance.name, operation.pk, failed_at, message)
-    if staff:
-        try:
-            send_mail(
-                subject=f"[Cell Hub] decommission of {instance.name} failed at {failed_at}",
-                message=(
-                    f"Operation #{operation.pk} (decommission of {instance.name}) failed at step {failed_at}:\n\n"
-                    f"{message}\n\nThe instance stays decommissioning and its share out of the pool. Fix the cause "
-                    "and retry the operation in the admin; it resumes at that step."
-                ),
-                from_email=None,
-                recipient_list=staff,
-            )
-        except Exception:
-            logger.exception("decommission failure mail for %s not sent", instance.name)
     return (f"stopped at {failed_at}; the instance stays decommissioning and its share out of the pool; "
             "a retry resumes there")
 

@@ -19,6 +19,7 @@ from provisioning import drivers
 from provisioning.backups.selectors import database_kwargs
 from provisioning.drivers.base import DeploymentSpec
 from provisioning.plans.registry import MINUTES, Plan, register_plan
+from provisioning.ports import instance_address, instance_port, instance_port_allocate, instance_port_release
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,10 @@ def release_image(version: str) -> str:
 
 
 def deployment_spec(instance: Instance, *, database_url: str, share: Share) -> DeploymentSpec:
+    """The instance's deployment. On a compute pool whose deployments listen on a port of this machine
+    (``capabilities.host_ports``), the instance's port is part of it — allocated here on first need (idempotent)."""
     compute = drivers.for_pool(instance.compute_pool)
+    port = instance_port_allocate(instance=instance) if compute.capabilities.host_ports else None
     return DeploymentSpec(
         name=instance.name,
         namespace=compute.namespace(instance),
@@ -47,6 +51,7 @@ def deployment_spec(instance: Instance, *, database_url: str, share: Share) -> D
         share_endpoint=share.endpoint,
         share_name=share.name,
         share_credentials=drivers.for_pool(share.pool).mount_credentials(share=share),
+        port=port,
     )
 
 
@@ -98,9 +103,12 @@ def provision_compute(operation: Operation) -> None:
 
 
 def provision_dns(operation: Operation) -> None:
+    """Point the instance's name at its reef's ingress — or, on a local runtime, at the loopback address its
+    process listens on, with its port."""
     instance = _instance(operation)
-    address = instance.reef.ingress_address or "127.0.0.1"
-    drivers.for_dns(instance.region).upsert_record(name=instance.name, address=address)
+    port = instance_port(instance)
+    address = "127.0.0.1" if port else (instance.reef.ingress_address or "127.0.0.1")
+    drivers.for_dns(instance.region).upsert_record(name=instance.name, address=address, port=port)
 
 
 def provision_succeed(operation: Operation) -> None:
@@ -119,7 +127,7 @@ def instance_send_welcome(*, instance_id: int) -> None:
         send_mail(
             subject=f"Your instance {instance.name} is running",
             message=(
-                f"Hello,\n\nyour instance {instance.name} is up and running at https://{instance.hostname}/\n"
+                f"Hello,\n\nyour instance {instance.name} is up and running at {instance_address(instance)}\n"
                 f"Version {instance.server_version}, region {instance.region.name}.\n\n— Cell Hub"
             ),
             from_email=None,
@@ -152,6 +160,7 @@ def instance_release(instance: Instance) -> list[str]:
         "deployment", lambda: drivers.for_pool(instance.compute_pool).delete(instance=instance)
     ):
         released["compute_pool"] = None
+        instance_port_release(instance=instance)
     attempt("dns record", lambda: drivers.for_dns(instance.region).delete_record(name=instance.name))
     share = Share.objects.select_related("pool").filter(instance=instance).first()
     if share is not None:

@@ -7,7 +7,9 @@ pre-upgrade backup is queued (a new database, switched to in one step, the upgra
 from __future__ import annotations
 
 import logging
+import time
 
+from django.conf import settings
 from django.db import transaction
 
 from cells.choices import InstanceState, OperationKind
@@ -17,8 +19,9 @@ from provisioning import drivers
 from provisioning.backups import instance_restore
 from provisioning.backups.services import backup_take
 from provisioning.drivers.base import TransientDriverError
-from provisioning.models import Backup, BackupKind, BackupReason
+from provisioning.models import Backup, BackupKind, BackupReason, HealthStatus
 from provisioning.plans.registry import MINUTES, Plan, register_plan
+from provisioning.probe import instance_probe
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +63,27 @@ def upgrade_patch_image(operation: Operation) -> None:
 
 
 def upgrade_wait_for_health(operation: Operation) -> None:
-    """Healthy: the deployment runs the new image with its replicas ready (none wanted when stopped)."""
+    """Healthy: the deployment runs the new image with its replicas ready (none wanted when stopped), and the
+    instance itself answers its health check with the new version (always on a local runtime; elsewhere when
+    ``HEALTH_HTTP`` is on). Asks again until ``UPGRADE_HEALTH_WAIT_SECONDS`` have passed, then raises
+    ``TransientDriverError`` with what was wrong (the step runner tries again, then fails the upgrade)."""
     instance = _instance(operation)
-    status = drivers.for_pool(instance.compute_pool).status(instance=instance)
-    wanted = image_of(operation, operation.params["version"])
-    if not status.exists or status.image != wanted or status.ready_replicas < status.replicas:
-        raise TransientDriverError(
-            f"not healthy yet: image {status.image or '-'} ({wanted} wanted), "
-            f"{status.ready_replicas}/{status.replicas} replicas ready"
-        )
+    version = operation.params["version"]
+    deadline = time.monotonic() + settings.CELLHUB["UPGRADE_HEALTH_WAIT_SECONDS"]
+    while True:
+        if operation.params.get("from_state") == InstanceState.STOPPED:
+            status = drivers.for_pool(instance.compute_pool).status(instance=instance)
+            if status.exists and status.image == image_of(operation, version):
+                return
+            problem = f"image {status.image or '-'} ({image_of(operation, version)} wanted)"
+        else:
+            probe = instance_probe(instance, version=version)
+            if probe.status == HealthStatus.HEALTHY:
+                return
+            problem = probe.detail
+        if time.monotonic() >= deadline:
+            raise TransientDriverError(f"not healthy yet: {problem}")
+        time.sleep(0.5)
 
 
 def upgrade_record_version(operation: Operation) -> None:

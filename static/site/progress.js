@@ -1,4 +1,5 @@
-// Polls each unfinished instance's status and moves its progress bar until the work ends.
+// Polls each instance's status while an operation is under way: the bar, the current step and the state move live;
+// a failure shows its reason. When work the page started ends, the page reloads once to show its results.
 (function () {
   "use strict";
   var POLL_MS = 1000;
@@ -10,8 +11,27 @@
     box.querySelector('[data-role="bar"]').style.width = progress.percent + "%";
     box.querySelector(".progress").setAttribute("aria-valuenow", progress.percent);
     box.querySelector('[data-role="step"]').textContent =
-      progress.current ? progress.current + " (" + progress.done + "/" + progress.total + ")" : "";
+      progress.current ? status.operation + ": " + progress.current + " (" + progress.done + "/" + progress.total + ")" : "";
+    var failure = box.querySelector('[data-role="failure"]');
+    if (failure) {
+      failure.textContent = progress.failure || "";
+      failure.hidden = !progress.failure;
+    }
+    var address = document.querySelector('[data-role="address"]');
+    if (address && status.address && status.state === "running" && !address.querySelector("a")) {
+      var link = document.createElement("a");
+      link.href = status.address;
+      link.textContent = status.address;
+      address.textContent = "";
+      address.appendChild(link);
+    }
+    var wasRunning = box.dataset.finished === "0";
     box.dataset.finished = progress.finished ? "1" : "0";
+    // The work this page watched has ended: show its results (backups, versions, actions) once.
+    // (A finished provision needs no reload: its state and address were updated in place.)
+    if (wasRunning && progress.finished && box.dataset.reload === "1" && status.operation !== "Provision") {
+      window.location.reload();
+    }
   }
 
   function poll(box) {

@@ -17,13 +17,24 @@ def _manage(*args, **env):
     )
 
 
+PRODUCTION = {"DEBUG": "0", "SECRET_KEY": "a-production-secret-" + "x" * 50, "ALLOWED_HOSTS": "hub.example.com",
+              "CELLHUB_CREDENTIAL_KEY": "a-credential-key-of-its-own-" + "y" * 50}
+BACKUP_KEY = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0wMDAwMDA="
+
+
 def test_check_deploy_passes_with_production_settings():
-    result = _manage(
-        "check", "--deploy", "--fail-level", "WARNING",
-        DEBUG="0", SECRET_KEY="a-production-secret-" + "x" * 50, ALLOWED_HOSTS="hub.example.com",
-        CELLHUB_CREDENTIAL_KEY="a-credential-key-of-its-own-" + "y" * 50,
-    )
+    result = _manage("check", "--deploy", "--fail-level", "WARNING", **PRODUCTION, CELLHUB_BACKUP_KEY=BACKUP_KEY)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("key", "error"), [("", "cellhub.E001"), ("not-a-fernet-key", "cellhub.E002")])
+def test_production_refuses_to_start_without_a_usable_backup_key(key, error):
+    result = _manage("check", **PRODUCTION, CELLHUB_BACKUP_KEY=key)
+    assert result.returncode != 0 and error in result.stderr and "CELLHUB_BACKUP_KEY" in result.stderr
+
+
+def test_development_starts_without_a_backup_key():
+    assert _manage("check", DEBUG="1", CELLHUB_BACKUP_KEY="").returncode == 0
 
 
 def test_production_refuses_to_start_without_a_secret_key():

@@ -55,6 +55,7 @@ def served(tmp_path):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "DEBUG": "0",
         "SECRET_KEY": "a-production-secret-" + "k" * 50,
+        "CELLHUB_BACKUP_KEY": "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0wMDAwMDA=",  # production refuses to start without
         "ALLOWED_HOSTS": "127.0.0.1",
         "DATABASE_URL": "postgres://{}@{}:{}/{}".format(
             os.environ.get("PGUSER", "postgres"), os.environ.get("PGHOST", "127.0.0.1"),

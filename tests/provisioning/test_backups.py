@@ -100,15 +100,15 @@ def sqlite_file(instance, database=None) -> Path:
 
 def sqlite_rows(path: Path) -> list[str]:
     with sqlite3.connect(path) as connection:
-        rows = [row[0] for row in connection.execute("SELECT body FROM notes ORDER BY body")]
+        rows = [row[0] for row in connection.execute("SELECT body FROM test_rows ORDER BY body")]
     connection.close()
     return rows
 
 
 def sqlite_write(path: Path, *bodies: str) -> None:
     with sqlite3.connect(path) as connection:
-        connection.execute("CREATE TABLE IF NOT EXISTS notes (body TEXT)")
-        connection.executemany("INSERT INTO notes VALUES (?)", [(body,) for body in bodies])
+        connection.execute("CREATE TABLE IF NOT EXISTS test_rows (body TEXT)")
+        connection.executemany("INSERT INTO test_rows VALUES (?)", [(body,) for body in bodies])
     connection.close()
 
 
@@ -128,8 +128,8 @@ def postgres_cell():
 def test_a_postgres_backup_is_encrypted_and_readable_only_with_its_key(run, postgres_cell, settings):
     instance = signup(run, postgres_cell)
     with postgres_connect(instance) as connection:
-        connection.execute("CREATE TABLE notes (body text)")
-        connection.execute("INSERT INTO notes VALUES ('plaintext-row-7f3a9c')")
+        connection.execute("CREATE TABLE test_rows (body text)")
+        connection.execute("INSERT INTO test_rows VALUES ('plaintext-row-7f3a9c')")
     back_up(run, instance)
     backup = Backup.objects.get(instance=instance, kind=BackupKind.DATABASE)
     path = crypto.local_file(backup.location)

@@ -8,6 +8,7 @@ import yaml
 from cells.choices import PoolKind, Provider
 from provisioning import drivers
 from provisioning.drivers.base import DeploymentSpec, PermanentDriverError, TransientDriverError
+from provisioning.ports import instance_port_allocate
 from tests.factories import POSTGRES_POOL_CONFIG, make_instance, make_pool, make_reef
 
 pytestmark = pytest.mark.django_db
@@ -103,19 +104,20 @@ def test_local_fs_share_folder_firewall_archive_and_scrub():
     assert first.name not in driver.exports()
 
 
-def _spec(instance, namespace):
+def _spec(instance, namespace, port=None):
     return DeploymentSpec(
         name=instance.name, namespace=namespace, image="ghcr.io/cellhub/server", version="2026.4.1",
         cpu_millicores=750, memory_mib=1536, hostname=f"{instance.name}.cells.test",
         database_url="postgresql://login:secret@db:5432/x", share_endpoint="file:///srv/share", share_name="s",
+        port=port,
     )
 
 
-def test_local_compute_writes_the_kubernetes_manifests():
+def test_local_compute_writes_the_kubernetes_manifests_beside_the_process():
     pool = make_pool(kind=PoolKind.COMPUTE)
     driver = drivers.for_pool(pool)
     instance = make_instance()
-    driver.deploy(spec=_spec(instance, driver.namespace(instance)))
+    driver.deploy(spec=_spec(instance, driver.namespace(instance), port=instance_port_allocate(instance=instance)))
     documents = list(yaml.safe_load_all(driver.manifest_path(instance).read_text()))
     kinds = [d["kind"] for d in documents]
     assert kinds == ["Namespace", "Secret", "Deployment", "Service", "Ingress"]

@@ -49,6 +49,7 @@ def planted(fleet):
     stray_deployment = compute.manifest_path(fleet["alive"]).parent.with_name(STRAY_DEPLOYMENT)
     stray_deployment.mkdir()
     (stray_deployment / "manifests.yaml").write_text(yaml.safe_dump_all(manifests))
+    (stray_deployment / "spec.json").write_text(compute.spec_path(fleet["alive"]).read_text())
     dns = drivers.for_dns(fleet["region"])
     dns.upsert_record(name="ghost", address="127.0.0.1")
     dns.delete_record(name="lacking")

@@ -64,13 +64,13 @@ def _deployed_database_url(instance) -> str:
 
 def _rows(instance, database=None) -> list[str]:
     with postgres_connect(instance, database) as connection:
-        return [row[0] for row in connection.execute("SELECT body FROM notes ORDER BY body")]
+        return [row[0] for row in connection.execute("SELECT body FROM test_rows ORDER BY body")]
 
 
 def _rows_the_deployment_sees(instance) -> list[str]:
     """Connect with the very URL the instance's deployment was given."""
     with psycopg.connect(_deployed_database_url(instance).replace("postgresql://", "postgres://")) as connection:
-        return [row[0] for row in connection.execute("SELECT body FROM notes ORDER BY body")]
+        return [row[0] for row in connection.execute("SELECT body FROM test_rows ORDER BY body")]
 
 
 def test_postgres_restore_to_a_time_between_two_writes_brings_back_only_the_first(run, postgres_cell):
@@ -78,12 +78,12 @@ def test_postgres_restore_to_a_time_between_two_writes_brings_back_only_the_firs
     driver = drivers.for_pool(instance.database_pool)
     original = driver.database_name(instance)
     with postgres_connect(instance) as connection:  # the instance's own login writes
-        connection.execute("CREATE TABLE notes (body text)")
-        connection.execute("INSERT INTO notes VALUES ('first-1'), ('first-2')")
+        connection.execute("CREATE TABLE test_rows (body text)")
+        connection.execute("INSERT INTO test_rows VALUES ('first-1'), ('first-2')")
     point = Backup.objects.get(operation=back_up(run, instance)).taken_at
     _after(point)
     with postgres_connect(instance) as connection:
-        connection.execute("INSERT INTO notes VALUES ('second-1')")
+        connection.execute("INSERT INTO test_rows VALUES ('second-1')")
     back_up(run, instance)
     assert restorable_window(instance=instance)[0] == point
 

@@ -320,3 +320,54 @@ def test_a_wave_halts_on_the_absolute_failure_count_while_the_ratio_stays_under_
     assert rollout.halt_reason == "wave 1 (ring 0): 2 of 10 upgrades failed (limit 1 or 50%): t00, t09"
     wave = rollout.waves.get()
     assert (wave.failed, wave.succeeded, wave.state) == (2, 8, WaveState.RUNNING)  # halted, never baked
+
+
+def _ask(name, path="/api/health", **kwargs):
+    """The instance's own server, at its own address (``*.localhost`` is the loopback)."""
+    import requests
+
+    from provisioning.ports import instance_port
+
+    instance = Instance.objects.get(name=name)
+    port = instance_port(instance)
+    method = requests.post if "data" in kwargs else requests.get
+    return method(f"http://127.0.0.1:{port}{path}", headers={"Host": f"{instance.hostname}:{port}"}, timeout=5,
+                  allow_redirects=False, **kwargs)
+
+
+def test_a_release_whose_server_fails_health_halts_at_the_canary_which_is_rolled_back_with_its_data(
+    fleet, run, settings
+):
+    """No fault injected: the release's own server fails its health check (``Release.fails_health``)."""
+    settings.CELLHUB = {**settings.CELLHUB, "STEP_ATTEMPTS": 2, "UPGRADE_HEALTH_WAIT_SECONDS": 1.5}
+    Release.objects.filter(pk=fleet["release"].pk).update(fails_health=True)
+    for name in ("ia1", "ia2"):
+        assert _ask(name, "/notes", data={"body": f"{name} kept this"}).status_code == 303
+    rollout = rollout_create(release=fleet["release"], batch_size=10, bake_minutes=0)
+    rollout_start(rollout=rollout)
+
+    run(rollouts_tick, now=SUNDAY_0230)
+    run(rollouts_tick, now=SUNDAY_0230 + timedelta(minutes=1))
+    run(rollouts_tick, now=SUNDAY_0230 + timedelta(minutes=2))
+    rollout.refresh_from_db()
+    assert rollout.state == RolloutState.HALTED and "2 of 2 upgrades failed" in rollout.halt_reason
+    upgrades = Operation.objects.filter(kind=OperationKind.UPGRADE)
+    assert set(upgrades.values_list("instance__name", flat=True)) == {"ia1", "ia2"}  # ring 1 never touched
+    assert all("marked to fail its health check" in op.error for op in upgrades)
+
+    for name in ("ia1", "ia2"):
+        instance = Instance.objects.get(name=name)
+        assert (instance.state, instance.server_version, _image(name)) == (
+            InstanceState.RUNNING, OLD, f"ghcr.io/cellhub/server:{OLD}"
+        )
+        # The new version had changed the database; the pre-upgrade backup was restored, so the old server
+        # runs healthy on it, with the customer's data.
+        restore = Operation.objects.get(kind=OperationKind.RESTORE, instance=instance)
+        assert restore.state == OperationState.SUCCEEDED, restore.error
+        health = _ask(name)
+        assert health.status_code == 200 and health.json() == {"status": "ok", "version": OLD, "name": name,
+                                                               "schema": 1}
+        notes = _ask(name, "/api/notes").json()["notes"]
+        assert [note["body"] for note in notes] == [f"{name} kept this"]
+    for name in ("ib1", "ib2", "ic1", "ic2"):
+        assert _ask(name).json()["version"] == OLD

@@ -51,7 +51,7 @@ class InstanceViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     queryset = Instance.objects.none()  # the model, for the schema; rows come from get_queryset
 
     def get_queryset(self):
-        queryset = Instance.objects.select_related("region", "owner")
+        queryset = Instance.objects.select_related("region", "owner", "host_port")
         if getattr(self, "swagger_fake_view", False) or is_staff_reader(self.request.user):
             return queryset
         return queryset.filter(owner=self.request.user)
