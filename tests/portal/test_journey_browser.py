@@ -66,8 +66,6 @@ def test_the_whole_journey_in_a_browser(live_server, qcluster, browser_page, set
     qcluster(CELLHUB_BACKUP_KEY=BACKUP_KEY, CELLHUB_UPGRADE_HEALTH_WAIT_SECONDS="20", Q_TIMEOUT="120", Q_RETRY="130",
              CELLHUB_OPERATION_LEASE_SECONDS="30")
     page, hub = browser_page, live_server.url
-    shots = tmp_path / "shots"
-    shots.mkdir()
 
     # Sign up and watch it reach Running.
     page.goto(f"{hub}/signup/")
@@ -84,7 +82,6 @@ def test_the_whole_journey_in_a_browser(live_server, qcluster, browser_page, set
     link = page.locator("[data-role=address] a")
     link.wait_for()
     assert link.get_attribute("href") == address
-    page.screenshot(path=str(shots / "1-running.png"))
 
     # The instance itself, at its own address: a note and a file, through its own page.
     page.goto(address)
@@ -98,7 +95,6 @@ def test_the_whole_journey_in_a_browser(live_server, qcluster, browser_page, set
     page.click("form[action='/files'] button")
     assert page.locator("[data-role=note]").all_inner_texts()[0].startswith("the first note")
     assert page.locator("[data-role=file] a").inner_text() == "plans.txt"
-    page.screenshot(path=str(shots / "2-instance.png"))
 
     # Back up, add a second note, back up again: the restorable window spans both notes.
     first = _back_up(page, hub, instance, 1)
@@ -120,7 +116,6 @@ def test_the_whole_journey_in_a_browser(live_server, qcluster, browser_page, set
     notes = page.locator("[data-role=note]").all_inner_texts()
     assert len(notes) == 1 and notes[0].startswith("the first note")
     assert page.locator("[data-role=file] a").inner_text() == "plans.txt"
-    page.screenshot(path=str(shots / "3-restored.png"))
 
     # Upgrade to the newer release; the customer's page shows it live, the instance itself reports it.
     instance_upgrade(instance=Instance.objects.get(name="hopper"), release=newer)
@@ -140,7 +135,6 @@ def test_the_whole_journey_in_a_browser(live_server, qcluster, browser_page, set
     page.click("#decommission button[type=submit]")
     page.wait_for_url(f"{hub}/instances/hopper/")
     _state_is(page, "Decommissioned", timeout=120_000)
-    page.screenshot(path=str(shots / "4-decommissioned.png"))
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
     with pytest.raises(Exception, match="ERR_CONNECTION_REFUSED"):

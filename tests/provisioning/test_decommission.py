@@ -68,8 +68,8 @@ def test_decommission_on_postgres_keeps_an_archive_and_a_final_backup_and_leaves
     instance = signup(run, cell)
     share = instance.share
     with postgres_connect(instance) as connection:
-        connection.execute("CREATE TABLE notes (body text)")
-        connection.execute("INSERT INTO notes VALUES ('final-row-93b1')")
+        connection.execute("CREATE TABLE test_rows (body text)")
+        connection.execute("INSERT INTO test_rows VALUES ('final-row-93b1')")
     write_files(share_path(instance), FILES)
     before = _listing(share_path(instance))
 
