@@ -19,10 +19,10 @@ def backup_key_check(app_configs, **kwargs):
             f"{KEY_VARIABLE} is not set: backups cannot be encrypted.",
             hint=f"Set {KEY_VARIABLE} to a Fernet key (python -c 'from cryptography.fernet import Fernet; "
             "print(Fernet.generate_key().decode())') and keep a copy off this machine.",
-            id="cellhub.E001",
+            id="cellhub.E010",
         )]
     try:
         Fernet(key)
     except (ValueError, TypeError):
-        return [Error(f"{KEY_VARIABLE} is not a Fernet key (32 bytes, url-safe base64).", id="cellhub.E002")]
+        return [Error(f"{KEY_VARIABLE} is not a Fernet key (32 bytes, url-safe base64).", id="cellhub.E011")]
     return []

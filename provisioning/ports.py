@@ -11,6 +11,7 @@ import socket
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from cells.choices import InstanceState
 from cells.models import Instance
 from provisioning.drivers.base import PermanentDriverError
 from provisioning.models import InstancePort
@@ -71,9 +72,9 @@ def instance_port_release(*, instance: Instance) -> None:
 
 def instance_address(instance: Instance, *, port: int | None = None) -> str:
     """Where the instance answers: ``http://<hostname>:<port>/`` on a local runtime, ``https://<hostname>/`` behind
-    a cluster's ingress; empty while it has no hostname. ``port`` is the instance's port when the caller knows it
-    already (0: none), else it is looked up."""
-    if not instance.hostname:
+    a cluster's ingress; empty while it has no hostname and once it is decommissioned (its address is gone).
+    ``port`` is the instance's port when the caller knows it already (0: none), else it is looked up."""
+    if not instance.hostname or instance.state == InstanceState.DECOMMISSIONED:
         return ""
     port = instance_port(instance) if port is None else port
     return f"http://{instance.hostname}:{port}/" if port else f"https://{instance.hostname}/"

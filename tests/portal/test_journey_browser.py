@@ -140,4 +140,6 @@ def test_the_whole_journey_in_a_browser(live_server, qcluster, browser_page, set
     with pytest.raises(Exception, match="ERR_CONNECTION_REFUSED"):
         page.goto(address)
     assert instance_port(instance) is None  # its port is free again
+    page.goto(f"{hub}/instances/hopper/")
+    assert page.locator("[data-role=address]").inner_text() == "removed"
     assert list(share_folder.iterdir()) == []

@@ -27,7 +27,7 @@ def test_check_deploy_passes_with_production_settings():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize(("key", "error"), [("", "cellhub.E001"), ("not-a-fernet-key", "cellhub.E002")])
+@pytest.mark.parametrize(("key", "error"), [("", "cellhub.E010"), ("not-a-fernet-key", "cellhub.E011")])
 def test_production_refuses_to_start_without_a_usable_backup_key(key, error):
     result = _manage("check", **PRODUCTION, CELLHUB_BACKUP_KEY=key)
     assert result.returncode != 0 and error in result.stderr and "CELLHUB_BACKUP_KEY" in result.stderr
