@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('cells', '0011_pool_capacity_covers_instances'),
+        ('cells', '0010_validated_text_and_config'),
     ]
 
     operations = [
