@@ -137,8 +137,10 @@ def test_the_whole_journey_in_a_browser(live_server, qcluster, browser_page, set
     _state_is(page, "Decommissioned", timeout=120_000)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
+    probe = page.context.browser.new_page()  # a page of its own: the refused navigation never races the hub's page
     with pytest.raises(Exception, match="ERR_CONNECTION_REFUSED"):
-        page.goto(address)
+        probe.goto(address)
+    probe.close()
     assert instance_port(instance) is None  # its port is free again
     page.goto(f"{hub}/instances/hopper/")
     assert page.locator("[data-role=address]").inner_text() == "removed"

@@ -52,14 +52,14 @@ def managed_cell(settings):
 def _write(instance, body):
     with postgres_connect(instance, InstanceDatabase.objects.filter(instance=instance).values_list(
             "name", flat=True).first()) as connection:
-        connection.execute("CREATE TABLE IF NOT EXISTS notes (body text)")
-        connection.execute("INSERT INTO notes VALUES (%s)", [body])
+        connection.execute("CREATE TABLE IF NOT EXISTS test_rows (body text)")
+        connection.execute("INSERT INTO test_rows VALUES (%s)", [body])
     return timezone.now()
 
 
 def _rows(instance, database):
     with postgres_connect(instance, database) as connection:
-        return [row[0] for row in connection.execute("SELECT body FROM notes ORDER BY body")]
+        return [row[0] for row in connection.execute("SELECT body FROM test_rows ORDER BY body")]
 
 
 def _temporary_clusters(pool):
