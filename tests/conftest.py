@@ -54,12 +54,15 @@ def hub_settings(settings, tmp_path):
     # Hashing passwords at production strength costs ~0.5 s per user; tests check logic, not strength.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     yield settings
-    # The local runtime's supervisord of this var directory, with every instance process it runs, first.
-    from provisioning.drivers.local_supervisor import Supervisor
+    # The local runtime's supervisord of this var directory (and of one a test pointed VAR_DIR at), with every
+    # instance process it runs, first.
+    from provisioning.drivers.local_supervisor import Supervisor, kill_started
 
-    supervisor = Supervisor(var_dir / "supervisor")
-    if supervisor.pid_file.exists():
-        supervisor.kill()
+    for folder in {Path(settings.CELLHUB["VAR_DIR"]), var_dir}:
+        supervisor = Supervisor(folder / "supervisor")
+        if supervisor.pid_file.exists():  # started here or by a worker this test ran
+            supervisor.kill()
+    kill_started()  # started here under a folder that is gone already
     # SQLite databases are replicated by a Litestream process each: stop the ones this test started.
     from provisioning.drivers.litestream import Replicator
 

@@ -159,6 +159,7 @@ class Supervisor:
             deadline = time.monotonic() + START_TIMEOUT_SECONDS
             while time.monotonic() < deadline:
                 if self.running():
+                    STARTED[str(self.root)] = self.pid()
                     return
                 time.sleep(0.05)
             raise TransientDriverError(
@@ -190,20 +191,8 @@ class Supervisor:
 
     def kill(self) -> None:
         """Kill supervisord and every process it runs at once (SIGKILL), for test teardown; nothing graceful."""
-        pids = []
-        try:
-            pids = [info["pid"] for info in self.rpc(timeout=5).supervisor.getAllProcessInfo() if info["pid"]]
-        except (OSError, xmlrpc.client.Error, http.client.HTTPException):
-            pass
-        daemon = self.pid()
-        for pid in [daemon, *pids]:
-            if pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                except PermissionError:
-                    pass
+        _kill_tree(self.pid() or STARTED.get(str(self.root)))
+        STARTED.pop(str(self.root), None)
         Path(self.socket_path).unlink(missing_ok=True)
         self.pid_file.unlink(missing_ok=True)
 
@@ -305,6 +294,37 @@ class Supervisor:
             return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
         except OSError:
             return ""
+
+
+# The supervisords this process started, by root folder: their pids, so a test can kill them even after their
+# folder is gone (``kill_started``).
+STARTED: dict[str, int | None] = {}
+
+
+def kill_started() -> None:
+    """Kill every supervisord this process started, with the processes it runs (test teardown)."""
+    for root, pid in list(STARTED.items()):
+        _kill_tree(pid)
+        STARTED.pop(root, None)
+
+
+def _kill_tree(pid: int | None) -> None:
+    """SIGKILL ``pid`` and its children (supervisord and the programs it spawned), as /proc lists them."""
+    if not pid:
+        return
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields and int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    for target in [pid, *children]:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _ignoring(call, *fault_codes):
