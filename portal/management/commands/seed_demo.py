@@ -8,9 +8,11 @@ from django.db import transaction
 from cells.choices import Cloud, PoolKind, PoolStatus, Provider, ReefStatus, RegionStatus
 from cells.models import Pool, Reef, Region
 from cells.services import pool_ensure_shares
+from provisioning import drivers
 
 DEMO_POOLS = [
-    # (name, kind, provider, capacity)
+    # (name, kind, provider, capacity); each pool gets what its driver derives for a new pool (SQLite: Litestream
+    # replication, so the embedded default restores to any second).
     ("db-1", PoolKind.DATABASE, Provider.SQLITE, 50),
     ("files-1", PoolKind.STORAGE, Provider.LOCAL_FS, 10),
     ("compute-1", PoolKind.COMPUTE, Provider.LOCAL_COMPUTE, 50),
@@ -47,6 +49,10 @@ class Command(BaseCommand):
                     name=name,
                     defaults={"kind": kind, "provider": provider, "capacity": capacity, "status": PoolStatus.AVAILABLE},
                 )
+                derived = drivers.for_pool(pool).derived_config()
+                if derived and any(pool.config.get(key) != value for key, value in derived.items()):
+                    pool.config = {**pool.config, **derived}
+                    pool.save(update_fields=["config"])
                 if kind == PoolKind.STORAGE:
                     pool_ensure_shares(pool=pool)
         self.stdout.write(f"Demo topology ready: region {region.slug}, {region.reefs.count()} reefs.")
