@@ -11,13 +11,23 @@ Pool config (no secrets):
 
 The instance is created with deletion protection, encrypted storage and automated backups. RDS has no
 API for a database *inside* an instance, so the database and its login are made over SQL (psycopg) with
-the same statements as a local PostgreSQL server (``provisioning.drivers.postgres``). A snapshot or a
-point-in-time restore covers the whole RDS instance, i.e. every database of the pool: the restore goes to
-a NEW RDS instance, where the instance's database keeps its name.
+the same statements as a local PostgreSQL server (``provisioning.drivers.postgres``).
+
+Point-in-time restore: RDS recovers whole instances, so the pool's instance is recovered at T into a temporary
+RDS instance, the one database is dumped from it and loaded into a NEW database of the pool (``pg_tools``, the
+same client programs the PostgreSQL driver runs), the instance is switched to it, and the temporary instance
+is deleted. On-demand backups are per-database ``pg_dump`` files in S3 (``backup_bucket``; SSE-KMS with
+``kms_key_id``), never manual snapshots of the shared instance (whose quota a fleet would exhaust).
+
+More config: ``backup_bucket`` (required for backups), ``restore_instance_class`` (the temporary instance's
+class; default ``instance_class``), ``waiter_delay_seconds`` (30) and ``waiter_max_attempts`` (60) of the
+waits, ``bin_dir`` (where pg_dump/pg_restore are).
 """
 from __future__ import annotations
 
+import hashlib
 import re
+import tempfile
 from datetime import datetime
 
 import psycopg
@@ -35,9 +45,13 @@ from provisioning.drivers.base import (
     secret_from_environment,
 )
 from provisioning.drivers.cloud_retry import CloudConflictError, CloudNotFoundError, aws_client, cloud_call
-from provisioning.drivers.postgres import provision_role_and_database
-
-GIB = 1 << 30
+from provisioning.drivers.pg_tools import pg_dump_to, pg_restore_from
+from provisioning.drivers.postgres import (
+    RESTORED_COMMENT,
+    RESTORING_COMMENT,
+    isolation_statements,
+    provision_role_and_database,
+)
 
 
 def rds_identifier(text: str, *, max_length: int = 63) -> str:
@@ -91,8 +105,10 @@ class RdsDatabaseDriver(DatabaseDriver):
     default_for_clouds = ("aws",)
     lead_time_hours = 1.0
     host_config_keys = ("db_instance_identifier",)
-    # RDS recovers the whole server to any second, into a new RDS instance; the hub cannot switch an instance yet.
-    capabilities = Capabilities(point_in_time_restore=True, database_restore=True)
+    # RDS recovers the whole server to any second (into a temporary instance the driver extracts one database
+    # from); an instance is switched to the restored database; on-demand backups are per-database dumps in S3.
+    capabilities = Capabilities(point_in_time_restore=True, database_restore=True, database_switching=True,
+                                backup_deletion=True)
 
     def __init__(self, pool):
         super().__init__(pool)
@@ -256,13 +272,27 @@ class RdsDatabaseDriver(DatabaseDriver):
         )
         return self.credentials(instance)
 
+    def own_database(self, instance, database: str | None) -> str:
+        """``database`` (a restore switched the instance to it), else the derived one."""
+        return database or self.database_name(instance)
+
     def drop_database(self, *, instance, database: str | None = None, drop_login: bool = True) -> None:
-        """Drop the database and its login (the login even without ``drop_login``: the database is the derived
-        one); absent (or no RDS instance at all) is fine."""
+        """Drop the database and, with ``drop_login``, its login; absent (or no RDS instance at all) is fine.
+
+        A restore's database (not the derived one) also loses the temporary RDS instance its restore made, so a
+        failed restore's clean-up (the plan drops the unfinished database) leaves nothing running.
+        """
         name = self.own_database(instance, database)
+        if name != self.database_name(instance):
+            self.delete_temporary(self.temporary_identifier(name))
         if self.describe() is None:
             return
-        drop_instance_database(self.admin_connect_kwargs(), database=name, login=self.login_name(instance))
+        if drop_login:
+            drop_instance_database(self.admin_connect_kwargs(), database=name, login=self.login_name(instance))
+        else:
+            _run_sql(self.admin_connect_kwargs(), lambda cursor: cursor.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            ))
 
     def database_exists(self, *, instance, database: str | None = None) -> bool:
         name = self.own_database(instance, database)
@@ -281,78 +311,148 @@ class RdsDatabaseDriver(DatabaseDriver):
 
         return _run_sql(self.admin_connect_kwargs(), work)
 
-    # -- backups --------------------------------------------------------------------------
-    def snapshot_identifier(self, instance, label: str) -> str:
-        return rds_identifier(f"{resource_name('i', instance.pk)}-{label}", max_length=255)
+    # -- backups: one logical dump per database, to S3 --------------------------------------
+    def backup_bucket(self) -> str:
+        if not self.config.get("backup_bucket"):
+            raise PermanentDriverError(f"RDS pool {self.pool}: config is missing backup_bucket (where dumps go)")
+        return self.config["backup_bucket"]
+
+    def backup_key(self, instance, database: str, label: str) -> str:
+        return f"{self.identifier}/{resource_name('i', instance.pk)}/{database}/{label}.dump"
 
     def backup_database(self, *, instance, label: str, database: str | None = None) -> BackupResult:
-        """A manual snapshot of the RDS instance (it holds the instance's database), one per label.
-
-        The same label finds the same snapshot. The snapshot covers every database of the pool.
-        """
-        self.own_database(instance, database)
-        rds, snapshot_id = self._client("rds"), self.snapshot_identifier(instance, label)
-        not_found = ("DBSnapshotNotFound", "DBSnapshotNotFoundFault")
+        """A ``pg_dump --format=custom`` of the instance's database (``database``, else the derived one), uploaded to
+        ``s3://<backup_bucket>/<rds id>/<instance>/<database>/<label>.dump`` with SSE-KMS under the pool's key
+        (``kms_key_id``; the account's S3 key when unset). The SHA-256, the database and the moment the dump holds
+        (``taken_at``) ride in the object's metadata. No RDS snapshot is taken, so the manual-snapshot quota is
+        never touched. The same label finds the dump already uploaded."""
+        database = self.own_database(instance, database)
+        bucket, s3 = self.backup_bucket(), self._client("s3")
+        key = self.backup_key(instance, database, label)
         try:
-            snapshot = cloud_call(
-                f"describe RDS snapshot {snapshot_id}",
-                lambda: rds.describe_db_snapshots(DBSnapshotIdentifier=snapshot_id),
-                not_found=not_found,
-            )["DBSnapshots"][0]
+            head = cloud_call(
+                f"find backup s3://{bucket}/{key}", lambda: s3.head_object(Bucket=bucket, Key=key),
+                not_found=("NoSuchKey", "404"),
+            )
+            metadata = head.get("Metadata", {})
+            if metadata.get("sha256"):
+                return self._backup_result(bucket, key, head["ContentLength"], metadata,
+                                           head.get("SSEKMSKeyId", ""))
         except CloudNotFoundError:
-            try:
-                snapshot = cloud_call(
-                    f"create RDS snapshot {snapshot_id}",
-                    lambda: rds.create_db_snapshot(
-                        DBSnapshotIdentifier=snapshot_id,
-                        DBInstanceIdentifier=self.identifier,
-                        Tags=self._tags(**{"cellhub-instance": str(instance.pk),
-                                           "cellhub-database": self.database_name(instance)}),
-                    ),
-                    conflict=("DBSnapshotAlreadyExists", "DBSnapshotAlreadyExistsFault"),
-                )["DBSnapshot"]
-            except CloudConflictError:
-                snapshot = cloud_call(
-                    f"describe RDS snapshot {snapshot_id}",
-                    lambda: rds.describe_db_snapshots(DBSnapshotIdentifier=snapshot_id),
-                )["DBSnapshots"][0]
+            pass
+        with tempfile.TemporaryFile() as spool:
+            hashing = _HashingWriter(spool)
+            taken_at = pg_dump_to(self.admin_connect_kwargs(), database=database, out=hashing,
+                                  bin_dir=self.config.get("bin_dir"), where=f"RDS pool {self.pool}")
+            metadata = {"sha256": hashing.digest.hexdigest(), "database": database, "taken-at": taken_at.isoformat(),
+                        "instance": str(instance.pk), "label": label}
+            extra = {"ServerSideEncryption": "aws:kms", "Metadata": metadata}
+            if self.config.get("kms_key_id"):
+                extra["SSEKMSKeyId"] = self.config["kms_key_id"]
+
+            def upload():
+                spool.seek(0)
+                s3.upload_fileobj(spool, bucket, key, ExtraArgs=extra)
+
+            cloud_call(f"upload backup s3://{bucket}/{key}", upload)
+        return self._backup_result(bucket, key, hashing.size, metadata, self.config.get("kms_key_id") or "aws/s3")
+
+    @staticmethod
+    def _backup_result(bucket: str, key: str, size: int, metadata: dict, key_id: str) -> BackupResult:
         return BackupResult(
-            location=snapshot["DBSnapshotArn"],
-            size_bytes=int(snapshot.get("AllocatedStorage") or 0) * GIB,
-            checksum="",
-            encrypted_with=snapshot.get("KmsKeyId", "") if snapshot.get("Encrypted") else "",
-            extra={
-                "snapshot": snapshot_id,
-                "status": snapshot.get("Status", ""),
-                "database": self.database_name(instance),
-                "scope": "the whole RDS instance",
-            },
+            location=f"s3://{bucket}/{key}",
+            size_bytes=int(size),
+            checksum=metadata["sha256"],
+            encrypted_with=key_id or "aws:kms",
+            extra={"taken_at": metadata.get("taken-at", ""), "database": metadata.get("database", ""),
+                   "format": "pg_dump custom", "scope": "one database"},
         )
 
-    def restore_database(self, *, instance, point_in_time: datetime, new_database: str, source: str = "") -> str:
-        """Restore the pool's RDS instance as it was at ``point_in_time`` into a NEW RDS instance named from
-        ``new_database``; returns that instance's identifier (the instance's database keeps its name there).
-        ``source`` is ignored: RDS keeps the backups.
+    def delete_backup(self, *, location: str) -> None:
+        """Delete a backup (retention): every version of an S3 dump, or (older backups) an RDS manual snapshot by
+        its ARN; absent is fine. Refuses a location that is neither."""
+        if location.startswith("s3://"):
+            bucket, _, key = location.removeprefix("s3://").partition("/")
+            s3 = self._client("s3")
 
-        A repeated call finds the instance it created. The source instance is never written to.
-        """
-        target = rds_identifier(new_database)
-        if target == self.identifier:
-            raise PermanentDriverError(f"restore must go to a new RDS instance, not onto {target}")
+            def delete_every_version():
+                listed = s3.list_object_versions(Bucket=bucket, Prefix=key)
+                versions = [
+                    {"Key": item["Key"], "VersionId": item["VersionId"]}
+                    for item in listed.get("Versions", []) + listed.get("DeleteMarkers", [])
+                    if item["Key"] == key
+                ]
+                if versions:
+                    s3.delete_objects(Bucket=bucket, Delete={"Objects": versions, "Quiet": True})
+                else:
+                    s3.delete_object(Bucket=bucket, Key=key)
+
+            try:
+                cloud_call(f"delete backup {location}", delete_every_version, not_found=("NoSuchBucket",))
+            except CloudNotFoundError:
+                pass
+            return
+        if location.startswith("arn:aws:rds:") and ":snapshot:" in location:
+            snapshot_id = location.rsplit(":snapshot:", 1)[1]
+            try:
+                cloud_call(
+                    f"delete RDS snapshot {snapshot_id}",
+                    lambda: self._client("rds").delete_db_snapshot(DBSnapshotIdentifier=snapshot_id),
+                    not_found=("DBSnapshotNotFound", "DBSnapshotNotFoundFault"),
+                )
+            except CloudNotFoundError:
+                pass
+            return
+        raise PermanentDriverError(f"RDS pool {self.pool}: {location} is not one of this driver's backups")
+
+    # -- point-in-time restore: a temporary instance at T, one database extracted -----------
+    def temporary_identifier(self, new_database: str) -> str:
+        """The temporary RDS instance a restore into ``new_database`` recovers the pool into."""
+        return rds_identifier(f"{new_database}-tmp")
+
+    def _wait(self, waiter_name: str, identifier: str) -> None:
+        """Wait (boto3's RDS waiter) until ``identifier`` reaches the waiter's state. A state the waiter counts as
+        failed (``failed``, ``incompatible-restore``…) is permanent; running out of attempts while RDS is still
+        working (``creating``, ``backing-up``, ``deleting``) is transient, so the operation retries the step and
+        finds the instance where it was."""
+        from botocore.exceptions import WaiterError
+
+        waiter = self._client("rds").get_waiter(waiter_name)
+        config = {"Delay": int(self.config.get("waiter_delay_seconds", 30)),
+                  "MaxAttempts": int(self.config.get("waiter_max_attempts", 60))}
+        try:
+            cloud_call(
+                f"wait for RDS instance {identifier} ({waiter_name})",
+                lambda: waiter.wait(DBInstanceIdentifier=identifier, WaiterConfig=config),
+            )
+        except WaiterError as error:
+            status = ""
+            for found in (error.last_response or {}).get("DBInstances", []):
+                status = found.get("DBInstanceStatus", "")
+            if "Max attempts exceeded" in str(error):
+                raise TransientDriverError(
+                    f"RDS instance {identifier} is still {status or 'not ready'} ({waiter_name})"
+                ) from error
+            raise PermanentDriverError(f"RDS instance {identifier} ended {status or 'unusable'}: {error}") from error
+
+    def _recover_into(self, *, instance, target: str, point_in_time: datetime) -> None:
+        """Start RDS's own point-in-time restore of the pool's instance into ``target`` (found if it exists)."""
         if self.describe(target) is not None:
-            return target
+            return
         params = {
             "SourceDBInstanceIdentifier": self.identifier,
             "TargetDBInstanceIdentifier": target,
             "RestoreTime": point_in_time,
             "PubliclyAccessible": False,
-            "DeletionProtection": True,
-            "CopyTagsToSnapshot": True,
-            "Tags": self._tags(**{"cellhub-instance": str(instance.pk), "cellhub-restored-from": self.identifier}),
+            "DeletionProtection": False,
+            "MultiAZ": False,
+            "Tags": self._tags(**{"cellhub-instance": str(instance.pk), "cellhub-temporary": "restore",
+                                  "cellhub-restored-from": self.identifier}),
             **self._network(),
         }
-        if self.config.get("instance_class"):
-            params["DBInstanceClass"] = self.config["instance_class"]
+        instance_class = self.config.get("restore_instance_class") or self.config.get("instance_class")
+        if instance_class:
+            params["DBInstanceClass"] = instance_class
         try:
             cloud_call(
                 f"restore RDS instance {self.identifier} to {target}",
@@ -361,4 +461,130 @@ class RdsDatabaseDriver(DatabaseDriver):
             )
         except CloudConflictError:
             pass
-        return target
+
+    def delete_temporary(self, target: str) -> None:
+        """Delete a temporary restore instance (no final snapshot, its automated backups too) and wait until it is
+        gone; absent is fine. Never the pool's own instance."""
+        if target == self.identifier:
+            raise PermanentDriverError(f"{target} is the pool's own RDS instance, not a temporary one")
+        found = self.describe(target)
+        if found is None:
+            return
+        rds = self._client("rds")
+        if found.get("DBInstanceStatus") != "deleting":
+            if found.get("DeletionProtection"):
+                cloud_call(
+                    f"lift deletion protection of {target}",
+                    lambda: rds.modify_db_instance(DBInstanceIdentifier=target, DeletionProtection=False,
+                                                   ApplyImmediately=True),
+                )
+            try:
+                cloud_call(
+                    f"delete temporary RDS instance {target}",
+                    lambda: rds.delete_db_instance(DBInstanceIdentifier=target, SkipFinalSnapshot=True,
+                                                   DeleteAutomatedBackups=True),
+                    not_found=("DBInstanceNotFound", "DBInstanceNotFoundFault"),
+                )
+            except CloudNotFoundError:
+                return
+        self._wait("db_instance_deleted", target)
+
+    def _source_database(self, instance, source: str) -> str:
+        """The database the instance used at the time restored: the one named in the backup ``source`` (an S3 dump
+        of this driver) taken at or before it; the derived one without a source."""
+        if not source.startswith("s3://"):
+            return self.database_name(instance)
+        bucket, _, key = source.removeprefix("s3://").partition("/")
+        head = cloud_call(f"read backup {source}", lambda: self._client("s3").head_object(Bucket=bucket, Key=key))
+        return head.get("Metadata", {}).get("database") or self.database_name(instance)
+
+    def restore_database(self, *, instance, point_in_time: datetime, new_database: str, source: str = "") -> str:
+        """Restore the instance's database as it was at ``point_in_time`` into the NEW database ``new_database`` of
+        the pool's RDS instance; returns ``new_database``.
+
+        RDS recovers whole instances: the pool's instance is restored to ``point_in_time`` into a temporary RDS
+        instance (``restore_db_instance_to_point_in_time``, waited for until ``available``); the one database is
+        dumped from it (``pg_dump`` as the master user) and loaded into ``new_database`` (created empty, owned by
+        the instance's login, open to it alone; ``pg_restore`` as that login, one transaction); then the temporary
+        instance is deleted and waited for. Any permanent failure deletes the temporary instance too (a transient
+        one keeps it, so the retried step resumes). The pool's live databases are never written to but for the
+        new one. Idempotent: a finished ``new_database`` is returned as is, an unfinished one redone.
+        """
+        if new_database == self.database_name(instance):
+            raise PermanentDriverError(f"restore must go to a new database, not onto {new_database}")
+        target = self.temporary_identifier(new_database)
+        comment = self._database_comment(new_database)
+        if comment is not None and comment.startswith(RESTORED_COMMENT):
+            self.delete_temporary(target)
+            return new_database
+        if comment is not None and comment != RESTORING_COMMENT:
+            raise PermanentDriverError(f"database {new_database} exists and is not an unfinished restore: not touched")
+        source_database = self._source_database(instance, source)
+        self._recover_into(instance=instance, target=target, point_in_time=point_in_time)
+        try:
+            self._wait("db_instance_available", target)
+            found = self.describe(target) or {}
+            endpoint = found.get("Endpoint") or {}
+            if not endpoint.get("Address"):
+                raise TransientDriverError(f"temporary RDS instance {target} has no endpoint yet")
+            temporary = {**self.admin_connect_kwargs(), "host": endpoint["Address"],
+                         "port": int(endpoint.get("Port") or 5432)}
+            with tempfile.TemporaryFile() as spool:
+                pg_dump_to(temporary, database=source_database, out=spool, bin_dir=self.config.get("bin_dir"),
+                           where=f"temporary RDS instance {target}")
+                self._create_restore_target(instance, new_database)
+                spool.seek(0)
+                login = {**self.admin_connect_kwargs(), "user": self.login_name(instance),
+                         "password": self.password(instance)}
+                pg_restore_from(login, database=new_database, chunks=iter(lambda: spool.read(1 << 20), b""),
+                                bin_dir=self.config.get("bin_dir"), where=f"RDS pool {self.pool}")
+            done = f"{RESTORED_COMMENT} at {point_in_time.isoformat()} via {target}"
+            _run_sql(self.admin_connect_kwargs(), lambda cursor: cursor.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(new_database), sql.Literal(done))
+            ))
+        except TransientDriverError:
+            raise
+        except BaseException:
+            self.delete_temporary(target)
+            raise
+        self.delete_temporary(target)
+        return new_database
+
+    def _database_comment(self, database: str) -> str | None:
+        """The comment of ``database`` on the pool's instance ('' when none), or None when it does not exist."""
+
+        def work(cursor):
+            cursor.execute(
+                "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = %s",
+                [database],
+            )
+            row = cursor.fetchone()
+            return None if row is None else row[0]
+
+        return _run_sql(self.admin_connect_kwargs(), work)
+
+    def _create_restore_target(self, instance, database: str) -> None:
+        """``database`` made anew, empty, owned by the instance's login, open to it alone, marked unfinished."""
+        login, identifier = self.login_name(instance), sql.Identifier(database)
+
+        def work(cursor):
+            cursor.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(login)))
+            cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(identifier))
+            cursor.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(identifier, sql.Identifier(login)))
+            cursor.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(identifier, sql.Literal(RESTORING_COMMENT)))
+            for statement in isolation_statements(database=database, login=login):
+                cursor.execute(statement)
+
+        _run_sql(self.admin_connect_kwargs(), work)
+
+
+class _HashingWriter:
+    """A binary writer that counts and hashes (SHA-256) what passes through it."""
+
+    def __init__(self, target):
+        self.target, self.digest, self.size = target, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.target.write(data)

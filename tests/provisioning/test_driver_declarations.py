@@ -14,6 +14,7 @@ from provisioning.backups.restore import instance_restore, instance_restore_file
 from provisioning.backups.services import backups_expire
 from provisioning.capacity import capacity_top_up_pass, pool_mark_failed, pool_replace
 from provisioning.drivers import base
+from provisioning.drivers.base import Capabilities
 from provisioning.models import Backup, BackupKind, BackupState, Restore
 from tests.factories import make_cell, make_instance, make_pool, make_reef, make_region
 
@@ -158,7 +159,9 @@ def test_a_top_up_never_copies_a_host_key(provider):
 
 
 @pytest.mark.django_db
-def test_a_restore_the_provider_cannot_do_is_refused_as_not_supported_before_any_work():
+def test_a_restore_the_provider_cannot_do_is_refused_as_not_supported_before_any_work(monkeypatch):
+    # Every database provider restores now: take RDS's declaration away to see the services read it.
+    monkeypatch.setattr(drivers.driver_class(Provider.AWS_RDS), "capabilities", Capabilities())
     database = make_pool(kind=PoolKind.DATABASE, provider=Provider.AWS_RDS)
     instance = make_instance(state=InstanceState.RUNNING, database_pool=database, reef=database.reef)
     with pytest.raises(NotSupported, match=r"AWS RDS") as refusal:
@@ -189,8 +192,10 @@ def test_a_pool_whose_provider_cannot_replace_its_host_is_refused_as_not_support
 
 
 @pytest.mark.django_db
-def test_retention_leaves_the_backups_of_a_provider_that_keeps_its_own():
-    """RDS snapshots have no ``delete_backup``: the pass neither calls it nor fails, and the record stays."""
+def test_retention_leaves_the_backups_of_a_provider_that_keeps_its_own(monkeypatch):
+    """A provider that declares no ``backup_deletion`` keeps its own: the pass neither calls it nor fails, and the
+    record stays (RDS's declaration taken away for the test: its dumps in S3 are deleted by retention now)."""
+    monkeypatch.setattr(drivers.driver_class(Provider.AWS_RDS), "capabilities", Capabilities())
     pool = make_pool(kind=PoolKind.DATABASE, provider=Provider.AWS_RDS)
     instance = make_instance(state=InstanceState.RUNNING, database_pool=pool, reef=pool.reef)
     past = timezone.now() - timedelta(days=60)

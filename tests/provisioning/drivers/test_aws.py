@@ -13,7 +13,6 @@ import io
 import json
 import os
 import zipfile
-from datetime import UTC, datetime, timedelta
 
 import boto3
 import psycopg
@@ -99,38 +98,34 @@ def test_rds_provision_pool_creates_a_protected_encrypted_instance_once(rds_driv
     assert len(rds.describe_db_instances()["DBInstances"]) == 1
 
 
-def test_rds_snapshot_per_label(rds_driver):
+def test_rds_backup_without_a_backup_bucket_names_the_key_and_takes_no_snapshot(rds_driver):
     rds_driver.provision_pool()
-    instance = make_instance()
-    backup = rds_driver.backup_database(instance=instance, label="nightly-2026-03-01")
+    with pytest.raises(PermanentDriverError, match="backup_bucket"):
+        rds_driver.backup_database(instance=make_instance(), label="nightly-2026-03-01")
     rds = boto3.client("rds", region_name=REGION)
-    (snapshot,) = rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]
-    assert snapshot["DBSnapshotIdentifier"] == f"{rds_identifier(resource_name('i', instance.pk))}-nightly-2026-03-01"
-    assert snapshot["DBInstanceIdentifier"] == rds_driver.identifier
-    assert backup.location == snapshot["DBSnapshotArn"]
-    assert backup.extra["database"] == rds_driver.database_name(instance)
-
-    assert rds_driver.backup_database(instance=instance, label="nightly-2026-03-01").location == backup.location
-    assert len(rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]) == 1
+    assert rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"] == []
 
 
-def test_rds_point_in_time_restore_makes_a_new_instance(rds_driver):
+def test_rds_retention_deletes_a_dump_and_an_older_manual_snapshot(rds_driver):
     rds_driver.provision_pool()
-    instance = make_instance()
-    point = datetime.now(UTC) - timedelta(minutes=5)
-    new_name = f"{rds_driver.database_name(instance)}_restore_1"
+    s3, rds = boto3.client("s3", region_name=REGION), boto3.client("rds", region_name=REGION)
+    s3.create_bucket(Bucket="acme-dumps")
+    s3.put_bucket_versioning(Bucket="acme-dumps", VersioningConfiguration={"Status": "Enabled"})
+    for body in (b"one", b"two"):
+        s3.put_object(Bucket="acme-dumps", Key="p/i1/db/a.dump", Body=body)
+    s3.put_object(Bucket="acme-dumps", Key="p/i1/db/b.dump", Body=b"kept")
+    snapshot = rds.create_db_snapshot(DBSnapshotIdentifier="cellhub-i1-old", DBInstanceIdentifier=rds_driver.identifier)
 
-    target = rds_driver.restore_database(instance=instance, point_in_time=point, new_database=new_name)
+    rds_driver.delete_backup(location="s3://acme-dumps/p/i1/db/a.dump")
+    rds_driver.delete_backup(location=snapshot["DBSnapshot"]["DBSnapshotArn"])
+    rds_driver.delete_backup(location="s3://acme-dumps/p/i1/db/a.dump")  # absent: fine
 
-    assert target == rds_identifier(new_name)
-    rds = boto3.client("rds", region_name=REGION)
-    identifiers = sorted(i["DBInstanceIdentifier"] for i in rds.describe_db_instances()["DBInstances"])
-    assert identifiers == sorted([rds_driver.identifier, target])
-    restored = rds.describe_db_instances(DBInstanceIdentifier=target)["DBInstances"][0]
-    assert restored["DeletionProtection"] is True
-
-    assert rds_driver.restore_database(instance=instance, point_in_time=point, new_database=new_name) == target
-    assert len(rds.describe_db_instances()["DBInstances"]) == 2
+    versions = s3.list_object_versions(Bucket="acme-dumps")
+    assert [v["Key"] for v in versions.get("Versions", [])] == ["p/i1/db/b.dump"]
+    assert "DeleteMarkers" not in versions
+    assert rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"] == []
+    with pytest.raises(PermanentDriverError, match="not one of this driver's backups"):
+        rds_driver.delete_backup(location="file:///tmp/x")
 
 
 def test_rds_delete_pool_lifts_protection_and_keeps_a_final_snapshot(rds_driver):
