@@ -25,6 +25,8 @@ import shutil
 import tempfile
 import zipfile
 
+from django.utils import timezone
+
 from provisioning.drivers.base import (
     BackupResult,
     Capabilities,
@@ -100,6 +102,39 @@ def bucket_policy(*, bucket: str, role_arn: str, admin_arns: list[str]) -> dict:
     }
 
 
+# Storage Gateway answers most faults as HTTP 400 ``InvalidGatewayRequestException`` and says what it means in
+# ``error.errorCode``: only these mean the thing named is gone; an offline gateway must not read as "not found".
+GATEWAY_NOT_FOUND = frozenset({"GatewayNotFound", "InvalidGateway"})
+GATEWAY_OFFLINE = frozenset({
+    "GatewayNotConnected", "GatewayInternalError", "GatewayProxyNetworkConnectionBusy", "ServiceUnavailable",
+    "RequestTimeout", "InternalError", "NetworkConfigurationChanged", "OperationAborted",
+})
+
+
+def gateway_call(what: str, fn, *, not_found: bool = False):
+    """``cloud_call`` for a Storage Gateway call, reading ``InvalidGatewayRequestException`` by its ``errorCode``:
+    ``GatewayNotFound`` raises ``CloudNotFoundError`` (only when ``not_found`` asks for it, else permanent), an
+    offline or busy gateway ``TransientDriverError`` (the operation retries later), anything else is permanent."""
+
+    def guarded():
+        try:
+            return fn()
+        except Exception as error:
+            response = getattr(error, "response", None) or {}
+            if response.get("Error", {}).get("Code") != "InvalidGatewayRequestException":
+                raise
+            code = (response.get("error") or {}).get("errorCode", "")
+            message = response.get("Error", {}).get("Message", "")
+            if code in GATEWAY_NOT_FOUND and not_found:
+                raise CloudNotFoundError(f"{what}: not found ({code}: {message})") from error
+            if code in GATEWAY_OFFLINE:
+                raise TransientDriverError(f"{what}: the gateway is not reachable now ({code}: {message})") from error
+            raise PermanentDriverError(f"{what} was refused: {code or 'InvalidGatewayRequestException'}: {message}") \
+                from error
+
+    return cloud_call(what, guarded)
+
+
 class StorageGatewayDriver(StorageDriver):
     """Buckets and NFS file shares of one S3 File Gateway; every AWS call through ``cloud_call``."""
 
@@ -109,8 +144,9 @@ class StorageGatewayDriver(StorageDriver):
     default_for_clouds = ("aws",)
     lead_time_hours = 4.0
     host_config_keys = ("gateway_arn", "activation_key")
-    # Buckets outlive their gateway, so a failed gateway's shares move to a new one.
-    capabilities = Capabilities(host_replacement=True)
+    # Buckets outlive their gateway, so a failed gateway's shares move to a new one; buckets are versioned, so a
+    # files backup is the list of versions at a moment and a restore brings those back; retention deletes.
+    capabilities = Capabilities(host_replacement=True, file_restore=True, backup_deletion=True)
 
     def __init__(self, pool):
         super().__init__(pool)
@@ -156,11 +192,7 @@ class StorageGatewayDriver(StorageDriver):
         sgw = self._client("storagegateway")
         if self._gateway_arn:
             arn = self._gateway_arn
-            cloud_call(
-                f"describe gateway {arn}",
-                lambda: sgw.describe_gateway_information(GatewayARN=arn),
-                not_found=("InvalidGatewayRequestException",),
-            )
+            gateway_call(f"describe gateway {arn}", lambda: sgw.describe_gateway_information(GatewayARN=arn))
             return arn
 
         def by_name():
@@ -174,7 +206,7 @@ class StorageGatewayDriver(StorageDriver):
                 if not marker:
                     return None
 
-        arn = cloud_call("list gateways", by_name)
+        arn = gateway_call("list gateways", by_name)
         if arn is None:
             key = self.config.get("activation_key")
             if not key:
@@ -182,7 +214,7 @@ class StorageGatewayDriver(StorageDriver):
                     f"Storage Gateway pool {self.pool}: config needs gateway_arn (an activated gateway) "
                     "or activation_key (to activate the appliance)"
                 )
-            arn = cloud_call(
+            arn = gateway_call(
                 f"activate gateway {self._gateway_name()}",
                 lambda: sgw.activate_gateway(
                     ActivationKey=key,
@@ -197,17 +229,19 @@ class StorageGatewayDriver(StorageDriver):
         return arn
 
     def ensure_cache(self, gateway_arn: str) -> None:
-        """Give the gateway its cache: every available local disk, unless it has a cache already."""
+        """Give the gateway its cache: every local disk listed ``AVAILABLE``, unless ``DescribeCache`` already
+        names cache disks (its ``DiskIds``). Raises ``PermanentDriverError`` when there is no disk to use."""
         sgw = self._client("storagegateway")
-        disks = cloud_call(
+        cache = gateway_call(f"describe the cache of {gateway_arn}", lambda: sgw.describe_cache(GatewayARN=gateway_arn))
+        if cache.get("DiskIds"):
+            return
+        disks = gateway_call(
             f"list local disks of {gateway_arn}", lambda: sgw.list_local_disks(GatewayARN=gateway_arn)
         )["Disks"]
-        if any(disk.get("DiskAllocationType") == "CACHE STORAGE" for disk in disks):
-            return
         available = [disk["DiskId"] for disk in disks if disk.get("DiskAllocationType") == "AVAILABLE"]
         if not available:
             raise PermanentDriverError(f"gateway {gateway_arn} has no local disk to use as its cache")
-        cloud_call(
+        gateway_call(
             f"add cache to {gateway_arn}", lambda: sgw.add_cache(GatewayARN=gateway_arn, DiskIds=available)
         )
 
@@ -215,7 +249,7 @@ class StorageGatewayDriver(StorageDriver):
         """The IPv4 address NFS clients mount the gateway's shares from."""
         if gateway_arn not in self._addresses:
             sgw = self._client("storagegateway")
-            info = cloud_call(
+            info = gateway_call(
                 f"describe gateway {gateway_arn}", lambda: sgw.describe_gateway_information(GatewayARN=gateway_arn)
             )
             interfaces = [i for i in info.get("GatewayNetworkInterfaces", []) if i.get("Ipv4Address")]
@@ -296,6 +330,20 @@ class StorageGatewayDriver(StorageDriver):
             f"enable versioning of {bucket}",
             lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}),
         )
+        days = int(self.config.get("version_retention_days", 35))
+        cloud_call(
+            f"expire old versions in {bucket}",
+            lambda: s3.put_bucket_lifecycle_configuration(
+                Bucket=bucket,
+                LifecycleConfiguration={"Rules": [{
+                    "ID": "cellhub-noncurrent-versions",
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": ""},
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": days},
+                    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
+                }]},
+            ),
+        )
         key = self.kms_key_arn()
         cloud_call(
             f"set default encryption of {bucket}",
@@ -335,7 +383,7 @@ class StorageGatewayDriver(StorageDriver):
                 infos += sgw.describe_nfs_file_shares(FileShareARNList=arns[start : start + 10])["NFSFileShareInfoList"]
             return infos
 
-        return cloud_call(f"list file shares of {gateway_arn}", collect)
+        return gateway_call(f"list file shares of {gateway_arn}", collect)
 
     @staticmethod
     def _serves(info: dict, bucket: str) -> bool:
@@ -374,7 +422,7 @@ class StorageGatewayDriver(StorageDriver):
             "FileShareName": bucket,
             "Tags": [{"Key": "cellhub-share", "Value": str(share.pk)}],
         }
-        return cloud_call(
+        return gateway_call(
             f"create NFS file share {bucket} on {gateway_id}", lambda: sgw.create_nfs_file_share(**params)
         )["FileShareARN"]
 
@@ -402,10 +450,10 @@ class StorageGatewayDriver(StorageDriver):
         sgw = self._client("storagegateway")
         for info in self.file_shares(self._gateway_arn):
             try:
-                cloud_call(
+                gateway_call(
                     f"delete file share {info['FileShareARN']}",
                     lambda info=info: sgw.delete_file_share(FileShareARN=info["FileShareARN"]),
-                    not_found=("InvalidGatewayRequestException",),
+                    not_found=True,
                 )
             except CloudNotFoundError:
                 pass
@@ -441,9 +489,14 @@ class StorageGatewayDriver(StorageDriver):
 
     def set_firewall(self, *, share, address: str) -> None:
         """The file share's NFS client list becomes ``[address]`` (empty: a client list no one matches)."""
-        file_share_arn = self._require_file_share(share)["FileShareARN"]
+        found = self._require_file_share(share)
+        status = found.get("FileShareStatus", "")
+        if status != "AVAILABLE":
+            # CREATING / UPDATING refuse an update; a retry after the gateway settles applies it.
+            raise TransientDriverError(f"file share of {share.name} is {status or 'not ready'}; updated once AVAILABLE")
+        file_share_arn = found["FileShareARN"]
         sgw = self._client("storagegateway")
-        cloud_call(
+        gateway_call(
             f"set the client list of {share.name}",
             lambda: sgw.update_nfs_file_share(FileShareARN=file_share_arn, ClientList=[address or NO_CLIENT]),
         )
@@ -472,7 +525,7 @@ class StorageGatewayDriver(StorageDriver):
             found = self.find_file_share(self._gateway_arn, bucket)
             if found is not None:
                 sgw = self._client("storagegateway")
-                cloud_call(
+                gateway_call(
                     f"delete file share {bucket}", lambda: sgw.delete_file_share(FileShareARN=found["FileShareARN"])
                 )
         try:
@@ -517,7 +570,7 @@ class StorageGatewayDriver(StorageDriver):
             found = self.find_file_share(self._gateway_arn, bucket)
             if found is not None:
                 sgw = self._client("storagegateway")
-                cloud_call(
+                gateway_call(
                     f"refresh the gateway cache of {bucket}",
                     lambda: sgw.refresh_cache(FileShareARN=found["FileShareARN"], FolderList=["/"], Recursive=True),
                 )
@@ -545,7 +598,7 @@ class StorageGatewayDriver(StorageDriver):
             pass
         if self._gateway_arn:
             sgw, arn = self._client("storagegateway"), self._gateway_arn
-            cache = cloud_call(f"describe the cache of {arn}", lambda: sgw.describe_cache(GatewayARN=arn))
+            cache = gateway_call(f"describe the cache of {arn}", lambda: sgw.describe_cache(GatewayARN=arn))
             if cache.get("CacheDirtyPercentage", 0) > 0:
                 raise TransientDriverError(f"gateway {arn} is still uploading to S3; archive {share.name} later")
         kms_key = self.kms_key_arn()
@@ -592,3 +645,155 @@ class StorageGatewayDriver(StorageDriver):
             encrypted_with=self.kms_key_arn(),
             extra={"storage_class": "DEEP_ARCHIVE"},
         )
+
+
+    # -- files backups: S3 versions at a moment (point in time), archives only at decommission -----------------
+    def _archive_bucket(self) -> str:
+        if not self.config.get("archive_bucket"):
+            raise PermanentDriverError(f"Storage Gateway pool {self.pool}: config is missing archive_bucket")
+        return self.config["archive_bucket"]
+
+    def _wait_for_upload(self, share) -> None:
+        """``TransientDriverError`` while the gateway still has data to upload (its cache is dirty)."""
+        if self._gateway_arn:
+            sgw, arn = self._client("storagegateway"), self._gateway_arn
+            cache = gateway_call(f"describe the cache of {arn}", lambda: sgw.describe_cache(GatewayARN=arn))
+            if cache.get("CacheDirtyPercentage", 0) > 0:
+                raise TransientDriverError(f"gateway {arn} is still uploading to S3; back {share.name} up later")
+
+    def current_versions(self, bucket: str) -> dict[str, dict]:
+        """Every object the bucket shows now: key → its latest version (``VersionId``, ``Size``, ``ETag``)."""
+        s3 = self._client("s3")
+
+        def collect():
+            found = {}
+            for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+                for item in page.get("Versions", []):
+                    if item.get("IsLatest"):
+                        found[item["Key"]] = {"VersionId": item["VersionId"], "Size": item["Size"],
+                                              "ETag": item.get("ETag", "")}
+            return found
+
+        return cloud_call(f"list the versions in {bucket}", collect)
+
+    def backup_share(self, *, share, label: str, archive: bool = False) -> BackupResult:
+        """A files backup. ``archive`` (decommission only): the zip to DEEP_ARCHIVE (``archive_share``). Otherwise
+        no data is copied: the bucket is versioned, so the backup is the manifest of the version of every object
+        at this moment, kept at ``s3://<archive_bucket>/versions/<share>/<label>.json`` (SSE-KMS, its SHA-256 in
+        the object's metadata and the backup's checksum). Versions outlive their replacement for
+        ``version_retention_days`` (the bucket's lifecycle rule). Waits (transient) while the gateway is still
+        uploading. The same label finds the manifest already written."""
+        if archive:
+            return self.archive_share(share=share, label=label)
+        store, s3 = self._archive_bucket(), self._client("s3")
+        key = f"versions/{share.name}/{label}.json"
+        try:
+            head = cloud_call(f"find manifest {key}", lambda: s3.head_object(Bucket=store, Key=key),
+                              not_found=("NoSuchKey", "404"))
+            if head.get("Metadata", {}).get("sha256"):
+                return self._manifest_result(store, key, head["Metadata"])
+        except CloudNotFoundError:
+            pass
+        self._wait_for_upload(share)
+        bucket = self.bucket_name(share)
+        objects = self.current_versions(bucket)
+        manifest = {"bucket": bucket, "share": share.name, "label": label,
+                    "taken_at": timezone.now().isoformat(), "objects": objects}
+        body = json.dumps(manifest, sort_keys=True).encode()
+        metadata = {"sha256": hashlib.sha256(body).hexdigest(), "files": str(len(objects)),
+                    "bytes": str(sum(item["Size"] for item in objects.values())), "taken-at": manifest["taken_at"]}
+        cloud_call(
+            f"write manifest s3://{store}/{key}",
+            lambda: s3.put_object(Bucket=store, Key=key, Body=body, ServerSideEncryption="aws:kms",
+                                  SSEKMSKeyId=self.kms_key_arn(), Metadata=metadata,
+                                  ChecksumSHA256=base64.b64encode(hashlib.sha256(body).digest()).decode()),
+        )
+        return self._manifest_result(store, key, metadata)
+
+    def _manifest_result(self, store: str, key: str, metadata: dict) -> BackupResult:
+        return BackupResult(
+            location=f"s3://{store}/{key}",
+            size_bytes=int(metadata.get("bytes", 0)),
+            checksum=metadata["sha256"],
+            encrypted_with=self.kms_key_arn(),
+            extra={"files": int(metadata.get("files", 0)), "taken_at": metadata.get("taken-at", ""),
+                   "format": "S3 version manifest"},
+        )
+
+    def _read_manifest(self, location: str) -> dict:
+        """The manifest at ``location``, its SHA-256 checked against the one written with it."""
+        store, _, key = location.removeprefix("s3://").partition("/")
+        s3 = self._client("s3")
+        response = cloud_call(f"read manifest {location}", lambda: s3.get_object(Bucket=store, Key=key))
+        body = response["Body"].read()
+        expected = response.get("Metadata", {}).get("sha256", "")
+        if hashlib.sha256(body).hexdigest() != expected:
+            raise PermanentDriverError(f"files backup {location} changed since it was taken: not restored")
+        return json.loads(body)
+
+    def restore_share(self, *, share, location: str) -> None:
+        """Bring the share back to the moment of the backup at ``location`` (a version manifest): every object
+        whose current version differs gets the recorded version copied over it, every object that did not
+        exist then is deleted (a delete marker: the newer data stays recoverable as a version), then the
+        gateway's cache is refreshed. Every recorded version is checked to exist before anything changes
+        (``PermanentDriverError`` naming the first missing one). Safe to repeat. A deep archive (decommission)
+        is not restored here: it needs S3's hours-long retrieval first."""
+        if not location.endswith(".json"):
+            raise PermanentDriverError(f"{location} is a deep archive: request its retrieval from S3 first")
+        manifest = self._read_manifest(location)
+        bucket, s3 = self.bucket_name(share), self._client("s3")
+        if manifest["bucket"] != bucket:
+            raise PermanentDriverError(f"files backup {location} is of {manifest['bucket']}, not of {bucket}")
+        wanted: dict[str, dict] = manifest["objects"]
+        for key, item in wanted.items():
+            cloud_call(f"find {key} version {item['VersionId']}",
+                       lambda key=key, item=item: s3.head_object(Bucket=bucket, Key=key, VersionId=item["VersionId"]))
+        current = self.current_versions(bucket)
+        kms_key = self.kms_key_arn()
+        for key, item in wanted.items():
+            if current.get(key, {}).get("VersionId") == item["VersionId"]:
+                continue
+            cloud_call(
+                f"restore s3://{bucket}/{key}",
+                lambda key=key, item=item: s3.copy_object(
+                    Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key, "VersionId": item["VersionId"]},
+                    ServerSideEncryption="aws:kms", SSEKMSKeyId=kms_key,
+                ),
+            )
+        extra = [{"Key": key} for key in current if key not in wanted]
+        for start in range(0, len(extra), 1000):
+            cloud_call(f"remove newer files from {bucket}", lambda start=start: s3.delete_objects(
+                Bucket=bucket, Delete={"Objects": extra[start:start + 1000], "Quiet": True}))
+        if self._gateway_arn:
+            found = self.find_file_share(self._gateway_arn, bucket)
+            if found is not None:
+                sgw = self._client("storagegateway")
+                gateway_call(
+                    f"refresh the gateway cache of {bucket}",
+                    lambda: sgw.refresh_cache(FileShareARN=found["FileShareARN"], FolderList=["/"], Recursive=True),
+                )
+
+    def share_listing(self, *, share) -> dict[str, str]:
+        """What the share holds now, as the restore plan counts it: key → ``file`` (folder markers left out)."""
+        return {key: "file" for key, item in self.current_versions(self.bucket_name(share)).items()
+                if not (key.endswith("/") and item["Size"] == 0)}
+
+    def delete_backup(self, *, location: str) -> None:
+        """Retention: delete every version of a manifest or an archive in the archive bucket; absent is fine.
+        (The data versions a manifest names expire by the share bucket's lifecycle rule.)"""
+        if not location.startswith("s3://"):
+            raise PermanentDriverError(f"{location} is not one of this driver's backups")
+        store, _, key = location.removeprefix("s3://").partition("/")
+        s3 = self._client("s3")
+
+        def delete_every_version():
+            listed = s3.list_object_versions(Bucket=store, Prefix=key)
+            versions = [{"Key": item["Key"], "VersionId": item["VersionId"]}
+                        for item in listed.get("Versions", []) + listed.get("DeleteMarkers", []) if item["Key"] == key]
+            if versions:
+                s3.delete_objects(Bucket=store, Delete={"Objects": versions, "Quiet": True})
+
+        try:
+            cloud_call(f"delete backup {location}", delete_every_version, not_found=("NoSuchBucket",))
+        except CloudNotFoundError:
+            pass

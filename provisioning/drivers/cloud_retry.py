@@ -122,6 +122,14 @@ def _classify_botocore(exc: BaseException, not_found, conflict) -> Failure | Non
     exceptions = _module("botocore.exceptions")
     if exceptions is None:
         return None
+    boto3_exceptions = _module("boto3.exceptions")
+    if boto3_exceptions is not None and isinstance(exc, boto3_exceptions.S3UploadFailedError):
+        # A failed (multipart) upload: boto3 wraps the part's ClientError; read it as that error.
+        cause = exc.__cause__ or exc.__context__
+        inner = _classify_botocore(cause, not_found, conflict) if cause is not None else None
+        if inner is not None:
+            return Failure(inner.kind, f"S3 upload failed: {inner.detail}", inner.code, inner.retry_after)
+        return Failure("permanent", f"S3 upload failed: {exc}")
     if isinstance(exc, exceptions.NoCredentialsError | exceptions.PartialCredentialsError):
         return Failure("credentials", AWS_CREDENTIALS_HINT)
     if isinstance(exc, exceptions.NoRegionError):

@@ -19,6 +19,10 @@ REGION = "us-east-1"
 GATEWAY = f"arn:aws:storagegateway:{REGION}:123456789012:gateway/sgw-12A3456B"
 NEW_GATEWAY = f"arn:aws:storagegateway:{REGION}:123456789012:gateway/sgw-99Z9999Z"
 ROLE = "arn:aws:iam::123456789012:role/cellhub-gateway"
+# DescribeCache's answer in the SDK's own example: the cache disks are named by DiskIds.
+DESCRIBE_CACHE = {"CacheAllocatedInBytes": 2199023255552, "CacheDirtyPercentage": 0.07, "CacheHitPercentage": 99.68,
+                  "CacheMissPercentage": 0.32, "CacheUsedPercentage": 0.07,
+                  "DiskIds": ["pci-0000:03:00.0-scsi-0:0:0:0", "pci-0000:04:00.0-scsi-0:1:0:0"]}
 
 
 @pytest.fixture(autouse=True)
@@ -89,12 +93,10 @@ def test_replace_reassociates_the_same_buckets_and_every_object_survives(
     stub = gateway_api
     # host: the new gateway is found, has its cache, serves nothing yet.
     stub.add_response("describe_gateway_information", {"GatewayARN": NEW_GATEWAY}, {"GatewayARN": NEW_GATEWAY})
-    stub.add_response("list_local_disks", {"GatewayARN": NEW_GATEWAY, "Disks": [
-        {"DiskId": "d1", "DiskAllocationType": "CACHE STORAGE"}]}, {"GatewayARN": NEW_GATEWAY})
+    stub.add_response("describe_cache", {**DESCRIBE_CACHE, "GatewayARN": NEW_GATEWAY}, {"GatewayARN": NEW_GATEWAY})
     stub.add_response("list_file_shares", {"FileShareInfoList": []}, {"GatewayARN": NEW_GATEWAY})
     # shares: every bucket gets an NFS file share on the new gateway, with its client list.
-    stub.add_response("list_local_disks", {"GatewayARN": NEW_GATEWAY, "Disks": [
-        {"DiskId": "d1", "DiskAllocationType": "CACHE STORAGE"}]}, {"GatewayARN": NEW_GATEWAY})
+    stub.add_response("describe_cache", {**DESCRIBE_CACHE, "GatewayARN": NEW_GATEWAY}, {"GatewayARN": NEW_GATEWAY})
     stub.add_response("list_file_shares", {"FileShareInfoList": []}, {"GatewayARN": NEW_GATEWAY})
     for share in shares:
         client = "10.9.8.7" if share.pk == held.pk else NO_CLIENT

@@ -36,6 +36,10 @@ REGION = "us-east-1"
 GATEWAY = f"arn:aws:storagegateway:{REGION}:123456789012:gateway/sgw-12A3456B"
 NEW_GATEWAY = f"arn:aws:storagegateway:{REGION}:123456789012:gateway/sgw-99Z9999Z"
 ROLE = "arn:aws:iam::123456789012:role/cellhub-gateway"
+# DescribeCache's answer in the SDK's own example: the cache disks are named by DiskIds.
+DESCRIBE_CACHE = {"CacheAllocatedInBytes": 2199023255552, "CacheDirtyPercentage": 0.07, "CacheHitPercentage": 99.68,
+                  "CacheMissPercentage": 0.32, "CacheUsedPercentage": 0.07,
+                  "DiskIds": ["pci-0000:03:00.0-scsi-0:0:0:0", "pci-0000:04:00.0-scsi-0:1:0:0"]}
 HUB = "arn:aws:iam::123456789012:role/cellhub-hub"
 PG = {"host": os.environ.get("PGHOST", "127.0.0.1"), "port": int(os.environ.get("PGPORT", "5432")), "user": "postgres"}
 
@@ -260,7 +264,7 @@ def _share_arn(share, gateway=GATEWAY):
     return f"{gateway}/share/share-{share.pk:08X}"
 
 
-def _stub_listing(stub, driver, shares, gateway=GATEWAY):
+def _stub_listing(stub, driver, shares, gateway=GATEWAY, status="AVAILABLE"):
     """list_file_shares + describe_nfs_file_shares answering that ``shares`` exist on ``gateway``."""
     stub.add_response(
         "list_file_shares",
@@ -271,7 +275,7 @@ def _stub_listing(stub, driver, shares, gateway=GATEWAY):
         stub.add_response(
             "describe_nfs_file_shares",
             {"NFSFileShareInfoList": [
-                {"FileShareARN": _share_arn(s, gateway), "GatewayARN": gateway,
+                {"FileShareARN": _share_arn(s, gateway), "GatewayARN": gateway, "FileShareStatus": status,
                  "LocationARN": f"arn:aws:s3:::{driver.bucket_name(s)}"} for s in shares
             ]},
             {"FileShareARNList": [_share_arn(s, gateway) for s in shares]},
@@ -285,6 +289,7 @@ def test_gateway_provision_pool_makes_encrypted_buckets_and_nfs_shares(reef, kms
     sgw = driver._client("storagegateway")
     with Stubber(sgw) as stub:
         stub.add_response("describe_gateway_information", {"GatewayARN": GATEWAY}, {"GatewayARN": GATEWAY})
+        stub.add_response("describe_cache", {"GatewayARN": GATEWAY, "DiskIds": []}, {"GatewayARN": GATEWAY})
         stub.add_response("list_local_disks", {"GatewayARN": GATEWAY, "Disks": [
             {"DiskId": "pci-0000:03:00.0-scsi-0:0:1:0", "DiskAllocationType": "AVAILABLE"},
             {"DiskId": "pci-0000:03:00.0-scsi-0:0:0:0", "DiskAllocationType": "USED"},
@@ -496,8 +501,8 @@ def test_gateway_replace_pool_reassociates_the_same_buckets(reef, kms_key):
     held.firewall_address = "10.9.8.7"
     held.save(update_fields=["firewall_address"])
     with Stubber(driver._client("storagegateway")) as stub:
-        stub.add_response("list_local_disks", {"GatewayARN": NEW_GATEWAY, "Disks": [
-            {"DiskId": "d1", "DiskAllocationType": "CACHE STORAGE"}]}, {"GatewayARN": NEW_GATEWAY})
+        # a cache exists: DescribeCache names its disks, and no disk is added (ListLocalDisks is not even asked)
+        stub.add_response("describe_cache", {**DESCRIBE_CACHE, "GatewayARN": NEW_GATEWAY}, {"GatewayARN": NEW_GATEWAY})
         _stub_listing(stub, driver, [], gateway=NEW_GATEWAY)
         for share in shares:
             client = "10.9.8.7" if share.pk == held.pk else NO_CLIENT
