@@ -10,7 +10,11 @@ Pool config (no secrets):
 - ``bucket_prefix`` (default none): prepended to the share's name to make the bucket's (S3 names are global);
 - ``admin_principal_arns``: principals besides the gateway role allowed into the buckets (default: the
   hub's own identity, from STS) — the bucket policy denies everyone else;
-- ``archive_bucket`` (required to archive): the deep-storage bucket.
+- ``archive_bucket`` (required to archive and for files backups): the deep-storage bucket, also where the
+  version manifests of files backups are kept;
+- ``version_retention_days`` (default 35): how long a replaced version stays restorable;
+- ``subnet_id``: the hub starts the gateway itself (EC2 appliance, security group, activation, DNS record —
+  ``aws_gateway_appliance``, which lists its own keys) instead of being given ``gateway_arn``/``activation_key``.
 
 A share's data lives in its bucket, not in the gateway: ``replace_pool`` re-associates every bucket with a
 new gateway by creating its NFS file share there, losing nothing. The endpoint is
@@ -27,6 +31,7 @@ import zipfile
 
 from django.utils import timezone
 
+from provisioning.drivers.aws_gateway_appliance import GatewayAppliance
 from provisioning.drivers.base import (
     BackupResult,
     Capabilities,
@@ -143,7 +148,8 @@ class StorageGatewayDriver(StorageDriver):
     clouds = ("aws",)
     default_for_clouds = ("aws",)
     lead_time_hours = 4.0
-    host_config_keys = ("gateway_arn", "activation_key")
+    host_config_keys = ("gateway_arn", "activation_key", "gateway_instance_id", "security_group_id",
+                        "gateway_dns_name", "gateway_private_ip")
     # Buckets outlive their gateway, so a failed gateway's shares move to a new one; buckets are versioned, so a
     # files backup is the list of versions at a moment and a restore brings those back; retention deletes.
     capabilities = Capabilities(host_replacement=True, file_restore=True, backup_deletion=True)
@@ -209,10 +215,12 @@ class StorageGatewayDriver(StorageDriver):
         arn = gateway_call("list gateways", by_name)
         if arn is None:
             key = self.config.get("activation_key")
+            if not key and self.config.get("subnet_id"):
+                key = self.appliance().activation_key()
             if not key:
                 raise PermanentDriverError(
-                    f"Storage Gateway pool {self.pool}: config needs gateway_arn (an activated gateway) "
-                    "or activation_key (to activate the appliance)"
+                    f"Storage Gateway pool {self.pool}: config needs gateway_arn (an activated gateway), "
+                    "activation_key (to activate an appliance), or subnet_id (the hub starts the appliance)"
                 )
             arn = gateway_call(
                 f"activate gateway {self._gateway_name()}",
@@ -420,7 +428,7 @@ class StorageGatewayDriver(StorageDriver):
             "Squash": "RootSquash",
             "ReadOnly": False,
             "FileShareName": bucket,
-            "Tags": [{"Key": "cellhub-share", "Value": str(share.pk)}],
+            "Tags": [{"Key": "cellhub-share", "Value": str(share.pk)}, {"Key": "cellhub-status", "Value": "available"}],
         }
         return gateway_call(
             f"create NFS file share {bucket} on {gateway_id}", lambda: sgw.create_nfs_file_share(**params)
@@ -438,13 +446,34 @@ class StorageGatewayDriver(StorageDriver):
         for share in self.pool.shares.order_by("slot"):
             self.ensure_bucket(self.bucket_name(share))
             self.ensure_file_share(arn, share, existing)
-        return {"external_id": arn, "config": {"gateway_arn": arn, "kms_key_arn": self.kms_key_arn()}}
+        config = {"gateway_arn": arn, "kms_key_arn": self.kms_key_arn()}
+        if self.config.get("subnet_id"):
+            appliance = self.appliance()
+            config.update(appliance.found_config())
+            config["gateway_dns_name"] = appliance.ensure_dns_record(self.gateway_address(arn))
+        return {"external_id": arn, "config": config}
+
+    def appliance(self) -> GatewayAppliance:
+        """The gateway's EC2 appliance, its security group and DNS record (``aws_gateway_appliance``)."""
+        return GatewayAppliance(self)
 
     def delete_pool(self) -> None:
         """The gateway is an appliance outside the hub's control: delete its file shares, keep the buckets.
 
-        Buckets hold customer data; ``delete_share`` removes one once it has been scrubbed.
+        Buckets hold customer data; ``delete_share`` removes one once it has been scrubbed. A gateway the hub
+        started (config ``subnet_id``) goes entirely: the gateway, its EC2 instance, security group and DNS record.
         """
+        self._delete_file_shares()
+        if self.config.get("subnet_id"):
+            if self._gateway_arn:
+                sgw, arn = self._client("storagegateway"), self._gateway_arn
+                try:
+                    gateway_call(f"delete gateway {arn}", lambda: sgw.delete_gateway(GatewayARN=arn), not_found=True)
+                except CloudNotFoundError:
+                    pass
+            self.appliance().delete()
+
+    def _delete_file_shares(self) -> None:
         if not self._gateway_arn:
             return
         sgw = self._client("storagegateway")
@@ -488,7 +517,8 @@ class StorageGatewayDriver(StorageDriver):
         return found
 
     def set_firewall(self, *, share, address: str) -> None:
-        """The file share's NFS client list becomes ``[address]`` (empty: a client list no one matches)."""
+        """The file share's NFS client list becomes ``[address]`` (empty: a client list no one matches); on a gateway
+        the hub started, its security group's NFS rules become exactly the pool's instance addresses."""
         found = self._require_file_share(share)
         status = found.get("FileShareStatus", "")
         if status != "AVAILABLE":
@@ -500,6 +530,10 @@ class StorageGatewayDriver(StorageDriver):
             f"set the client list of {share.name}",
             lambda: sgw.update_nfs_file_share(FileShareARN=file_share_arn, ClientList=[address or NO_CLIENT]),
         )
+        if self.config.get("subnet_id"):
+            others = self.pool.shares.exclude(pk=share.pk).exclude(firewall_address="")
+            self.appliance().sync_nfs_clients(set(others.values_list("firewall_address", flat=True)) | {address})
+
 
     def _bucket_exists(self, bucket: str) -> bool:
         try:

@@ -26,7 +26,8 @@ EXPECTED_HOST_KEYS = {
     "aws_rds": {"db_instance_identifier"},
     "local_fs": set(),
     "azure_files": {"account_name"},
-    "aws_storage_gateway": {"gateway_arn", "activation_key"},
+    "aws_storage_gateway": {"gateway_arn", "activation_key", "gateway_instance_id", "security_group_id",
+                            "gateway_dns_name", "gateway_private_ip"},
     "local_compute": set(),
     "kubernetes": set(),
 }

@@ -60,7 +60,8 @@ def _nfs_params(driver, share, gateway, client):
         "GatewayARN": gateway, "EncryptionType": "SseKms", "KMSEncrypted": True, "KMSKey": driver.kms_key_arn(),
         "Role": ROLE, "LocationARN": f"arn:aws:s3:::{bucket}", "DefaultStorageClass": "S3_STANDARD",
         "ObjectACL": "bucket-owner-full-control", "ClientList": [client], "Squash": "RootSquash", "ReadOnly": False,
-        "FileShareName": bucket, "Tags": [{"Key": "cellhub-share", "Value": str(share.pk)}],
+        "FileShareName": bucket,
+        "Tags": [{"Key": "cellhub-share", "Value": str(share.pk)}, {"Key": "cellhub-status", "Value": "available"}],
     }
 
 

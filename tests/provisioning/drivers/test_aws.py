@@ -256,7 +256,7 @@ def _nfs_params(driver, share, gateway=GATEWAY, client=NO_CLIENT):
         "Squash": "RootSquash",
         "ReadOnly": False,
         "FileShareName": bucket,
-        "Tags": [{"Key": "cellhub-share", "Value": str(share.pk)}],
+        "Tags": [{"Key": "cellhub-share", "Value": str(share.pk)}, {"Key": "cellhub-status", "Value": "available"}],
     }
 
 
@@ -352,7 +352,7 @@ def test_gateway_without_arn_or_activation_key_names_both(reef, kms_key):
     driver = StorageGatewayDriver(pool)
     with Stubber(driver._client("storagegateway")) as stub:
         stub.add_response("list_gateways", {"Gateways": []}, {})
-        with pytest.raises(PermanentDriverError, match="gateway_arn .*or activation_key"):
+        with pytest.raises(PermanentDriverError, match="gateway_arn .*activation_key .*or subnet_id"):
             driver.provision_pool()
 
 
