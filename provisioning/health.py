@@ -38,6 +38,7 @@ from cells.models import Instance, Operation, Pool, Share
 from provisioning import drivers
 from provisioning.backups.selectors import database_kwargs
 from provisioning.drivers.base import DriverError
+from provisioning.firewall import share_firewall_follow
 from provisioning.models import HealthAction, HealthCheck, HealthStatus, InstanceHealth
 from provisioning.operations import call_with_timeout
 from provisioning.plans.provision import deployment_spec
@@ -197,6 +198,15 @@ def instances_to_check():
     )
 
 
+def _follow_firewall(instance: Instance, counts: dict) -> None:
+    """The share's firewall follows an instance that came back at another address (rescheduled, restarted)."""
+    try:
+        if share_firewall_follow(instance=instance):
+            counts["firewall_updated"] = counts.get("firewall_updated", 0) + 1
+    except DriverError as error:
+        logger.warning("firewall of %s not followed: %s", instance.name, error)
+
+
 def health_check_pass(*, now: datetime | None = None) -> dict:
     """The scheduled pass: check every running instance, then forget checks older than ``HEALTH_HISTORY_DAYS``.
 
@@ -219,6 +229,8 @@ def health_check_pass(*, now: datetime | None = None) -> dict:
             continue
         if check.status == HealthStatus.UNKNOWN:
             unreachable.setdefault(instance.compute_pool_id, check.detail)
+        else:
+            _follow_firewall(instance, counts)
         counts[check.status] = counts.get(check.status, 0) + 1
         if check.action != HealthAction.NONE:
             counts[check.action] = counts.get(check.action, 0) + 1

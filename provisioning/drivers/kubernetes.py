@@ -2,7 +2,8 @@
 
 Pool config (no secrets): ``kubeconfig`` (a path) and ``context``; without ``kubeconfig`` the driver uses
 the in-cluster service account when the hub runs in a pod, else ``KUBECONFIG`` / ``~/.kube/config``.
-``egress_address``: the address the cluster's pods reach storage from (their NAT's).
+``firewall_address``: which address of an instance its share admits — ``node`` (default), ``pod`` or ``egress``
+(``egress_address``: the address every pod reaches storage from, their NAT's); see ``egress_address``.
 
 ``deploy`` creates each manifest and, when it exists already (409), patches it with the same manifest, so
 a repeat converges and never duplicates. Every call goes through ``cloud_call``.
@@ -19,6 +20,7 @@ from provisioning.drivers.base import (
     DeploymentSpec,
     DeploymentStatus,
     PermanentDriverError,
+    TransientDriverError,
 )
 from provisioning.drivers.cloud_retry import CloudConflictError, CloudNotFoundError, cloud_call
 
@@ -184,6 +186,39 @@ class KubernetesComputeDriver(ComputeDriver):
         cloud_call(
             f"set the image of {namespace}/{name}",
             lambda: self.apps.patch_namespaced_deployment(name, namespace, body),
+        )
+
+    def egress_address(self, *, instance) -> str:
+        """The one address the instance's share admits, read from the instance's own pod (config
+        ``firewall_address``):
+
+        - ``node`` (default): the pod's node (``status.hostIP``). The share is a pod volume (NFS, Azure Files), and
+          the kubelet mounts pod volumes from the node, so the node's address is what the storage endpoint sees;
+        - ``pod``: the pod's own address (``status.podIP``), for clusters where the pod itself is the storage client
+          and reaches it un-NATed (EKS with the VPC CNI: pods hold VPC addresses);
+        - ``egress``: the pool's ``egress_address`` (one NAT for every pod: the widest; the old behaviour).
+
+        The newest running (else scheduled) pod of the instance counts. ``TransientDriverError`` while no pod has
+        the address yet (not scheduled), so a plan step retries; ``PermanentDriverError`` for another setting.
+        """
+        source = self.config.get("firewall_address", "node")
+        if source == "egress":
+            return super().egress_address(instance=instance)
+        if source not in ("node", "pod"):
+            raise PermanentDriverError(f"pool {self.pool}: firewall_address must be node, pod or egress, not {source}")
+        namespace = self.namespace(instance)
+        pods = cloud_call(
+            f"list the pods of {namespace}",
+            lambda: self.core.list_namespaced_pod(namespace, label_selector=f"{manifests.LABEL}={instance.name}"),
+        ).items
+        live = [pod for pod in pods if pod.metadata.deletion_timestamp is None and pod.status is not None]
+        live.sort(key=lambda pod: (pod.status.phase == "Running", pod.metadata.creation_timestamp or 0), reverse=True)
+        for pod in live:
+            address = pod.status.host_ip if source == "node" else pod.status.pod_ip
+            if address:
+                return address
+        raise TransientDriverError(
+            f"instance {instance.name} has no scheduled pod yet: its {source} address is unknown"
         )
 
     def list_deployments(self) -> list[str]:

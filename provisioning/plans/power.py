@@ -4,6 +4,7 @@ from cells.errors import IllegalTransition
 from cells.models import Instance, Operation
 from cells.states import INSTANCE
 from provisioning import drivers
+from provisioning.firewall import share_firewall_follow
 from provisioning.plans.registry import MINUTES, Plan, register_plan
 
 
@@ -13,6 +14,11 @@ def _scale(replicas: int):
         drivers.for_pool(instance.compute_pool).scale(instance=instance, replicas=replicas)
 
     return step
+
+
+def _follow_firewall(operation: Operation) -> None:
+    """A started instance may come up at another address: its share's firewall follows it."""
+    share_firewall_follow(instance=Instance.objects.get(pk=operation.instance_id))
 
 
 def _check(state: str):
@@ -52,7 +58,7 @@ register_plan(
 )
 register_plan(
     OperationKind.START,
-    Plan(steps=[("scale up", _scale(1))], begin=_check(InstanceState.RUNNING),
+    Plan(steps=[("scale up", _scale(1)), ("firewall", _follow_firewall)], begin=_check(InstanceState.RUNNING),
          succeed=_become(InstanceState.RUNNING), fail=_nothing_to_release, excludes=POWER_EXCLUDES,
          time_limit=15 * MINUTES),
 )

@@ -18,6 +18,7 @@ from cells.states import INSTANCE, SHARE
 from provisioning import drivers
 from provisioning.backups.selectors import database_kwargs
 from provisioning.drivers.base import DeploymentSpec
+from provisioning.firewall import share_firewall_follow
 from provisioning.plans.registry import MINUTES, Plan, register_plan
 from provisioning.ports import instance_address, instance_port, instance_port_allocate, instance_port_release
 
@@ -85,14 +86,16 @@ def provision_database(operation: Operation) -> None:
 
 
 def provision_share(operation: Operation) -> None:
-    """Create the share's bucket / folder and firewall it to the instance's compute address only."""
+    """Create the share's bucket / folder (its firewall admits no one until the ``firewall`` step)."""
     instance = _instance(operation)
     share = instance.share
-    storage = drivers.for_pool(share.pool)
-    endpoint = storage.create_share(share=share)
-    address = drivers.for_pool(instance.compute_pool).egress_address(instance=instance)
-    storage.set_firewall(share=share, address=address)
-    Share.objects.filter(pk=share.pk).update(endpoint=endpoint, firewall_address=address)
+    endpoint = drivers.for_pool(share.pool).create_share(share=share)
+    Share.objects.filter(pk=share.pk).update(endpoint=endpoint)
+
+
+def provision_firewall(operation: Operation) -> None:
+    """Firewall the share to the instance's own address, known once its compute runs (a pod's node, say)."""
+    share_firewall_follow(instance=_instance(operation))
 
 
 def provision_compute(operation: Operation) -> None:
@@ -202,6 +205,7 @@ PROVISION = Plan(
         ("database", provision_database),
         ("share", provision_share),
         ("compute", provision_compute),
+        ("firewall", provision_firewall),
         ("dns", provision_dns),
     ],
     begin=provision_begin,

@@ -101,7 +101,7 @@ def test_a_hung_driver_call_times_out_and_the_retry_finishes_the_step(settings, 
     operation.refresh_from_db()
     assert operation.state == OperationState.SUCCEEDED, operation.error
     assert elapsed < 2.5  # it did not wait for the hung call
-    assert operation.done_step_names == ["place", "database", "share", "compute", "dns"]
+    assert operation.done_step_names == ["place", "database", "share", "compute", "firewall", "dns"]
     assert f"step dns of provision #{operation.pk} timed out after 0.5s" in caplog.text
     assert drivers.for_dns(cell["reef"].region).lookup(name="slowdns") == "127.0.0.1"
     wait_for(lambda: not _step_threads(operation), timeout=10, message="the abandoned call to end")

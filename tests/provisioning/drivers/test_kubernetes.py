@@ -23,7 +23,7 @@ from tests.factories import make_instance, make_pool, make_reef, make_region
 
 COLLECTION = re.compile(
     r"^/(?:api/v1|apis/apps/v1|apis/networking\.k8s\.io/v1)"
-    r"(?:/namespaces/(?P<namespace>[^/]+))?/(?P<resource>namespaces|secrets|services|deployments|ingresses)"
+    r"(?:/namespaces/(?P<namespace>[^/]+))?/(?P<resource>namespaces|secrets|services|deployments|ingresses|pods)"
     r"(?:/(?P<name>[^/]+))?(?P<sub>/scale)?$"
 )
 NAMESPACE_ITEM = re.compile(r"^/api/v1/namespaces/(?P<name>[^/]+)$")
