@@ -12,7 +12,7 @@ from provisioning.operations import operation_retry, operation_run
 from tests.factories import make_cell
 
 pytestmark = pytest.mark.django_db
-STEPS = ["place", "database", "share", "compute", "dns"]
+STEPS = ["place", "database", "share", "compute", "firewall", "dns"]
 # Signup places the instance in its own transaction (a refusal there creates nothing, see test_signup);
 # the task's place step runs on a retry, after a failure released the placement.
 TASK_STEPS = STEPS[1:]

@@ -49,7 +49,7 @@ def test_a_worker_killed_mid_provision_is_finished_by_the_next_without_duplicate
              message="the re-delivered task to finish")
     operation.refresh_from_db()
     assert operation.state == OperationState.SUCCEEDED
-    assert operation.done_step_names == ["place", "database", "share", "compute", "dns"]  # each once
+    assert operation.done_step_names == ["place", "database", "share", "compute", "firewall", "dns"]  # each once
     assert operation.attempts == 2
     assert Share.objects.filter(instance=instance, status=ShareStatus.ASSIGNED).count() == 1
     database = drivers.for_pool(cell["database"])
