@@ -53,6 +53,8 @@ from provisioning.drivers.postgres import (
     provision_role_and_database,
 )
 
+GIB = 1 << 30
+
 
 def rds_identifier(text: str, *, max_length: int = 63) -> str:
     """An RDS identifier made from ``text``: lowercase letters, digits and single hyphens, starting with a letter."""
@@ -195,8 +197,73 @@ class RdsDatabaseDriver(DatabaseDriver):
                 found = self.describe()
         return {"external_id": found["DBInstanceArn"], "config": {"db_instance_identifier": self.identifier}}
 
+    # -- CloudWatch alarms ----------------------------------------------------------------
+    def alarm_definitions(self, *, allocated_gib: int) -> list[dict]:
+        """The pool's alarms (``PutMetricAlarm`` parameters): CPU, free storage and connections of its instance.
+
+        Thresholds from config: ``alarm_cpu_percent`` (80, over 3 × 5 minutes), ``alarm_free_storage_percent``
+        (10 % of the allocated storage), ``alarm_connections`` (400); actions: ``alarm_topic_arn`` (an SNS topic),
+        none without it (the state is still read on the pool's admin page).
+        """
+        topic = [self.config["alarm_topic_arn"]] if self.config.get("alarm_topic_arn") else []
+        free_bytes = int(allocated_gib * GIB * float(self.config.get("alarm_free_storage_percent", 10)) / 100)
+        common = {
+            "Namespace": "AWS/RDS",
+            "Dimensions": [{"Name": "DBInstanceIdentifier", "Value": self.identifier}],
+            "Period": 300,
+            "ActionsEnabled": bool(topic),
+            "AlarmActions": topic,
+            "OKActions": topic,
+            "Tags": self._tags(),
+        }
+        return [
+            {**common, "AlarmName": f"{self.identifier}-cpu", "MetricName": "CPUUtilization", "Statistic": "Average",
+             "EvaluationPeriods": 3, "Threshold": float(self.config.get("alarm_cpu_percent", 80)),
+             "ComparisonOperator": "GreaterThanThreshold", "TreatMissingData": "missing",
+             "AlarmDescription": f"Cell Hub pool {self.pool.pk}: CPU of {self.identifier} high for 15 minutes"},
+            {**common, "AlarmName": f"{self.identifier}-free-storage", "MetricName": "FreeStorageSpace",
+             "Statistic": "Minimum", "EvaluationPeriods": 1, "Threshold": float(free_bytes),
+             "ComparisonOperator": "LessThanThreshold", "TreatMissingData": "missing",
+             "AlarmDescription": f"Cell Hub pool {self.pool.pk}: {self.identifier} is running out of storage"},
+            {**common, "AlarmName": f"{self.identifier}-connections", "MetricName": "DatabaseConnections",
+             "Statistic": "Maximum", "EvaluationPeriods": 2,
+             "Threshold": float(self.config.get("alarm_connections", 400)),
+             "ComparisonOperator": "GreaterThanThreshold", "TreatMissingData": "missing",
+             "AlarmDescription": f"Cell Hub pool {self.pool.pk}: {self.identifier} has too many connections"},
+        ]
+
+    def alarm_names(self) -> list[str]:
+        return [f"{self.identifier}-{suffix}" for suffix in ("cpu", "free-storage", "connections")]
+
+    def ensure_alarms(self) -> list[str]:
+        """Create (or overwrite: PutMetricAlarm is idempotent) the pool's CloudWatch alarms; returns their names.
+        The free-storage threshold follows the instance's allocated storage."""
+        found = self.describe() or {}
+        allocated = int(found.get("AllocatedStorage") or self.config.get("allocated_storage_gib", 100))
+        cloudwatch = self._client("cloudwatch")
+        for alarm in self.alarm_definitions(allocated_gib=allocated):
+            cloud_call(f"put CloudWatch alarm {alarm['AlarmName']}",
+                       lambda alarm=alarm: cloudwatch.put_metric_alarm(**alarm))
+        return self.alarm_names()
+
+    def delete_alarms(self) -> None:
+        """Remove the pool's alarms; absent is fine (DeleteAlarms ignores unknown names)."""
+        cloudwatch = self._client("cloudwatch")
+        cloud_call(f"delete the CloudWatch alarms of {self.identifier}",
+                   lambda: cloudwatch.delete_alarms(AlarmNames=self.alarm_names()))
+
+    def alarm_states(self) -> dict[str, str]:
+        """Each of the pool's alarms → its CloudWatch state (``OK``, ``ALARM``, ``INSUFFICIENT_DATA``); an absent
+        alarm is not listed."""
+        cloudwatch = self._client("cloudwatch")
+        found = cloud_call(f"describe the CloudWatch alarms of {self.identifier}",
+                           lambda: cloudwatch.describe_alarms(AlarmNames=self.alarm_names()))["MetricAlarms"]
+        return {alarm["AlarmName"]: alarm["StateValue"] for alarm in found}
+
     def delete_pool(self) -> None:
-        """Delete the RDS instance after a final snapshot (lifting its deletion protection); absent is fine."""
+        """Delete the pool's alarms, then the RDS instance after a final snapshot (lifting its deletion
+        protection); absent is fine."""
+        self.delete_alarms()
         found = self.describe()
         if found is None or found.get("DBInstanceStatus") == "deleting":
             return
