@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.core import checks
 from django.db.models.signals import post_migrate
 
 from provisioning import checks  # noqa: F401  (registers the system checks)
@@ -21,3 +22,6 @@ class ProvisioningConfig(AppConfig):
         registry.discover()
         # After migrate the schedule table exists: register the recurring work (idempotent, by name).
         post_migrate.connect(_sync_schedules, sender=self, dispatch_uid="cellhub-sync-schedules")
+        from provisioning.dns_policy import check_one_dns_provider
+
+        checks.register(check_one_dns_provider)

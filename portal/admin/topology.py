@@ -4,6 +4,7 @@ List pages cost a constant number of queries: related rows come from ``list_sele
 capacity from the annotations of ``cells.selectors``. Reef and pool actions (top up now, drain, mark
 failed, replace) call the services of ``provisioning.capacity``; a refusal names the current state.
 """
+from django import forms
 from django.contrib import admin, messages
 from django.db import IntegrityError
 from django.template.response import TemplateResponse
@@ -27,6 +28,7 @@ from provisioning.capacity import (
     reef_drain,
     reef_top_up,
 )
+from provisioning.dns_policy import region_refuse_split_dns
 from provisioning.health import pool_alarm_states
 
 REFUSALS = (Refused, IntegrityError)
@@ -55,8 +57,22 @@ def annotation(field: str, description: str):
     return column
 
 
+class RegionForm(forms.ModelForm):
+    """Refuses a cloud whose DNS provider would split the hub domain (``region_refuse_split_dns``)."""
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("cloud"):
+            try:
+                region_refuse_split_dns(cloud=cleaned["cloud"], ignore_region_id=self.instance.pk)
+            except Refused as refusal:
+                self.add_error(refusal.field or None, refusal.message)
+        return cleaned
+
+
 @admin.register(Region)
 class RegionAdmin(StatusByActions, AuditedModelAdmin):
+    form = RegionForm
     list_display = ["slug", "name", "cloud", "location", "status", "reef_count", "instance_count", "free_slots"]
     list_filter = ["status", "cloud"]
     search_fields = ["slug", "name", "location"]
