@@ -108,6 +108,10 @@ class Reef(_DatabaseCounted):
         '"LEAD_TIME_HOURS": {"aws_storage_gateway": 6}, "MARGIN_HOURS": 12, "MAX_POOLS_PER_PASS": 0}.',
     )
     status_reason = models.CharField(max_length=500, blank=True, help_text="Why and by whom the status last changed.")
+    dedicated_to = models.OneToOneField(
+        "Instance", null=True, blank=True, on_delete=models.SET_NULL, related_name="dedicated_reef",
+        help_text="The one instance this reef holds (a dedicated reef): it takes no other instance and no top-up.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     # Kept by the database itself (triggers on cells_instance, migration 0010), in the transaction that changes an
     # instance; the reconciler compares it with the rows. Never written by the hub's code.

@@ -11,6 +11,7 @@ database did (see bench/signup.py).
 from django.db import IntegrityError, connection, transaction
 
 from cells import selectors
+from cells.audit import audit_record
 from cells.choices import (
     PLACEABLE_POOL_STATES,
     SIGNUP_REGION_STATES,
@@ -110,7 +111,7 @@ _FITS_SHARED = (
 )
 # Roomiest first by instance slots; the order is index reef_roomiest_active's, so the walk stops at the first fit.
 _REEFS_WITH_ROOM = (
-    f"FROM cells_reef r WHERE r.region_id = %s AND r.status = '{ReefStatus.ACTIVE}' "
+    f"FROM cells_reef r WHERE r.region_id = %s AND r.status = '{ReefStatus.ACTIVE}' AND r.dedicated_to_id IS NULL "
     "AND r.placed_instances < r.max_instances {fits}{exclude}"
     f"AND EXISTS (SELECT 1 FROM cells_region g WHERE g.id = r.region_id AND g.status IN ({_SIGNUP_REGIONS})) "
     "ORDER BY r.max_instances - r.placed_instances DESC, r.id"
@@ -356,3 +357,30 @@ def _place_anywhere(instance: Instance) -> bool:
             if reef_id not in tried and _attempt(cursor, instance, lambda r=reef_id: _lock_and_count(cursor, r))[1]:
                 return True
     return False
+
+
+@transaction.atomic
+def instance_place_alone(*, instance: Instance, reef: Reef) -> None:
+    """Place ``instance`` on ``reef`` alone: the reef becomes dedicated to it and then takes no other instance
+    (nor any top-up). Audited.
+
+    Raises ``Refused`` (field ``dedicated_reef``) when the reef is in another region, not active, dedicated
+    already, or holds any instance; ``NoCapacity`` when it lacks a slot of some kind. Nothing is taken then.
+    """
+    locked = Reef.objects.select_for_update().select_related("region").get(pk=reef.pk)
+    if locked.region_id != instance.region_id:
+        raise Refused(f"reef {locked} is not in region {instance.region.name}", field="dedicated_reef")
+    if locked.status != ReefStatus.ACTIVE:
+        raise Refused(f"reef {locked} is {locked.status}; only an active reef takes an instance",
+                      field="dedicated_reef", current_state=locked.status)
+    if locked.dedicated_to_id not in (None, instance.pk):
+        raise Refused(f"reef {locked} is dedicated to another instance", field="dedicated_reef")
+    if Instance.objects.filter(reef=locked).exclude(pk=instance.pk).exists():
+        raise Refused(f"reef {locked} holds other instances: a dedicated reef must be empty", field="dedicated_reef")
+    if not Reef.objects.filter(pk=locked.pk, dedicated_to__isnull=True).update(dedicated_to=instance) \
+            and locked.dedicated_to_id != instance.pk:
+        raise Refused(f"reef {locked} was just dedicated to another instance", field="dedicated_reef")
+    if not (is_placed(instance) or _place_in(locked, instance)):
+        raise NoCapacity(f"reef {locked} has no free slot of every kind for {instance}")
+    audit_record(action="reef.dedicate", target=locked, reason=f"instance {instance.name} placed alone",
+                 details={"instance": instance.pk})

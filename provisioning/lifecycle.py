@@ -15,8 +15,8 @@ from django.utils import timezone
 
 from cells.choices import OPERATION_ACTIVE_STATES, InstanceState, OperationKind, ReleaseState, Tier
 from cells.errors import IllegalTransition, NoCapacity, Refused
-from cells.models import CapacityShortfall, Instance, Operation, Region, Release
-from cells.placement import instance_place
+from cells.models import CapacityShortfall, Instance, Operation, Reef, Region, Release
+from cells.placement import instance_place, instance_place_alone
 from cells.states import INSTANCE, StateMachine
 from cells.validators import validate_instance_name
 from provisioning.operations import operation_create, operation_refuse_conflicts, operation_retry
@@ -72,6 +72,7 @@ def instance_signup(
     new_owner: dict | None = None,
     requested_by=None,
     tier: str = Tier.SHARED,
+    dedicated_reef: Reef | None = None,
 ) -> Operation:
     """Create a pending instance placed on a reef (its slots and share taken) and queue its provision.
 
@@ -79,6 +80,8 @@ def instance_signup(
     transaction. All or nothing: on refusal no user, instance or slot is left behind. Raises
     ``Refused`` (with the field at fault) for a taken name or e-mail or a closed region, and
     ``NoCapacity`` when no reef has room — recorded as a ``CapacityShortfall`` for staff.
+    ``dedicated_reef`` (staff): the instance is placed alone on that reef, which then takes no other instance
+    (``instance_place_alone``; it refuses a reef that is not empty, with ``field="dedicated_reef"``).
     """
     try:
         validate_instance_name(name)
@@ -103,7 +106,10 @@ def instance_signup(
                 hostname=f"{name}.{settings.CELLHUB['HUB_DOMAIN']}",
             )
             started = timezone.now().isoformat()
-            instance_place(instance=instance)
+            if dedicated_reef is not None:
+                instance_place_alone(instance=instance, reef=dedicated_reef)
+            else:
+                instance_place(instance=instance)
             place_step = {"name": "place", "started_at": started, "finished_at": timezone.now().isoformat()}
             return operation_create(
                 kind=OperationKind.PROVISION, instance=instance, requested_by=requested_by or owner, steps=[place_step]

@@ -102,7 +102,7 @@ class ReefAdmin(StatusByActions, AuditedModelAdmin):
     list_filter = ["status", "region", "rollout_ring"]
     search_fields = ["slug", "region__slug", "ingress_address"]
     list_select_related = ["region"]
-    readonly_fields = ["status_reason", "capacity_now"]
+    readonly_fields = ["status_reason", "capacity_now", "dedicated_to"]
     inlines = [PoolInline]
     actions = ["top_up_now", "drain", "activate"]
     change_list_template = "admin/capacity_change_list.html"

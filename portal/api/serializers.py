@@ -181,6 +181,22 @@ class SignupSerializer(serializers.Serializer):
 
     name = serializers.CharField(min_length=3, max_length=40, validators=[validate_instance_name])
     region = serializers.SlugRelatedField(slug_field="slug", queryset=Region.objects.all())
+    dedicated_reef = serializers.CharField(
+        required=False, help_text="Staff only: the slug of an empty reef of the region to place the instance on "
+        "alone (the reef then takes no other instance).",
+    )
+
+    def validate(self, data):
+        slug = data.get("dedicated_reef")
+        if slug is None:
+            return data
+        request = self.context.get("request")
+        if request is None or not request.user.is_staff:
+            raise serializers.ValidationError({"dedicated_reef": "only staff place an instance on a reef of its own"})
+        reef = Reef.objects.filter(region=data["region"], slug=slug).first()
+        if reef is None:
+            raise serializers.ValidationError({"dedicated_reef": f"no reef {slug} in {data['region'].name}"})
+        return {**data, "dedicated_reef": reef}
 
     def validate_name(self, name):
         if Instance.objects.filter(name=name).exists():

@@ -48,8 +48,9 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
     )
     if reef_ids is not None:
         reefs = reefs.filter(pk__in=reef_ids)
-    reefs = list(reefs.only("slug", "status", "max_instances", "capacity_overrides", "region__slug",
-                            "region__status", "region__cloud"))
+    reefs = list(reefs.select_related("dedicated_to").only(
+        "slug", "status", "max_instances", "capacity_overrides", "region__slug", "region__status", "region__cloud",
+        "dedicated_to__name"))
     if not reefs:
         return []
     ids = [reef.pk for reef in reefs]
@@ -164,6 +165,7 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
                     kind=str(kind),
                     provider=str(provider),
                     reef_status=reef.status,
+                    dedicated_to=reef.dedicated_to.name if reef.dedicated_to_id else "",
                     region_status=reef.region.status,
                     max_instances=reef.max_instances,
                     instance_count=instance_count[reef.pk],

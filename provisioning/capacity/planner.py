@@ -43,6 +43,7 @@ class ReefKindFacts:
     signups: int  # instances created in the reef during the window
     thresholds: Thresholds
     failed_top_ups: tuple[str, ...] = ()  # pools whose top-up failed and waits for staff
+    dedicated_to: str = ""  # the instance a dedicated reef holds alone ("" for a shared reef)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ def reef_cannot_grow(facts: ReefKindFacts) -> str:
         return f"the region of {facts.reef} is {facts.region_status}"
     if facts.reef_status != ACTIVE:
         return f"reef {facts.reef} is {facts.reef_status}"
+    if facts.dedicated_to:
+        return f"reef {facts.reef} is dedicated to instance {facts.dedicated_to}: it takes no other"
     if facts.instance_count >= facts.max_instances:
         limit = f"{facts.instance_count} of {facts.max_instances}"
         return f"reef {facts.reef} is at its instance limit ({limit}): add a reef"

@@ -86,7 +86,7 @@ def test_a_worker_process_logs_json_lines_with_the_operation_id(settings):
     lines = [json.loads(line) for line in result.stderr.splitlines()]  # every line is one JSON object
     steps = [line for line in lines if line["message"].startswith("step ")]
     assert [line["message"].split(" finished")[0] for line in steps if "finished" in line["message"]] == [
-        "step database", "step share", "step compute", "step dns",
+        "step database", "step share", "step compute", "step firewall", "step dns",
     ]
     runner = [line for line in lines if line["logger"] == "provisioning.operations"]
     assert runner and all(line["operation_id"] == operation.pk for line in runner)

@@ -59,11 +59,12 @@ class InstanceViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
     @idempotent
     def create(self, request):
         """Sign up: a new instance for the caller; 202 with its provision operation."""
-        serializer = s.SignupSerializer(data=request.data)
+        serializer = s.SignupSerializer(data=request.data, context={"request": request})
         serializer.is_valid(raise_exception=True)
         operation = instance_signup(
             name=serializer.validated_data["name"], region=serializer.validated_data["region"],
             owner=request.user, requested_by=request.user,
+            dedicated_reef=serializer.validated_data.get("dedicated_reef"),
         )
         return accepted(request, operation)
 
