@@ -28,7 +28,8 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
-from datetime import datetime
+from datetime import datetime, timedelta
+from urllib.parse import parse_qs, urlparse
 
 import psycopg
 from psycopg import errors, sql
@@ -473,6 +474,23 @@ class RdsDatabaseDriver(DatabaseDriver):
         raise PermanentDriverError(f"RDS pool {self.pool}: {location} is not one of this driver's backups")
 
     # -- point-in-time restore: a temporary instance at T, one database extracted -----------
+    def point_in_time_window(self, *, instance, database: str | None = None) -> tuple[datetime | None, datetime | None]:
+        """(earliest, latest) second RDS can restore the instance's database to: from the later of the start of the
+        instance's automated-backup retention (``BackupRetentionPeriod`` days back, not before the RDS instance was
+        created) and the moment the customer's instance was created, to RDS's ``LatestRestorableTime``. (None,
+        None) when the RDS instance keeps no automated backups. ``PermanentDriverError`` when it does not exist."""
+        found = self.describe()
+        if found is None:
+            raise PermanentDriverError(f"RDS pool {self.pool}: instance {self.identifier} does not exist")
+        retention = int(found.get("BackupRetentionPeriod") or 0)
+        latest = found.get("LatestRestorableTime")
+        if not retention or latest is None:
+            return None, None
+        candidates = [latest - timedelta(days=retention), instance.created_at]
+        if found.get("InstanceCreateTime"):
+            candidates.append(found["InstanceCreateTime"])
+        return max(candidates), latest
+
     def temporary_identifier(self, new_database: str) -> str:
         """The temporary RDS instance a restore into ``new_database`` recovers the pool into."""
         return rds_identifier(f"{new_database}-tmp")
@@ -557,13 +575,18 @@ class RdsDatabaseDriver(DatabaseDriver):
         self._wait("db_instance_deleted", target)
 
     def _source_database(self, instance, source: str) -> str:
-        """The database the instance used at the time restored: the one named in the backup ``source`` (an S3 dump
-        of this driver) taken at or before it; the derived one without a source."""
-        if not source.startswith("s3://"):
-            return self.database_name(instance)
-        bucket, _, key = source.removeprefix("s3://").partition("/")
-        head = cloud_call(f"read backup {source}", lambda: self._client("s3").head_object(Bucket=bucket, Key=key))
-        return head.get("Metadata", {}).get("database") or self.database_name(instance)
+        """The database the instance used at the time restored: ``?database=<name>`` (what the restore plan passes
+        to a provider that keeps its own backups), or the one named in an S3 dump of this driver, else the
+        derived one."""
+        named = parse_qs(urlparse(source).query).get("database")
+        if named:
+            return named[0]
+        if source.startswith("s3://"):
+            bucket, _, key = source.removeprefix("s3://").partition("/")
+            head = cloud_call(f"read backup {source}",
+                              lambda: self._client("s3").head_object(Bucket=bucket, Key=key))
+            return head.get("Metadata", {}).get("database") or self.database_name(instance)
+        return self.database_name(instance)
 
     def restore_database(self, *, instance, point_in_time: datetime, new_database: str, source: str = "") -> str:
         """Restore the instance's database as it was at ``point_in_time`` into the NEW database ``new_database`` of

@@ -25,7 +25,7 @@ def aws(monkeypatch, tmp_path):
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
         "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "CELLHUB_TEST_RDS_PASSWORD": "Master-Passw0rd",
+        "CELLHUB_POOL_SECRET_TEST_RDS": "Master-Passw0rd",
     }.items():
         monkeypatch.setenv(name, value)
     with mock_aws():
@@ -39,7 +39,7 @@ def rds_pool(sync_tasks, django_capture_on_commit_callbacks):
     make_pool(reef, PoolKind.STORAGE, capacity=200)
     make_pool(reef, PoolKind.COMPUTE, capacity=200)
     make_pool(reef, PoolKind.DATABASE, capacity=1, provider=Provider.AWS_RDS, status=PoolStatus.DRAINING, config={
-        "master_password_env": "CELLHUB_TEST_RDS_PASSWORD", "db_instance_identifier": "template-instance",
+        "master_password_env": "CELLHUB_POOL_SECRET_TEST_RDS", "db_instance_identifier": "template-instance",
         "allocated_storage_gib": 200, "alarm_topic_arn": f"arn:aws:sns:{REGION}:123456789012:cellhub-oncall",
     })
     with django_capture_on_commit_callbacks(execute=True):

@@ -21,7 +21,7 @@ from moto import mock_aws
 
 from cells.choices import OperationState, PoolKind, Provider
 from provisioning import drivers
-from provisioning.backups import backups_expire, instance_restore
+from provisioning.backups import backups_expire, instance_restore, restorable_window
 from provisioning.drivers.aws_rds import RdsDatabaseDriver
 from provisioning.models import Backup, BackupKind, BackupState, InstanceDatabase, Restore, RestoreState
 from tests.factories import make_pool, make_reef, make_region
@@ -41,7 +41,7 @@ def aws_env(monkeypatch, tmp_path):
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
         "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "CELLHUB_TEST_RDS_PASSWORD": "unused-with-trust-auth",
+        "CELLHUB_POOL_SECRET_TEST_RDS": "unused-with-trust-auth",
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
@@ -71,7 +71,7 @@ def rds_cell(calls, settings):
     boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
     reef = make_reef(make_region(cloud="aws", location=REGION))
     pool = make_pool(reef, PoolKind.DATABASE, capacity=3, provider=Provider.AWS_RDS, config={
-        "master_password_env": "CELLHUB_TEST_RDS_PASSWORD", "master_username": "postgres", "sslmode": "disable",
+        "master_password_env": "CELLHUB_POOL_SECRET_TEST_RDS", "master_username": "postgres", "sslmode": "disable",
         "backup_bucket": BUCKET, "kms_key_id": kms_key, "waiter_delay_seconds": 1, "waiter_max_attempts": 3,
     })
     result = RdsDatabaseDriver(pool).provision_pool()
@@ -140,10 +140,12 @@ def test_point_in_time_restore_recovers_a_temporary_instance_extracts_the_databa
     driver = drivers.for_pool(instance.database_pool)
     original = driver.database_name(instance)
     _write(instance, "t1")
-    back_up(run, instance)
     time.sleep(1.1)
     _write(instance, "t2")
-    point = Backup.objects.get(operation=back_up(run, instance)).taken_at
+    time.sleep(1.1)
+    window = restorable_window(instance=instance)
+    assert window.continuous and window.start <= window.end
+    point = window.end  # RDS's LatestRestorableTime (moto: now)
     calls.clear()
 
     operation = finished(run(instance_restore, instance=instance, point_in_time=point))
@@ -174,23 +176,27 @@ def test_point_in_time_restore_recovers_a_temporary_instance_extracts_the_databa
     assert driver.database_exists(instance=instance, database=original)
 
 
-def test_a_restore_that_fails_after_the_temporary_instance_exists_leaves_nothing_behind(run, rds_cell, calls):
+def test_a_restore_that_fails_after_the_temporary_instance_exists_leaves_nothing_behind(
+    run, rds_cell, calls, monkeypatch
+):
+    """The temporary instance answers at an address nothing listens on: the dump cannot reach it (transient,
+    retried until the step gives up), and the failed restore's clean-up deletes the temporary instance."""
     instance = signup(run, rds_cell)
     driver = drivers.for_pool(instance.database_pool)
     _write(instance, "t1")
-    backup = Backup.objects.get(operation=back_up(run, instance))
-    # the backup says the instance used a database that the recovered server does not have: the dump fails
-    s3 = boto3.client("s3", region_name=REGION)
-    _, _, key = backup.location.removeprefix("s3://").partition("/")
-    s3.copy_object(Bucket=BUCKET, Key=key, CopySource={"Bucket": BUCKET, "Key": key}, MetadataDirective="REPLACE",
-                   Metadata={"database": "no_such_database", "sha256": backup.checksum})
+    time.sleep(1.1)
+    monkeypatch.setattr(moto.rds.models.DBInstance, "address", property(
+        lambda self: "127.0.0.2" if self.db_instance_identifier.endswith("-tmp") else "127.0.0.1"))
 
-    operation = finished(run(instance_restore, instance=instance, point_in_time=backup.taken_at))
+    point = restorable_window(instance=instance).end
+    operation = finished(run(instance_restore, instance=instance, point_in_time=point))
 
     assert operation.state == OperationState.FAILED
-    assert "no_such_database does not exist" in operation.error
+    assert "127.0.0.2" in operation.error
     restore = Restore.objects.get(operation=operation)
     assert _named(calls, "RestoreDBInstanceToPointInTime")  # it got that far
+    assert _named(calls, "DeleteDBInstance")[-1]["DBInstanceIdentifier"] == driver.temporary_identifier(
+        restore.new_database)
     assert _rds_instances() == [driver.identifier]  # and the temporary instance is gone
     assert not driver.database_exists(instance=instance, database=restore.new_database)
     assert not InstanceDatabase.objects.filter(instance=instance).exists()
