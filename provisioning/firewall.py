@@ -1,5 +1,5 @@
 """Each share's firewall follows its instance: the share endpoint admits the one address the instance's compute
-reaches it from (``ComputeDriver.egress_address``), and is updated when that address changes (the instance was
+reaches it from (``ComputeDriver.share_client_address``), and is updated when that address changes (the instance was
 rescheduled, restarted elsewhere, moved to another cluster).
 
 Called by the provision plan (after the compute step: some platforms know the address only once the instance
@@ -26,7 +26,7 @@ def share_firewall_follow(*, instance: Instance) -> str | None:
     share = Share.objects.select_related("pool").filter(instance=instance).first()
     if share is None or instance.compute_pool is None:
         return None
-    address = drivers.for_pool(instance.compute_pool).egress_address(instance=instance)
+    address = drivers.for_pool(instance.compute_pool).share_client_address(instance=instance)
     if address == share.firewall_address:
         return None
     drivers.for_pool(share.pool).set_firewall(share=share, address=address)

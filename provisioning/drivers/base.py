@@ -411,8 +411,15 @@ class ComputeDriver(PoolDriver):
         return resource_name("i", instance.pk)
 
     def egress_address(self, *, instance: Instance) -> str:
-        """The address the instance's traffic comes from (what its share's firewall allows)."""
+        """The address the instance's outbound traffic leaves the pool from (its NAT's: what a database server's
+        firewall admits)."""
         return self.config.get("egress_address", "127.0.0.1")
+
+    def share_client_address(self, *, instance: Instance) -> str:
+        """The one address the instance's share endpoint admits: where its mounted share is reached from (the
+        narrowest the platform offers). Default: ``egress_address``. ``TransientDriverError`` while it is not known
+        yet (an instance not scheduled)."""
+        return self.egress_address(instance=instance)
 
     def deploy(self, *, spec: DeploymentSpec) -> None:
         raise NotImplementedError

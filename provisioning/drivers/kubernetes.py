@@ -3,7 +3,7 @@
 Pool config (no secrets): ``kubeconfig`` (a path) and ``context``; without ``kubeconfig`` the driver uses
 the in-cluster service account when the hub runs in a pod, else ``KUBECONFIG`` / ``~/.kube/config``.
 ``firewall_address``: which address of an instance its share admits — ``node`` (default), ``pod`` or ``egress``
-(``egress_address``: the address every pod reaches storage from, their NAT's); see ``egress_address``.
+(``egress_address``: the address every pod leaves the cluster from, their NAT's); see ``share_client_address``.
 
 ``deploy`` creates each manifest and, when it exists already (409), patches it with the same manifest, so
 a repeat converges and never duplicates. Every call goes through ``cloud_call``.
@@ -188,20 +188,26 @@ class KubernetesComputeDriver(ComputeDriver):
             lambda: self.apps.patch_namespaced_deployment(name, namespace, body),
         )
 
-    def egress_address(self, *, instance) -> str:
+    def default_share_client_source(self) -> str:
+        """``node`` on AWS (EKS: the Storage Gateway is inside the VPC, reached from the node's own address, no
+        NAT); ``egress`` elsewhere (AKS: Azure Files' endpoint sees the cluster's outbound address)."""
+        return "node" if self.pool.reef.region.cloud == "aws" else "egress"
+
+    def share_client_address(self, *, instance) -> str:
         """The one address the instance's share admits, read from the instance's own pod (config
         ``firewall_address``):
 
-        - ``node`` (default): the pod's node (``status.hostIP``). The share is a pod volume (NFS, Azure Files), and
-          the kubelet mounts pod volumes from the node, so the node's address is what the storage endpoint sees;
+        - ``node`` (the default on AWS): the pod's node (``status.hostIP``). The share is a pod volume (NFS), and the
+          kubelet mounts pod volumes from the node, so the node's address is what the storage endpoint sees;
         - ``pod``: the pod's own address (``status.podIP``), for clusters where the pod itself is the storage client
           and reaches it un-NATed (EKS with the VPC CNI: pods hold VPC addresses);
-        - ``egress``: the pool's ``egress_address`` (one NAT for every pod: the widest; the old behaviour).
+        - ``egress`` (the default elsewhere): the pool's ``egress_address`` (one NAT for every pod: the widest, and
+          what a storage service reached through the cluster's NAT sees — Azure Files from AKS).
 
         The newest running (else scheduled) pod of the instance counts. ``TransientDriverError`` while no pod has
         the address yet (not scheduled), so a plan step retries; ``PermanentDriverError`` for another setting.
         """
-        source = self.config.get("firewall_address", "node")
+        source = self.config.get("firewall_address") or self.default_share_client_source()
         if source == "egress":
             return super().egress_address(instance=instance)
         if source not in ("node", "pod"):

@@ -77,13 +77,13 @@ def test_the_alarms_states_are_on_the_pools_admin_page(rds_pool, staff_client):
     boto3.client("cloudwatch", region_name=REGION).set_alarm_state(
         AlarmName=f"{identifier}-cpu", StateValue="ALARM", StateReason="Threshold Crossed: 3 datapoints > 80")
     assert pool_alarm_states(pool=rds_pool) == {
-        f"{identifier}-cpu": "ALARM", f"{identifier}-free-storage": "INSUFFICIENT_DATA",
-        f"{identifier}-connections": "INSUFFICIENT_DATA"}
+        f"{identifier}-cpu": "ALARM", f"{identifier}-free-storage": "OK",
+        f"{identifier}-connections": "OK"}
 
     page = staff_client.get(reverse("admin:cells_pool_change", args=[rds_pool.pk])).content.decode()
 
     assert f"{identifier}-cpu <b>ALARM</b>" in page
-    assert f"{identifier}-connections <b>INSUFFICIENT_DATA</b>" in page
+    assert f"{identifier}-connections <b>OK</b>" in page
 
 
 def test_deleting_the_pool_removes_its_alarms(rds_pool):

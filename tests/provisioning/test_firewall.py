@@ -1,6 +1,6 @@
 """Each share is firewalled to its own instance's address, read from the instance's pod, and follows it when the
-instance comes back elsewhere — through the services (signup, start), with the kubernetes client against a small
-API server on 127.0.0.1 whose scheduler places each deployment's pod on a node."""
+instance comes back elsewhere — through the services (signup, start), with the kubernetes client against the small
+API server on 127.0.0.1 (``FakeKubeApi``) whose scheduler places each deployment's pod on a node."""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +12,7 @@ from cells.models import Instance, Pool
 from provisioning import drivers
 from provisioning.drivers.base import TransientDriverError
 from provisioning.lifecycle import instance_start, instance_stop
-from tests.factories import make_cell, make_instance, make_pool
+from tests.factories import make_cell, make_instance, make_pool, make_reef, make_region
 from tests.provisioning import test_backups as shared
 from tests.provisioning.drivers.test_kubernetes import FakeKubeApi
 from tests.provisioning.test_backups import finished, signup
@@ -22,36 +22,9 @@ backup_key = shared.backup_key
 run = shared.run
 
 
-class ScheduledKubeApi(FakeKubeApi):
-    """The fake API server plus a scheduler: a deployment's pod is placed on ``self.node`` when it is created or
-    scaled up (a new pod, maybe on another node: what a restart does)."""
-
-    node = "10.0.1.17"
-
-    def answer(self, method, path, query, body):
-        status, answer, headers = super().answer(method, path, query, body)
-        if status in (200, 201) and "/deployments" in path and method in ("POST", "PATCH"):
-            deployment = self.objects.get(("deployments", answer["metadata"]["namespace"], answer["metadata"]["name"]))
-            if deployment and deployment["spec"].get("replicas", 1):
-                self.place(deployment)
-        return status, answer, headers
-
-    def place(self, deployment):
-        namespace, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
-        for key in [k for k in self.objects if k[0] == "pods" and k[1] == namespace]:
-            del self.objects[key]
-        pod = f"{name}-{len(self.requests)}"
-        self.objects[("pods", namespace, pod)] = {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod, "namespace": namespace, "creationTimestamp": "2026-01-01T00:00:00Z",
-                         "labels": deployment["spec"]["template"]["metadata"]["labels"]},
-            "status": {"phase": "Running", "hostIP": self.node, "podIP": "192.168.7.3"},
-        }
-
-
 @pytest.fixture
 def kube(tmp_path):
-    server = ScheduledKubeApi().start()
+    server = FakeKubeApi().start()  # its scheduler places each deployment's pod on ``node``
     yield server
     server.stop()
 
@@ -68,8 +41,9 @@ def _kubeconfig(tmp_path, host) -> str:
 
 
 @pytest.fixture
-def kube_cell(kube, tmp_path):
-    cell = make_cell(capacity=3)
+def kube_cell(kube, tmp_path, settings):
+    settings.CELLHUB = {**settings.CELLHUB, "DNS_PROVIDER": "local"}  # the records are not what this is about
+    cell = make_cell(capacity=3, region=make_region(cloud="aws", location="us-east-1"))
     Pool.objects.filter(pk=cell["compute"].pk).update(status="retired")
     cell["compute"] = make_pool(cell["reef"], PoolKind.COMPUTE, capacity=3, provider="kubernetes",
                                 config={"kubeconfig": _kubeconfig(tmp_path, kube.host), "context": "test"})
@@ -105,11 +79,18 @@ def test_the_address_source_is_the_pools_choice_and_unknown_until_a_pod_is_sched
     instance = make_instance(reef=kube_cell["reef"], compute_pool=kube_cell["compute"])
     compute = drivers.for_pool(kube_cell["compute"])
     with pytest.raises(TransientDriverError, match="no scheduled pod yet"):
-        compute.egress_address(instance=instance)
-    kube.place({"metadata": {"namespace": compute.namespace(instance), "name": instance.name},
-                "spec": {"template": {"metadata": {"labels": {"cellhub.io/instance": instance.name}}}}})
-    assert compute.egress_address(instance=instance) == "10.0.1.17"
+        compute.share_client_address(instance=instance)
+    namespace = compute.namespace(instance)
+    kube.objects[("deployments", namespace, instance.name)] = {
+        "metadata": {"namespace": namespace, "name": instance.name},
+        "spec": {"replicas": 1, "template": {"metadata": {"labels": {"cellhub.io/instance": instance.name}}}}}
+    kube.schedule("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", 201,
+                  {"metadata": {"namespace": namespace, "name": instance.name}})
+    assert compute.share_client_address(instance=instance) == "10.0.1.17"
+    azure = make_pool(make_reef(make_region(cloud="azure", location="westus2")), PoolKind.COMPUTE,
+                      provider="kubernetes", config={**kube_cell["compute"].config, "egress_address": "20.1.2.3"})
+    assert drivers.for_pool(azure).share_client_address(instance=instance) == "20.1.2.3"  # AKS: the NAT
     for source, expected in (("pod", "192.168.7.3"), ("egress", "203.0.113.5")):
         pool = kube_cell["compute"]
         pool.config = {**pool.config, "firewall_address": source, "egress_address": "203.0.113.5"}
-        assert drivers.for_pool(pool).egress_address(instance=instance) == expected
+        assert drivers.for_pool(pool).share_client_address(instance=instance) == expected

@@ -89,6 +89,7 @@ class FakeKubeApi:
                         }
                     )
                     status, answer, headers = api.answer(self.command, url.path, parse_qs(url.query), body)
+                    api.schedule(self.command, url.path, status, answer)
                 self._send(status, answer, headers)
 
             do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
@@ -162,6 +163,29 @@ class FakeKubeApi:
                     del self.objects[other]
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}, None
         return 405, self._status(405, "MethodNotAllowed"), None
+
+    node = "10.0.1.17"  # where the scheduler puts pods
+    pod_address = "192.168.7.3"
+
+    def schedule(self, method, path, status, answer):
+        """The scheduler: a deployment created or scaled up gets one pod (a new one: maybe on another node, as a
+        restart does), with its node's and its own address."""
+        if status not in (200, 201) or "/deployments" not in path or method not in ("POST", "PATCH"):
+            return
+        metadata = answer.get("metadata", {})
+        deployment = self.objects.get(("deployments", metadata.get("namespace"), metadata.get("name")))
+        if not deployment or not deployment["spec"].get("replicas", 1):
+            return
+        namespace, name = metadata["namespace"], metadata["name"]
+        for key in [k for k in self.objects if k[0] == "pods" and k[1] == namespace]:
+            del self.objects[key]
+        pod = f"{name}-{len(self.requests)}"
+        self.objects[("pods", namespace, pod)] = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": namespace, "creationTimestamp": "2026-01-01T00:00:00Z",
+                         "labels": deployment["spec"]["template"]["metadata"]["labels"]},
+            "status": {"phase": "Running", "hostIP": self.node, "podIP": self.pod_address},
+        }
 
     def posts(self, resource):
         return [r for r in self.requests if r["method"] == "POST" and r["path"].endswith("/" + resource)]
