@@ -18,6 +18,7 @@ from provisioning.backups import (
     instance_restore_files,
     restorable_window,
 )
+from provisioning.drivers.base import Capabilities
 from provisioning.models import (
     Backup,
     BackupKind,
@@ -214,7 +215,9 @@ def test_restore_refusals_name_the_reason_and_start_nothing(run, sqlite_cell):
     assert not Restore.objects.exists()
 
 
-def test_restore_is_refused_on_a_provider_that_cannot_switch():
+def test_restore_is_refused_on_a_provider_that_cannot_switch(monkeypatch):
+    # Every database provider switches now (RDS too): take RDS's declaration away to see the refusal.
+    monkeypatch.setattr(drivers.driver_class(Provider.AWS_RDS), "capabilities", Capabilities(database_restore=True))
     pool = make_pool(kind=PoolKind.DATABASE, provider=Provider.AWS_RDS)
     instance = make_instance(state=InstanceState.RUNNING, database_pool=pool, reef=pool.reef)
     with pytest.raises(Refused, match=r"not available yet .*\(AWS RDS"):
