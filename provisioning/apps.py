@@ -1,5 +1,5 @@
 from django.apps import AppConfig
-from django.core import checks
+from django.core.checks import register as register_check
 from django.db.models.signals import post_migrate
 
 from provisioning import checks  # noqa: F401  (registers the system checks)
@@ -22,6 +22,6 @@ class ProvisioningConfig(AppConfig):
         registry.discover()
         # After migrate the schedule table exists: register the recurring work (idempotent, by name).
         post_migrate.connect(_sync_schedules, sender=self, dispatch_uid="cellhub-sync-schedules")
-        from provisioning.dns_policy import check_one_dns_provider
+        from provisioning.dns_policy import check_one_dns_provider  # reads the models: only once they are loaded
 
-        checks.register(check_one_dns_provider)
+        register_check(check_one_dns_provider)

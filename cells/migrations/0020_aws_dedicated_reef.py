@@ -5,7 +5,7 @@ import django.db.models.deletion
 class Migration(migrations.Migration):
     """A reef may be dedicated to one instance (the isolation spectrum's far end): it then takes no other."""
 
-    dependencies = [("cells", "0010_validated_text_and_config")]
+    dependencies = [("cells", "0011_release_fails_health_local_processes")]
 
     operations = [
         migrations.AddField(
