@@ -85,14 +85,14 @@ def rds_cell(calls, settings):
 
 def _write(instance, *bodies, database=None):
     with postgres_connect(instance, database) as connection:
-        connection.execute("CREATE TABLE IF NOT EXISTS notes (body text)")
+        connection.execute("CREATE TABLE IF NOT EXISTS aws_rows (body text)")
         for body in bodies:
-            connection.execute("INSERT INTO notes VALUES (%s)", [body])
+            connection.execute("INSERT INTO aws_rows VALUES (%s)", [body])
 
 
 def _rows(instance, database=None):
     with postgres_connect(instance, database) as connection:
-        return [row[0] for row in connection.execute("SELECT body FROM notes ORDER BY body")]
+        return [row[0] for row in connection.execute("SELECT body FROM aws_rows ORDER BY body")]
 
 
 def _deployed_database_url(instance) -> str:
@@ -171,7 +171,7 @@ def test_point_in_time_restore_recovers_a_temporary_instance_extracts_the_databa
     url = _deployed_database_url(instance)
     assert url.endswith(f"/{restore.new_database}?sslmode=disable")
     with psycopg.connect(url.split("?")[0]) as connection:
-        assert [r[0] for r in connection.execute("SELECT body FROM notes ORDER BY body")] == ["t1", "t2"]
+        assert [r[0] for r in connection.execute("SELECT body FROM aws_rows ORDER BY body")] == ["t1", "t2"]
     # the old database is kept until confirmed
     assert driver.database_exists(instance=instance, database=original)
 
