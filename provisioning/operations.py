@@ -62,11 +62,11 @@ from typing import TypeVar
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q, TextField, Value
+from django.db.models import Case, CharField, F, Q, TextField, Value, When
 from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 
-from cells.audit import FAILED, SUCCEEDED, audit_record
+from cells.audit import FAILED, SUCCEEDED, audit_record, audit_record_many
 from cells.choices import (
     CLEANUP_UNFINISHED_STATES,
     OPERATION_ACTIVE_STATES,
@@ -175,6 +175,76 @@ def operation_create(
         _audit(operation, "operation.create", actor=requested_by)
         operation_enqueue(operation)
     return operation
+
+
+def operations_create_for_instances(
+    *, kind: str, instance_ids: list[int], allowed_states, requested_by=None, params: dict | None = None,
+) -> tuple[dict[int, Operation], dict[int, str]]:
+    """``operation_create`` for many instances at once, in a constant number of statements whatever their number:
+    the same rule (an instance with a queued or running operation whose kind excludes ``kind`` is refused, decided
+    under its row lock), the same audit, one enqueue after commit for them all.
+
+    Instances not in ``allowed_states`` (read under the lock) are refused too. Returns (operations made, by instance
+    id; the reason each other instance was refused, by id). Must run inside ``transaction.atomic``.
+    """
+    if not instance_ids:
+        return {}, {}
+    allowed = sorted(str(state) for state in allowed_states)
+    locked = (
+        Instance.objects.select_for_update(of=("self",)).filter(pk__in=instance_ids).order_by("pk")
+        .values_list("pk", "state", "name")
+    )
+    current, names = {}, {}
+    for pk, state, name in locked:
+        current[pk], names[pk] = state, name
+    refused = {pk: f"instance is {state}" for pk, state in current.items() if state not in allowed}
+    refused.update({pk: "instance is gone" for pk in instance_ids if pk not in current})
+    in_the_way = (
+        Operation.objects.filter(
+            instance_id__in=[pk for pk in current if pk not in refused], kind__in=sorted(excluded_kinds(kind)),
+            state__in=sorted(str(s) for s in OPERATION_ACTIVE_STATES),
+        ).order_by("instance_id", "created_at", "id").values_list("instance_id", "pk", "kind", "state")
+    )
+    for instance_id, pk, other_kind, state in in_the_way:
+        refused.setdefault(instance_id, f"{other_kind} #{pk} is {state} on it")
+    made = Operation.objects.bulk_create([
+        Operation(kind=kind, requested_by=requested_by, params=params or {}, steps=[], instance_id=pk)
+        for pk in instance_ids if pk not in refused
+    ])
+    audit_record_many([
+        {"action": "operation.create", "target": operation, "actor": requested_by,
+         "target_label": f"{kind} #{operation.pk} of instance {names[operation.instance_id]}",
+         "details": {"kind": str(kind), "attempt": 0}}
+        for operation in made
+    ])
+    operations_enqueue(made)
+    return {operation.instance_id: operation for operation in made}, refused
+
+
+def operations_enqueue(operations: list[Operation]) -> None:
+    """``operation_enqueue`` for many: their ids go to django-q2 once the transaction commits, and their task ids
+    are written back in one ``UPDATE``."""
+    if not operations:
+        return
+    sent = [(operation.pk, str(operation.kind)) for operation in operations]
+
+    def send():
+        from django_q.tasks import async_task
+
+        task_ids = {}
+        for operation_id, kind in sent:
+            task_id = async_task(
+                "provisioning.tasks.operation_execute", operation_id, task_name=f"{kind}-{operation_id}", group=kind,
+            )
+            if task_id:
+                task_ids[operation_id] = str(task_id)
+        if task_ids:
+            Operation.objects.filter(pk__in=list(task_ids)).update(
+                task_id=Case(*(When(pk=pk, then=Value(task_id)) for pk, task_id in task_ids.items()),
+                             output_field=CharField())
+            )
+
+    transaction.on_commit(send)
 
 
 def operation_enqueue(operation: Operation) -> None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from django.db import transaction
-from django.db.models import Count, F, IntegerField, OuterRef, Subquery, Value
+from django.db import connection, transaction
+from django.db.models import Case, CharField, Count, F, IntegerField, OuterRef, Subquery, Value, When
 from django.db.models.functions import Coalesce, Mod
 from django.utils import timezone
 
@@ -28,10 +28,10 @@ from cells.choices import (
     TargetState,
     WaveState,
 )
-from cells.errors import IllegalTransition, Refused
+from cells.errors import IllegalTransition
 from cells.models import Instance, Operation, Release, Rollout, RolloutTarget, RolloutWave
 from cells.states import RELEASE, ROLLOUT
-from provisioning.operations import operation_create, operation_refuse_conflicts
+from provisioning.operations import operation_create, operation_refuse_conflicts, operations_create_for_instances
 
 logger = logging.getLogger(__name__)
 MINUTES_PER_WEEK = 7 * 24 * 60
@@ -91,7 +91,9 @@ def rollout_create(
 ) -> Rollout:
     """Plan a rollout: one wave per rollout ring (ascending, ring 0 = canary), every eligible instance a target.
 
-    Raises ``IllegalTransition`` for a draft or withdrawn release. Costs a constant number of queries.
+    Raises ``IllegalTransition`` for a draft or withdrawn release. Costs four statements at any fleet size (the
+    rollout, its waves and its targets each one ``INSERT``, the waves' totals one ``UPDATE``): the candidates are
+    never brought into Python.
     """
     if release.state not in (ReleaseState.AVAILABLE, ReleaseState.DEFAULT):
         raise IllegalTransition(release, release.state, "rolled out")
@@ -99,19 +101,27 @@ def rollout_create(
         release=release, created_by=requested_by, batch_size=batch_size, bake_minutes=bake_minutes,
         max_failures=max_failures, max_failure_ratio=max_failure_ratio,
     )
-    candidates = list(rollout_targets_queryset(release).values_list("pk", "reef__rollout_ring", "server_version"))
-    rings = sorted({ring for _, ring, _ in candidates})
-    waves = RolloutWave.objects.bulk_create(
-        [RolloutWave(rollout=rollout, position=position, ring=ring) for position, ring in enumerate(rings)]
+    candidates, params = (
+        rollout_targets_queryset(release).order_by()
+        .values(candidate=F("pk"), version=F("server_version"), ring=F("reef__rollout_ring"))
+        .query.sql_with_params()
     )
-    wave_of_ring = {wave.ring: wave for wave in waves}
-    RolloutTarget.objects.bulk_create(
-        [
-            RolloutTarget(rollout=rollout, wave=wave_of_ring[ring], instance_id=pk, from_version=version)
-            for pk, ring, version in candidates
-        ],
-        batch_size=2000,
-    )
+    wave, target = RolloutWave._meta.db_table, RolloutTarget._meta.db_table
+    with connection.cursor() as cursor:
+        # One wave per ring that has a candidate, numbered in ring order.
+        cursor.execute(
+            f"INSERT INTO {wave} (rollout_id, position, ring, state, total, upgrading, succeeded, failed, skipped) "
+            f"SELECT %s, ROW_NUMBER() OVER (ORDER BY c.ring) - 1, c.ring, %s, 0, 0, 0, 0, 0 "
+            f"FROM ({candidates}) c GROUP BY c.ring",
+            [rollout.pk, WaveState.PENDING, *params],
+        )
+        cursor.execute(
+            f"INSERT INTO {target} (rollout_id, wave_id, instance_id, state, from_version, note) "
+            f"SELECT %s, w.id, c.candidate, %s, c.version, '' FROM ({candidates}) c "
+            f"JOIN {wave} w ON w.rollout_id = %s AND w.ring = c.ring",
+            [rollout.pk, TargetState.PENDING, *params, rollout.pk],
+        )
+    # Totals from the targets themselves, so they agree with what was inserted whatever changed in between.
     per_wave = RolloutTarget.objects.filter(wave=OuterRef("pk")).values("wave").annotate(n=Count("pk")).values("n")
     RolloutWave.objects.filter(rollout=rollout).update(total=Coalesce(Subquery(per_wave), 0))
     return rollout
@@ -211,37 +221,49 @@ def _halt_if_failing(rollout: Rollout, wave: RolloutWave, counts: dict[str, int]
 
 
 def _start_upgrades(rollout: Rollout, wave: RolloutWave, in_flight: int, now: datetime) -> int:
-    """Start up to batch_size − in_flight upgrades among the wave's pending targets whose window is open."""
+    """Start up to batch_size − in_flight upgrades among the wave's pending targets whose window is open.
+
+    Set-based, so its cost does not grow with the batch: skip the targets whose instance left the upgradable states
+    or was pinned (two ``UPDATE``), lock the chosen targets (one ``SELECT``), make their upgrade operations with the
+    rule of ``instance_upgrade`` (``operations_create_for_instances``: four statements) and record each target's
+    outcome (one ``UPDATE``); a refused target stays pending with the reason in its note.
+    """
     room = rollout.batch_size - in_flight
     if room <= 0:
+        return 0
+    release = rollout.release
+    if release.state not in (ReleaseState.AVAILABLE, ReleaseState.DEFAULT):
+        logger.warning("rollout %s: release %s is %s and cannot be installed", rollout.pk, release, release.state)
         return 0
     pending = RolloutTarget.objects.filter(wave=wave, state=TargetState.PENDING)
     # Instances that left the upgradable states, or were pinned since planning, are skipped.
     pending.exclude(instance__state__in=UPGRADABLE_STATES).update(state=TargetState.SKIPPED, note="not running")
     pending.filter(instance__version_pinned=True).update(state=TargetState.SKIPPED, note="pinned")
-    chosen = list(
-        annotate_window(pending.select_related("instance"), now)
+    chosen = dict(
+        annotate_window(pending, now)
         .filter(window_offset__lt=Instance.MAINTENANCE_WINDOW_MINUTES)
-        .order_by("pk")[:room]
+        .select_for_update(of=("self",))
+        .order_by("pk")
+        .values_list("pk", "instance_id")[:room]
     )
-    started = 0
-    for target in chosen:
-        with transaction.atomic():
-            if not RolloutTarget.objects.filter(pk=target.pk, state=TargetState.PENDING).update(
-                state=TargetState.UPGRADING, started_at=now
-            ):
-                continue  # another tick took it
-            try:
-                with transaction.atomic():
-                    operation = instance_upgrade(instance=target.instance, release=rollout.release,
-                                                 requested_by=rollout.created_by)
-            except Refused as refusal:  # busy with work that excludes an upgrade, or its state changed
-                RolloutTarget.objects.filter(pk=target.pk).update(state=TargetState.PENDING, started_at=None,
-                                                                  note=str(refusal)[:250])
-                continue
-            RolloutTarget.objects.filter(pk=target.pk).update(operation=operation)
-            started += 1
-    return started
+    if not chosen:
+        return 0
+    made, refused = operations_create_for_instances(
+        kind=OperationKind.UPGRADE, instance_ids=list(chosen.values()), allowed_states=UPGRADABLE_STATES,
+        requested_by=rollout.created_by, params={"version": release.version, "image": release.image},
+    )
+    started = {pk: made[instance_id].pk for pk, instance_id in chosen.items() if instance_id in made}
+    notes = {pk: refused[instance_id][:250] for pk, instance_id in chosen.items() if instance_id in refused}
+    if started:
+        RolloutTarget.objects.filter(pk__in=list(started), state=TargetState.PENDING).update(
+            state=TargetState.UPGRADING, started_at=now,
+            operation_id=Case(*(When(pk=pk, then=Value(operation_id)) for pk, operation_id in started.items())),
+        )
+    if notes:
+        RolloutTarget.objects.filter(pk__in=list(notes)).update(
+            note=Case(*(When(pk=pk, then=Value(note)) for pk, note in notes.items()), output_field=CharField())
+        )
+    return len(started)
 
 
 def _advance(rollout: Rollout, now: datetime) -> None:
