@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -306,10 +307,12 @@ def _claim(operation_id: int) -> Operation | None:
     )
     if not claimed:
         return None
-    OperationWatch.objects.update_or_create(
-        operation_id=operation_id, defaults={"claimed_at": now, "worker": worker_name()}
+    OperationWatch.objects.bulk_create(  # one upsert
+        [OperationWatch(operation_id=operation_id, claimed_at=now, worker=worker_name())],
+        update_conflicts=True, unique_fields=["operation"], update_fields=["claimed_at", "worker"],
     )
-    return Operation.objects.get(pk=operation_id)
+    # The instance too (the plans read it): one query for both.
+    return Operation.objects.select_related("instance").get(pk=operation_id)
 
 
 class _Heartbeat:
@@ -351,36 +354,82 @@ class CallTimedOut(TransientDriverError):
     """A call did not return within its time limit and was abandoned (it may still finish on its own)."""
 
 
-def call_with_timeout(work: Callable[[threading.Event], T], *, seconds: float | None, name: str) -> T:
-    """Run ``work(abandoned)`` and return its result, giving up after ``seconds`` with ``CallTimedOut``.
+class StepThread:
+    """Runs calls one after another in one thread of its own, each under a time limit, on one database connection
+    of its own: opened by the first call that needs it, closed when ``close`` ends the thread. An operation's steps
+    share one, so a step costs no new connection.
 
-    The call runs in a thread of its own (with this thread's log context and a database connection of its own,
-    closed when it ends); ``abandoned`` is set when the caller stops waiting, so work that has not begun its
-    side effect yet can skip it. Python cannot stop the thread: an abandoned call may finish later. Inside an open
-    transaction (a test's, or a caller's that the call must see) the call runs inline, without a limit.
+    A call that overruns its limit is abandoned with its thread (Python cannot stop a thread): that thread ends, and
+    closes its connection, once the call returns; the next call gets a fresh thread. Each call runs with the caller's
+    log context (``contextvars``) and its thread carries the call's name.
     """
-    abandoned = threading.Event()
-    if not seconds or connection.in_atomic_block:
-        return work(abandoned)
-    outcome: dict = {}
 
-    def target():
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._calls: queue.SimpleQueue | None = None
+
+    def call(self, work: Callable[[threading.Event], T], *, seconds: float | None, name: str) -> T:
+        """``work(abandoned)``'s result, or ``CallTimedOut`` after ``seconds`` (None: no limit); ``abandoned`` is set
+        when the caller stops waiting, so work that has not begun its side effect yet can skip it."""
+        if self._thread is None:
+            self._calls = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._serve, args=(self._calls,), daemon=True, name=name)
+            self._thread.start()
+        self._thread.name = name
+        abandoned, done, outcome = threading.Event(), threading.Event(), {}
+        self._calls.put((contextvars.copy_context(), work, abandoned, outcome, done))
+        if not done.wait(seconds or None):
+            abandoned.set()
+            self._calls.put(None)  # that thread ends once the abandoned call returns
+            self._thread = self._calls = None
+            raise CallTimedOut(f"{name} timed out after {seconds:g}s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
+    def close(self) -> None:
+        """End the thread (it is idle: every call it was given has returned) and close its connection."""
+        if self._thread is not None:
+            self._calls.put(None)
+            self._thread.join()
+            self._thread = self._calls = None
+
+    @staticmethod
+    def _serve(calls: queue.SimpleQueue) -> None:
         try:
-            outcome["value"] = work(abandoned)
-        except BaseException as error:  # handed to the waiting thread
-            outcome["error"] = error
+            while (item := calls.get()) is not None:
+                context, work, abandoned, outcome, done = item
+                try:
+                    outcome["value"] = context.run(work, abandoned)
+                except BaseException as error:  # handed to the waiting thread
+                    outcome["error"] = error
+                finally:
+                    if connection.errors_occurred:  # a broken connection is not handed to the next call
+                        connection.close_if_unusable_or_obsolete()
+                    done.set()
         finally:
             connection.close()
 
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), daemon=True, name=name)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        abandoned.set()
-        raise CallTimedOut(f"{name} timed out after {seconds:g}s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
+
+def call_with_timeout(
+    work: Callable[[threading.Event], T], *, seconds: float | None, name: str, runner: StepThread | None = None,
+) -> T:
+    """Run ``work(abandoned)`` and return its result, giving up after ``seconds`` with ``CallTimedOut``.
+
+    The call runs in ``runner``'s thread (see ``StepThread``), or in a thread of its own with a database connection
+    of its own, closed when it ends; ``abandoned`` is set when the caller stops waiting, so work that has not begun
+    its side effect yet can skip it. Python cannot stop the thread: an abandoned call may finish later. Inside an
+    open transaction (a test's, or a caller's that the call must see) the call runs inline, without a limit.
+    """
+    if not seconds or connection.in_atomic_block:
+        return work(threading.Event())
+    if runner is not None:
+        return runner.call(work, seconds=seconds, name=name)
+    runner = StepThread()
+    try:
+        return runner.call(work, seconds=seconds, name=name)
+    finally:
+        runner.close()
 
 
 class _LostClaim(Exception):
@@ -393,9 +442,10 @@ def _holding(operation: Operation) -> bool:
     ).exists()
 
 
-def _run_step(operation: Operation, name: str, step: Callable[[Operation], None]) -> None:
-    """Run one step, retrying transient errors (a timed-out call is one) with exponential backoff; raise the last
-    error when out of tries, or ``_LostClaim`` when the operation was taken from this worker between tries."""
+def _run_step(operation: Operation, name: str, step: Callable[[Operation], None], runner: StepThread) -> None:
+    """Run one step in ``runner``'s thread, retrying transient errors (a timed-out call is one) with exponential
+    backoff; raise the last error when out of tries, or ``_LostClaim`` when the operation was taken from this worker
+    between tries."""
     attempts = settings.CELLHUB["STEP_ATTEMPTS"]
     delay = settings.CELLHUB["STEP_BACKOFF"]
     point = f"{operation.kind}.{name}"
@@ -412,7 +462,8 @@ def _run_step(operation: Operation, name: str, step: Callable[[Operation], None]
         if attempt > 1 and not _holding(operation):
             raise _LostClaim
         try:
-            call_with_timeout(work, seconds=timeout, name=f"step {name} of {operation.kind} #{operation.pk}")
+            call_with_timeout(work, seconds=timeout, name=f"step {name} of {operation.kind} #{operation.pk}",
+                              runner=runner)
             return
         except TransientDriverError as error:
             if attempt == attempts:
@@ -468,41 +519,48 @@ def operation_run(operation_id: int) -> str | None:
         logger.info("operation %s not claimable (finished, or held by a live worker)", operation_id)
         return None
     plan = plan_for(operation.kind)
-    instance = Instance.objects.filter(pk=operation.instance_id).values_list("name", flat=True).first()
-    with log_context(operation_id=operation.pk, operation_kind=str(operation.kind), instance=instance):
-        _audit(operation, "operation.start", worker=worker_name())
-        logger.info("operation %s attempt %s started on %s", operation.pk, operation.attempts, worker_name())
-        try:
-            with _Heartbeat(operation.pk, operation.attempts):
-                plan.begin(operation)
-                for name, step in plan.steps:
-                    if name in operation.done_step_names:
-                        continue
-                    if not _holding(operation):
-                        raise _LostClaim
-                    started_at = timezone.now()
-                    logger.info("step %s started", name, extra={"step": name})
-                    _run_step(operation, name, step)
-                    _record_step(operation, name, started_at)
-                    seconds = (timezone.now() - started_at).total_seconds()
-                    logger.info("step %s finished in %.2fs", name, seconds, extra={"step": name})
-            if not _end(operation, OperationState.SUCCEEDED, then=lambda: plan.succeed(operation)):
+    instance = operation.instance.name if operation.instance_id else None
+    runner = StepThread()  # the steps' calls share its thread and its one database connection
+    try:
+        with log_context(operation_id=operation.pk, operation_kind=str(operation.kind), instance=instance):
+            _audit(operation, "operation.start", worker=worker_name())
+            logger.info("operation %s attempt %s started on %s", operation.pk, operation.attempts, worker_name())
+            try:
+                with _Heartbeat(operation.pk, operation.attempts):
+                    plan.begin(operation)
+                    confirmed = False  # whether this attempt was seen holding the operation since the last step began
+                    for name, step in plan.steps:
+                        if name in operation.done_step_names:
+                            continue
+                        # Recording the previous step confirmed the hold a moment ago; otherwise ask.
+                        if not confirmed and not _holding(operation):
+                            raise _LostClaim
+                        started_at = timezone.now()
+                        logger.info("step %s started", name, extra={"step": name})
+                        _run_step(operation, name, step, runner)
+                        _record_step(operation, name, started_at)
+                        confirmed = True
+                        seconds = (timezone.now() - started_at).total_seconds()
+                        logger.info("step %s finished in %.2fs", name, seconds, extra={"step": name})
+                if not _end(operation, OperationState.SUCCEEDED, then=lambda: plan.succeed(operation)):
+                    return _let_go(operation)
+            except _LostClaim:
                 return _let_go(operation)
-        except _LostClaim:
-            return _let_go(operation)
-        except Exception as error:  # every failure ends in an honest, retryable state
-            if not isinstance(error, PermanentDriverError | TransientDriverError):
-                logger.exception("operation %s failed unexpectedly", operation.pk)
-            message = f"{error.__class__.__name__}: {error}"
-            if not _holding(operation):
-                return _let_go(operation)
-            cleanup = plan.fail(operation, message)
-            operation.refresh_from_db()
-            if not _end(operation, OperationState.FAILED, error=message + (f"\n{cleanup}" if cleanup else "")):
-                return _let_go(operation, cleanup_done=cleanup or "the plan's clean-up ran")
-            failed_at = next((name for name in plan.step_names if name not in operation.done_step_names), "")
-            operation_failure_notify(operation=operation, step=failed_at)
-    return operation.state
+            except Exception as error:  # every failure ends in an honest, retryable state
+                if not isinstance(error, PermanentDriverError | TransientDriverError):
+                    logger.exception("operation %s failed unexpectedly", operation.pk)
+                message = f"{error.__class__.__name__}: {error}"
+                if not _holding(operation):
+                    return _let_go(operation)
+                cleanup = plan.fail(operation, message)
+                operation.refresh_from_db()
+                if not _end(operation, OperationState.FAILED, error=message + (f"\n{cleanup}" if cleanup else "")):
+                    return _let_go(operation, cleanup_done=cleanup or "the plan's clean-up ran")
+                failed_at = next((name for name in plan.step_names if name not in operation.done_step_names), "")
+                operation_failure_notify(operation=operation, step=failed_at)
+        return operation.state
+    finally:
+        runner.close()
 
 
 def _let_go(operation: Operation, cleanup_done: str | None = None) -> str | None:

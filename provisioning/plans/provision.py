@@ -115,15 +115,16 @@ def provision_dns(operation: Operation) -> None:
 
 
 def provision_succeed(operation: Operation) -> None:
+    """provisioning → running, and the welcome mail once that commits. The engine calls it inside the transaction
+    that ends the operation (so it opens no savepoint of its own)."""
     instance = operation.instance
-    with transaction.atomic():
-        INSTANCE.change(instance, InstanceState.RUNNING, hostname=instance.hostname or instance_hostname(instance))
-        transaction.on_commit(lambda: instance_send_welcome(instance_id=instance.pk))
+    INSTANCE.change(instance, InstanceState.RUNNING, hostname=instance.hostname or instance_hostname(instance))
+    transaction.on_commit(lambda: instance_send_welcome(instance_id=instance.pk))
 
 
 def instance_send_welcome(*, instance_id: int) -> None:
     """Tell the owner their instance is running and where; a mail failure never fails the provision."""
-    instance = Instance.objects.select_related("owner").get(pk=instance_id)
+    instance = Instance.objects.select_related("owner", "region").get(pk=instance_id)
     if not instance.owner.email:
         return
     try:
