@@ -46,6 +46,22 @@ def test_production_refuses_to_start_without_a_secret_key():
     assert result.returncode != 0 and "SECRET_KEY is required" in result.stderr
 
 
+@pytest.mark.parametrize("redis_url, broker", [("redis://127.0.0.1:6379/0", "Redis"), ("", "ORM")])
+def test_redis_is_the_broker_whenever_redis_url_is_set(redis_url, broker, tmp_path):
+    """The ORM broker polls the database (a pickup costs up to its poll interval and a query per poll per worker);
+    Redis hands a task to a waiting worker at once: it is the broker as soon as there is one."""
+    environment = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
+    environment["CELLHUB_VAR_DIR"] = str(tmp_path)  # an empty SQLite database: nothing is read from it
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c",
+         "from django_q.brokers import get_broker; print(type(get_broker()).__name__)"],
+        cwd=ROOT, env={**environment, **({"REDIS_URL": redis_url} if redis_url else {})},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == broker
+
+
 def test_no_migrations_left_to_make():
     result = _manage("makemigrations", "--check", "--dry-run")
     assert result.returncode == 0, result.stdout + result.stderr
