@@ -3,8 +3,8 @@
     .venv/bin/python bench/fleet.py --sizes 1000,10000,100000
 
 For each size it builds a fleet in seconds (INSERT … SELECT generate_series, triggers off, then the slot counters
-refilled from the rows): ``size`` running instances in ``size / 100`` reefs of one region, each reef and pool 80%
-full, one succeeded provision operation per instance. Then it measures (medians):
+and tallies refilled from the rows): ``size`` running instances in ``size / 100`` reefs of one region, each reef and
+pool 80% full, one succeeded provision operation per instance. Then it measures (medians):
 
 - placement: ``instance_place`` in its own transaction, against the bare allocation
   ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING`` on a table of the same size;
@@ -46,12 +46,13 @@ def build_fleet(size: int) -> None:
     from django.db import connection
 
     from cells.counters import counters_refill
+    from cells.tally import tally_refill
 
     reefs = max(size // PER_REEF, 1)
     capacity = PER_REEF + HEADROOM
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE cells_region, cells_reef, cells_pool, cells_share, cells_instance, cells_operation, "
-                       "cells_capacityshortfall CASCADE")
+                       "cells_capacityshortfall, cells_tally CASCADE")
         cursor.execute("DROP TABLE IF EXISTS bench_slots")
     owner, _ = get_user_model().objects.get_or_create(username="bench")
     with connection.cursor() as cursor:
@@ -108,6 +109,7 @@ def build_fleet(size: int) -> None:
         )
         cursor.execute("SET session_replication_role = DEFAULT")
         counters_refill()
+        tally_refill()
         cursor.execute("CREATE TABLE bench_slots (id serial PRIMARY KEY, taken_by int)")
         cursor.execute("INSERT INTO bench_slots (taken_by) SELECT n FROM generate_series(1, %s) n", [size])
         cursor.execute("INSERT INTO bench_slots (taken_by) SELECT NULL FROM generate_series(1, %s)",

@@ -584,3 +584,21 @@ class AuditEvent(models.Model):
     def __str__(self):
         who = self.actor_label or self.get_actor_kind_display()
         return f"{who}: {self.action} {self.target_type} {self.target_label or self.target_id} — {self.outcome}"
+
+
+class Tally(models.Model):
+    """A signed delta of a fleet count, appended by the database's triggers (see ``cells.tally``): never written by
+    the hub's code except when ``cells.tally.tally_read`` folds the deltas into one row per key."""
+
+    family = models.CharField(max_length=16, help_text="instances, operations or durations.")
+    a = models.CharField(max_length=64, help_text="The region id (instances) or the operation's kind.")
+    b = models.CharField(max_length=32, help_text="The state.")
+    bucket = models.SmallIntegerField(default=-1, help_text="durations: the histogram bucket (-1: past the last).")
+    n = models.BigIntegerField()
+    seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        db_table = "cells_tally"
+
+    def __str__(self):
+        return f"{self.family} {self.a}/{self.b}/{self.bucket}: {self.n:+d}"

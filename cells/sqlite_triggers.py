@@ -7,6 +7,7 @@ every ``migrate`` and created again after it (``cells.apps``); between migration
 from django.db import connections
 
 from cells.counters import HOLDING_SQL, USED_SHARES_SQL
+from cells.tally import FINAL_SQL, bucket_sql, seconds_sql
 
 _SHARE_BODY = """
 BEGIN
@@ -60,7 +61,51 @@ CREATE += [
     "CREATE TRIGGER IF NOT EXISTS cells_share_counters_update AFTER UPDATE OF status, pool_id ON cells_share "
     f"FOR EACH ROW BEGIN {_share_slots('-', 'OLD')} {_share_slots('+', 'NEW')} END;",
 ]
+
+
+# The fleet tallies (see cells.tally): signed deltas appended in the changing transaction.
+def _instance_tally(sign: str, row: str) -> str:
+    return (
+        "INSERT INTO cells_tally (family, a, b, bucket, n, seconds) "
+        f"VALUES ('instances', CAST({row}.region_id AS TEXT), {row}.state, -1, {sign}1, 0);"
+    )
+
+
+def _operation_tally(sign: str, row: str, only_if_changed: bool = False) -> str:
+    changed = " WHERE OLD.kind IS NOT NEW.kind OR OLD.state IS NOT NEW.state" if only_if_changed else ""
+    seconds = seconds_sql("sqlite", row)
+    return (
+        "INSERT INTO cells_tally (family, a, b, bucket, n, seconds) "
+        f"SELECT 'operations', {row}.kind, {row}.state, -1, {sign}1, 0{changed}; "
+        "INSERT INTO cells_tally (family, a, b, bucket, n, seconds) "
+        f"SELECT 'durations', {row}.kind, {row}.state, {bucket_sql(seconds)}, {sign}1, {sign}{seconds} "
+        f"WHERE {row}.state IN ({FINAL_SQL}) AND {row}.started_at IS NOT NULL AND {row}.finished_at IS NOT NULL;"
+    )
+
+
+CREATE += [
+    "CREATE TRIGGER IF NOT EXISTS cells_instance_tally_insert AFTER INSERT ON cells_instance FOR EACH ROW "
+    f"BEGIN {_instance_tally('+', 'NEW')} END;",
+    "CREATE TRIGGER IF NOT EXISTS cells_instance_tally_delete AFTER DELETE ON cells_instance FOR EACH ROW "
+    f"BEGIN {_instance_tally('-', 'OLD')} END;",
+    "CREATE TRIGGER IF NOT EXISTS cells_instance_tally_update AFTER UPDATE OF state, region_id ON cells_instance "
+    "FOR EACH ROW WHEN OLD.state IS NOT NEW.state OR OLD.region_id IS NOT NEW.region_id "
+    f"BEGIN {_instance_tally('-', 'OLD')} {_instance_tally('+', 'NEW')} END;",
+    "CREATE TRIGGER IF NOT EXISTS cells_operation_tally_insert AFTER INSERT ON cells_operation FOR EACH ROW "
+    f"BEGIN {_operation_tally('+', 'NEW')} END;",
+    "CREATE TRIGGER IF NOT EXISTS cells_operation_tally_delete AFTER DELETE ON cells_operation FOR EACH ROW "
+    f"BEGIN {_operation_tally('-', 'OLD')} END;",
+    "CREATE TRIGGER IF NOT EXISTS cells_operation_tally_update AFTER UPDATE OF kind, state, started_at, finished_at "
+    f"ON cells_operation FOR EACH ROW BEGIN {_operation_tally('-', 'OLD', True)} "
+    f"{_operation_tally('+', 'NEW', True)} END;",
+]
 DROP = [
+    "DROP TRIGGER IF EXISTS cells_instance_tally_insert",
+    "DROP TRIGGER IF EXISTS cells_instance_tally_delete",
+    "DROP TRIGGER IF EXISTS cells_instance_tally_update",
+    "DROP TRIGGER IF EXISTS cells_operation_tally_insert",
+    "DROP TRIGGER IF EXISTS cells_operation_tally_delete",
+    "DROP TRIGGER IF EXISTS cells_operation_tally_update",
     "DROP TRIGGER IF EXISTS cells_instance_counters_insert",
     "DROP TRIGGER IF EXISTS cells_instance_counters_delete",
     "DROP TRIGGER IF EXISTS cells_instance_counters_update",
@@ -92,7 +137,7 @@ def create_after_migrate(sender, using="default", **kwargs):
     if connection is None:
         return
     tables = set(connection.introspection.table_names())
-    if {"cells_pool", "cells_share", "cells_instance", "cells_reef"} <= tables:
+    if {"cells_pool", "cells_share", "cells_instance", "cells_reef", "cells_operation", "cells_tally"} <= tables:
         with connection.cursor() as cursor:
             for statement in CREATE:
                 cursor.execute(statement)

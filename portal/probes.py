@@ -3,35 +3,45 @@
 - ``/healthz``: the process is alive;
 - ``/readyz``: the database answers and the task broker is reachable (503 naming what is not);
 - ``/metrics``: the fleet in the Prometheus text format, read fresh from the database on each scrape by
-  ``HubCollector`` in a fixed number of queries, whatever the fleet's size. With ``CELLHUB_METRICS_TOKEN`` set it
+  ``HubCollector`` in a fixed number of queries, and from counts the database keeps (``cells.tally``, the slot
+  counters of ``cells.counters``) rather than from a count of the fleet: its cost follows the number of regions,
+  reefs and pools, not of instances or operations. With ``CELLHUB_METRICS_TOKEN`` set it
   answers only ``Authorization: Bearer <that token>``; without one it is open in development and closed (403) in
   production unless ``CELLHUB_METRICS_OPEN=1`` opens it (a scrape from a private network).
 """
 from __future__ import annotations
 
+import functools
 import hmac
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Min, Q, Sum
+from django.db.models import Count, F, Max, Min, Q, Sum
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 from django_q.brokers import get_broker
-from django_q.models import Schedule
+from django_q.brokers.orm import ORM
+from django_q.conf import Conf
+from django_q.models import OrmQ, Schedule
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
-from cells.choices import OPERATION_FINAL_STATES, InstanceState, OperationKind, OperationState
-from cells.models import Instance, Operation, Region
-from cells.selectors import reefs_with_capacity
+from cells.choices import PLACEABLE_POOL_STATES, InstanceState, OperationKind, OperationState, PoolKind
+from cells.models import Instance, Pool, Reef, Region
+from cells.tally import DURATION_BUCKETS, tally_read
 from provisioning.backups.selectors import BACKUP_STATES
-from provisioning.models import ORPHAN_OPEN_STATES, Backup, BackupKind, BackupState, HealthStatus, Orphan
+from provisioning.models import (
+    NEEDS_ATTENTION,
+    ORPHAN_OPEN_STATES,
+    Backup,
+    BackupKind,
+    BackupState,
+    HealthStatus,
+    InstanceHealth,
+    Orphan,
+)
 from provisioning.watchdog import stuck_operations
-
-# Buckets of the operation duration histogram, in seconds: a stop takes seconds, a storage gateway hours.
-DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600)
 
 
 @require_GET
@@ -59,12 +69,38 @@ def readyz(request):
     return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
 
 
+@functools.cache
+def _broker():
+    return get_broker()
+
+
+def queue_depth() -> int:
+    """Tasks waiting in the django-q2 queue. One broker per process (a new one per scrape would open a new Redis
+    connection pool each time); with the ORM broker, counted here, because its own ``queue_size`` first closes this
+    thread's database connection (``close_old_connections``), so the scrape's next query would open a new one."""
+    broker = _broker()
+    if isinstance(broker, ORM):
+        return OrmQ.objects.using(Conf.ORM).filter(key=broker.list_key, lock__lte=timezone.now()).count()
+    return broker.queue_size()
+
+
 class HubCollector:
     """Collects the hub's gauges from the database at each scrape; the number of queries does not grow with the
     fleet (one or two per family)."""
 
     def __init__(self, now=None):
         self.now = now or timezone.now()
+        self._tallies = None
+
+    @property
+    def tallies(self) -> dict:
+        """The database's tallies (``cells.tally``), read once per scrape."""
+        if self._tallies is None:
+            self._tallies = tally_read()
+        return self._tallies
+
+    def tally(self, family: str) -> dict:
+        return {key[1:]: value for key, value in self.tallies.items() if key[0] == family}
 
     def collect(self):
         yield from self.instances()
@@ -78,14 +114,10 @@ class HubCollector:
 
     def instances(self):
         family = GaugeMetricFamily("cellhub_instances", "Instances by state and region", labels=["state", "region"])
-        counts = {
-            (state, region): total
-            for state, region, total in Instance.objects.order_by().values_list("state", "region__slug")
-            .annotate(total=Count("pk"))
-        }
-        for region in Region.objects.order_by("slug").values_list("slug", flat=True):
+        counts = {(region_id, state): n for (region_id, state, _), (n, _) in self.tally("instances").items()}
+        for region_id, region in Region.objects.order_by("slug").values_list("pk", "slug"):
             for state in InstanceState.values:
-                family.add_metric([state, region], counts.get((state, region), 0))
+                family.add_metric([state, region], counts.get((str(region_id), state), 0))
         yield family
 
     def free_slots(self):
@@ -95,22 +127,28 @@ class HubCollector:
             "instance slots (max_instances) and placeable slots (the least of them) of the reef",
             labels=["region", "reef", "kind"],
         )
-        reefs = reefs_with_capacity().select_related("region").order_by("region__slug", "slug")
-        for reef in reefs:
-            for kind, value in (
-                ("database", reef.free_database_slots), ("storage", reef.free_storage_slots),
-                ("compute", reef.free_compute_slots), ("instance", reef.free_instance_slots),
-                ("placeable", reef.placeable_slots),
-            ):
-                family.add_metric([reef.region.slug, reef.slug, kind], value)
+        # Set-based over the pools' slot counters: one grouped pass, not a subquery per reef (as selectors'
+        # reefs_with_capacity, which gives the same numbers).
+        free = {}
+        shared = Pool.objects.filter(status__in=[str(s) for s in PLACEABLE_POOL_STATES], dedicated=False)
+        for reef_id, kind, slots, shares in (
+            shared.order_by().values_list("reef_id", "kind")
+            .annotate(slots=Sum(F("capacity") - F("slots_held")), shares=Sum("shares_available"))
+        ):
+            free[(reef_id, kind)] = shares if kind == PoolKind.STORAGE else max(slots, 0)
+        reefs = Reef.objects.order_by("region__slug", "slug").values_list(
+            "pk", "slug", "region__slug", "max_instances", "placed_instances"
+        )
+        for reef_id, slug, region, max_instances, placed in reefs:
+            values = {kind: free.get((reef_id, kind), 0) for kind in ("database", "storage", "compute")}
+            values["instance"] = max(max_instances - placed, 0)
+            values["placeable"] = min(values.values())
+            for kind, value in values.items():
+                family.add_metric([region, slug, kind], value)
         return family
 
     def operations(self):
-        counts = {
-            (kind, state): total
-            for kind, state, total in Operation.objects.order_by().values_list("kind", "state")
-            .annotate(total=Count("pk"))
-        }
+        counts = {(kind, state): n for (kind, state, _), (n, _) in self.tally("operations").items()}
         family = GaugeMetricFamily("cellhub_operations", "Operations by kind and state", labels=["kind", "state"])
         for kind in sorted(set(OperationKind.values) | {kind for kind, _ in counts}):
             for state in OperationState.values:
@@ -124,28 +162,24 @@ class HubCollector:
             failed.add_metric([kind], counts.get((kind, OperationState.FAILED), 0))
         yield failed
 
-        duration = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
-        buckets = {f"le_{i}": Count("pk", filter=Q(duration__lte=timedelta(seconds=b)))
-                   for i, b in enumerate(DURATION_BUCKETS)}
-        rows = (
-            Operation.objects.filter(
-                state__in=sorted(str(state) for state in OPERATION_FINAL_STATES),
-                started_at__isnull=False, finished_at__isnull=False,
-            )
-            .annotate(duration=duration)
-            .order_by()
-            .values("kind", "state")
-            .annotate(total=Count("pk"), seconds=Sum("duration"), **buckets)
-        )
+        # Finished operations by duration bucket (-1: past the last), kept by the database as they end.
+        per_bucket: dict = {}
+        for (kind, state, bucket), (n, seconds) in self.tally("durations").items():
+            row = per_bucket.setdefault((kind, state), {"buckets": {}, "seconds": 0.0})
+            row["buckets"][bucket] = n
+            row["seconds"] += seconds
         histogram = HistogramMetricFamily(
             "cellhub_operation_duration_seconds",
             "Duration of finished operations (first claim to end), by kind and outcome",
             labels=["kind", "outcome"],
         )
-        for row in rows:
-            cumulative = [(str(float(b)), row[f"le_{i}"]) for i, b in enumerate(DURATION_BUCKETS)]
-            seconds = row["seconds"].total_seconds() if row["seconds"] is not None else 0.0
-            histogram.add_metric([row["kind"], row["state"]], [*cumulative, ("+Inf", row["total"])], seconds)
+        for (kind, state), row in sorted(per_bucket.items()):
+            cumulative, running = [], 0
+            for index, bound in enumerate(DURATION_BUCKETS):
+                running += row["buckets"].get(index, 0)
+                cumulative.append((str(float(bound)), running))
+            total = running + row["buckets"].get(-1, 0)
+            histogram.add_metric([kind, state], [*cumulative, ("+Inf", total)], max(row["seconds"], 0.0))
         yield histogram
 
         stuck = GaugeMetricFamily(
@@ -163,7 +197,7 @@ class HubCollector:
     def queue(self):
         up = GaugeMetricFamily("cellhub_task_broker_up", "1 when the task broker answered this scrape")
         try:
-            depth = get_broker().queue_size()
+            depth = queue_depth()
         except Exception:
             up.add_metric([], 0)
             yield up
@@ -184,7 +218,7 @@ class HubCollector:
             labels=["kind"],
         )
         should_have = Instance.objects.filter(state__in=[str(s) for s in BACKUP_STATES])
-        expected = should_have.count()
+        expected = sum(n for (_, state, _), (n, _) in self.tally("instances").items() if state in BACKUP_STATES)
         for kind in BackupKind.values:
             # Set-based: each instance's latest successful backup in one grouped pass, then its bounds over them.
             latest = (
@@ -200,10 +234,11 @@ class HubCollector:
         yield missing
 
     def health(self):
-        counts = Instance.objects.filter(state=InstanceState.RUNNING).aggregate(
-            unhealthy=Count("pk", filter=Q(health__status=HealthStatus.UNHEALTHY)),
-            unknown=Count("pk", filter=Q(health__status=HealthStatus.UNKNOWN)),
-            flagged=Count("pk", filter=Q(health__flagged_at__isnull=False)),
+        # Only the rows needing attention are read (index health_needs_attention), never every running instance.
+        counts = InstanceHealth.objects.filter(NEEDS_ATTENTION, instance__state=InstanceState.RUNNING).aggregate(
+            unhealthy=Count("pk", filter=Q(status=HealthStatus.UNHEALTHY)),
+            unknown=Count("pk", filter=Q(status=HealthStatus.UNKNOWN)),
+            flagged=Count("pk", filter=Q(flagged_at__isnull=False)),
         )
         family = GaugeMetricFamily(
             "cellhub_instances_health", "Running instances by their last health check (unhealthy, unknown) and "

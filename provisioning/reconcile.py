@@ -41,6 +41,7 @@ from cells.choices import (
 from cells.counters import counters_drift
 from cells.errors import Refused
 from cells.models import Instance, Operation, Pool, Region, Share
+from cells.tally import tally_drift
 from provisioning import drivers
 from provisioning.drivers.base import ComputeDriver, DatabaseDriver, resource_prefix
 from provisioning.models import (
@@ -294,9 +295,9 @@ def reconcile_pass(*, now: datetime | None = None) -> dict:
 
     Deletes nothing. A pool or zone whose listing fails is reported in ``errors`` and judged by nothing in this
     pass (its findings stay as they are). Also recounts the slot counters placement reads (``cells.counters``) and
-    reports each that disagrees with its rows, logged as an error (it is never corrected silently: staff repair
-    it with ``counters_refill``). Returns ``found`` (counts by kind/direction), ``resolved``, ``errors`` and
-    ``counter_drift``.
+    the fleet tallies ``/metrics`` reads (``cells.tally``) and reports each that disagrees with its rows, logged as
+    an error (it is never corrected silently: staff repair it with ``counters_refill`` or ``tally_refill``).
+    Returns ``found`` (counts by kind/direction), ``resolved``, ``errors`` and ``counter_drift``.
     """
     run = Pass(now=now or timezone.now())
     pools = list(Pool.objects.select_related("reef__region").order_by("pk"))
@@ -327,6 +328,9 @@ def reconcile_pass(*, now: datetime | None = None) -> dict:
     drift = [str(counter) for counter in counters_drift()]
     for line in drift:
         logger.error("slot counter drift: %s", line)
+    for line in tally_drift():
+        logger.error("tally drift: %s", line)
+        drift.append(line)
     return {"found": run.found, "resolved": _resolve_the_rest(run), "errors": run.errors, "counter_drift": drift}
 
 
