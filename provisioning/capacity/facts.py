@@ -1,8 +1,9 @@
-"""Facts for the planner, read from the fleet in a constant number of queries whatever its size.
+"""Facts for the planner, read in a constant number of queries whose cost does not grow with the fleet.
 
-Seven grouped queries (reefs; pools by reef, kind and provider; failed top-ups; database and compute slots in
-use; instances and recent signups by reef; shares by reef), joined in Python into one ``ReefKindFacts`` per
-reef in service (active, draining or broken) and pool kind. Free slots follow the rules of placement and
+Four queries (reefs, with their slot counter; pools by reef, kind and provider, with theirs; failed top-ups; recent
+signups by reef, through the index on ``created_at``), joined in Python into one ``ReefKindFacts`` per reef in
+service (active, draining or broken) and pool kind. Slots in use are the counters the database keeps
+(``cells.counters``): no count of instances or shares. Free slots follow the rules of placement and
 ``cells.selectors``: shared (not dedicated), available pools only. Coming slots are the top-ups under way:
 shared pools being provisioned, not counting a replacement pool, whose slots its failed pool's shares take.
 """
@@ -25,7 +26,7 @@ from cells.choices import (
     ReefStatus,
     ShareStatus,
 )
-from cells.models import Instance, Pool, Reef, Share
+from cells.models import Instance, Pool, Reef
 from cells.thresholds import effective, provider_for, thresholds_for, thresholds_validate
 from provisioning.capacity.planner import ReefKindFacts
 from provisioning.capacity.thresholds import capacity_settings
@@ -49,8 +50,8 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
     if reef_ids is not None:
         reefs = reefs.filter(pk__in=reef_ids)
     reefs = list(reefs.select_related("dedicated_to").only(
-        "slug", "status", "max_instances", "capacity_overrides", "region__slug", "region__status", "region__cloud",
-        "dedicated_to__name"))
+        "slug", "status", "max_instances", "placed_instances", "capacity_overrides", "region__slug", "region__status",
+        "region__cloud", "dedicated_to__name"))
     if not reefs:
         return []
     ids = [reef.pk for reef in reefs]
@@ -59,24 +60,32 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
         reef.pk: now - timedelta(hours=float(configs[reef.pk]["SIGNUP_WINDOW_HOURS"])) for reef in reefs
     }
 
-    # Pools by reef, kind and provider: capacity free for signups, coming, and which provider is newest.
+    # Pools by reef, kind and provider: capacity free for signups, coming, which provider is newest, and the slots
+    # held, from the pools' slot counters (the database keeps them: no count of instances or shares here).
     capacity, coming, newest = defaultdict(int), defaultdict(int), {}
+    used, used_placeable, free_shares = defaultdict(int), defaultdict(int), defaultdict(int)
     pools = (
         Pool.objects.filter(reef_id__in=ids)
-        .exclude(status=PoolStatus.RETIRED)
         .order_by()
         .values("reef_id", "kind", "provider")
         .annotate(
             placeable=Sum("capacity", filter=_PLACEABLE),
             coming=Sum("capacity", filter=Q(status=PoolStatus.PROVISIONING, dedicated=False, replaces__isnull=True)),
-            newest=Max("id"),
+            newest=Max("id", filter=~Q(status=PoolStatus.RETIRED)),
+            held=Sum("slots_held"),
+            held_placeable=Sum("slots_held", filter=_PLACEABLE),
+            shares_free=Sum("shares_available", filter=_PLACEABLE),
         )
     )
     for row in pools:
         key = (row["reef_id"], row["kind"])
         capacity[key] += row["placeable"] or 0
         coming[key] += row["coming"] or 0
-        if key not in newest or row["newest"] > newest[key][0]:
+        # Database and compute pools hold one slot per slot-holding instance; storage pools one per share in use.
+        used[key] += row["held"] or 0
+        used_placeable[key] += row["held_placeable"] or 0
+        free_shares[key] += row["shares_free"] or 0
+        if row["newest"] is not None and (key not in newest or row["newest"] > newest[key][0]):
             newest[key] = (row["newest"], row["provider"])
 
     # Pools whose top-up failed: their kind gets no new order until staff retry or retire them.
@@ -95,55 +104,19 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
     for reef_id, kind, name in failed:
         failed_top_ups[(reef_id, kind)].append(name)
 
-    # Database and compute slots: instances holding them, in all pools and in the pools signups may take.
-    used, used_placeable = defaultdict(int), defaultdict(int)
-    for kind, field in ((PoolKind.DATABASE, "database_pool"), (PoolKind.COMPUTE, "compute_pool")):
-        rows = (
-            Instance.objects.filter(state__in=_HOLDING, **{f"{field}__reef_id__in": ids})
-            .order_by()
-            .values(f"{field}__reef_id")
-            .annotate(
-                used=Count("id"),
-                placeable=Count(
-                    "id", filter=Q(**{f"{field}__status": PoolStatus.AVAILABLE, f"{field}__dedicated": False})
-                ),
-            )
-        )
-        for row in rows:
-            key = (row[f"{field}__reef_id"], kind)
-            used[key], used_placeable[key] = row["used"], row["placeable"]
-
-    # Instances per reef: those holding slots (against max_instances), and the signups of each window in use
-    # (reefs share the settings' window unless they override it: one conditional count per distinct window).
+    # Signups of each window in use, per reef (reefs share the settings' window unless they override it: one
+    # conditional count per distinct window), read through the index on created_at: the recent instances only.
     windows = sorted({start for start in window_start.values()})
-    holding = Q(state__in=_HOLDING)
     counts = {f"since_{n}": Count("id", filter=Q(created_at__gte=start)) for n, start in enumerate(windows)}
     rows = (
-        Instance.objects.filter(reef_id__in=ids)
-        .filter(holding | Q(created_at__gte=windows[0]))
+        Instance.objects.filter(reef_id__in=ids, created_at__gte=windows[0])
         .order_by()
         .values("reef_id")
-        .annotate(holding=Count("id", filter=holding), **counts)
+        .annotate(**counts)
     )
-    instance_count, signups = defaultdict(int), defaultdict(int)
+    signups = defaultdict(int)
     for row in rows:
-        instance_count[row["reef_id"]] = row["holding"]
         signups[row["reef_id"]] = row[f"since_{windows.index(window_start[row['reef_id']])}"]
-
-    # Shares: free ones signups may take, and those held (assigned, being archived or scrubbed).
-    shares = (
-        Share.objects.filter(pool__reef_id__in=ids)
-        .order_by()
-        .values("pool__reef_id")
-        .annotate(
-            free=Count("id", filter=Q(status=ShareStatus.AVAILABLE, pool__status=PoolStatus.AVAILABLE,
-                                      pool__dedicated=False)),
-            used=Count("id", filter=Q(status__in=_USED_SHARES)),
-        )
-    )
-    free_shares, used_shares = {}, {}
-    for row in shares:
-        free_shares[row["pool__reef_id"]], used_shares[row["pool__reef_id"]] = row["free"], row["used"]
 
     facts = []
     for reef in reefs:
@@ -154,7 +127,7 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
                 config, kind=kind, newest_provider=newest.get(key, (0, None))[1], cloud=reef.region.cloud
             )
             if kind == PoolKind.STORAGE:
-                free, in_use = free_shares.get(reef.pk, 0), used_shares.get(reef.pk, 0)
+                free, in_use = free_shares[key], used[key]
             else:
                 free, in_use = max(capacity[key] - used_placeable[key], 0), used[key]
             facts.append(
@@ -168,7 +141,7 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
                     dedicated_to=reef.dedicated_to.name if reef.dedicated_to_id else "",
                     region_status=reef.region.status,
                     max_instances=reef.max_instances,
-                    instance_count=instance_count[reef.pk],
+                    instance_count=reef.placed_instances,
                     free=free,
                     used=in_use,
                     coming=coming[key],

@@ -72,6 +72,42 @@ def test_facts_count_free_used_coming_and_signups():
 
 
 @pytest.mark.django_db
+def test_facts_read_the_slot_counters_not_the_fleet():
+    """The planner's facts cost the same statements for 3 or 300 instances, and none of them counts instances held
+    or shares: used and free slots come from the counters the database keeps; only the recent signups are read."""
+    from django.test.utils import CaptureQueriesContext
+
+    cell = make_cell(capacity=400)
+    owner = make_user()
+
+    def grow(count):
+        start = Instance.objects.count()
+        Instance.objects.bulk_create([
+            Instance(name=f"held-{start + n}", owner=owner, region=cell["reef"].region, reef=cell["reef"],
+                     database_pool=cell["database"], compute_pool=cell["compute"], server_version="1",
+                     state=InstanceState.RUNNING, created_at=timezone.now() - timedelta(days=30))
+            for n in range(count)
+        ])
+        Instance.objects.filter(name__startswith="held-").update(created_at=timezone.now() - timedelta(days=30))
+
+    def read():
+        with CaptureQueriesContext(connection) as queries:
+            (facts,) = [f for f in gather_facts(reef_ids=[cell["reef"].pk]) if f.kind == PoolKind.DATABASE]
+        return facts, [query["sql"] for query in queries.captured_queries]
+
+    grow(3)
+    small, small_sql = read()
+    grow(297)
+    big, big_sql = read()
+    assert (small.used, big.used, big.instance_count, big.free) == (3, 300, 300, 100)
+    assert len(small_sql) == len(big_sql)
+    # Instances are read only as recent signups (a bounded created_at range), shares never.
+    instance_reads = [sql for sql in big_sql if 'FROM "cells_instance"' in sql]
+    assert all('"cells_instance"."created_at" >=' in sql for sql in instance_reads), instance_reads
+    assert not any('FROM "cells_share"' in sql or 'JOIN "cells_share"' in sql for sql in big_sql)
+
+
+@pytest.mark.django_db
 def test_the_pass_provisions_a_storage_pool_with_ten_shares_that_becomes_available(
     sync_tasks, django_capture_on_commit_callbacks
 ):
