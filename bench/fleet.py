@@ -10,6 +10,11 @@ pool 80% full, one succeeded provision operation per instance. Then it measures 
   ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING`` on a table of the same size;
 - ``/metrics`` (the whole scrape) against set-based SQL computing the same numbers from the rows;
 - the capacity page (the admin view, rendered) against set-based SQL for its numbers;
+- the planner's facts (``gather_facts``) against set-based SQL for the same numbers from the rows;
+- the admin instance list (first page, rendered) against its minimal SQL (the page's rows, the estimate, the filters'
+  small tables);
+- rollout planning over the whole fleet (``rollout_create``, with its statement count) against one bare
+  ``INSERT … SELECT`` of the same targets;
 and, once on the largest fleet, placement by 8 concurrent clients over 8 reefs against 1 client (and the same for
 the bare allocation). Each ratio is printed beside its baseline; goals in brackets.
 
@@ -315,6 +320,86 @@ def capacity_page():
     return median_ms(lambda: client.get("/admin/cells/reef/capacity/"), 5), len(response.content)
 
 
+# ---- planner facts, admin instance list, rollout planning ---------------------------------------------------
+
+# The planner's numbers from the rows, set-based: free and used slots per reef and kind, and recent signups.
+FACTS_SQL = [
+    FREE_SLOTS_SQL,
+    "SELECT reef_id, COUNT(*) FROM cells_instance WHERE created_at >= now() - interval '24 hours' GROUP BY reef_id",
+    "SELECT id, slug, status, max_instances, capacity_overrides FROM cells_reef",
+]
+
+
+def facts_ms() -> float:
+    from provisioning.capacity.facts import gather_facts
+
+    gather_facts()
+    return median_ms(gather_facts, 5)
+
+
+INSTANCE_LIST_SQL = [
+    "SELECT i.*, u.*, g.*, r.*, rg.* FROM cells_instance i JOIN auth_user u ON u.id = i.owner_id "
+    "JOIN cells_region g ON g.id = i.region_id LEFT JOIN cells_reef r ON r.id = i.reef_id "
+    "LEFT JOIN cells_region rg ON rg.id = r.region_id ORDER BY i.created_at DESC, i.id DESC LIMIT 100",
+    "SELECT reltuples FROM pg_class WHERE relname = 'cells_instance'",
+    "SELECT slug, name FROM cells_region ORDER BY slug",
+    "SELECT version FROM cells_release ORDER BY version",
+]
+
+
+def instance_list_ms() -> float:
+    """Median ms of GET /admin/cells/instance/ (the first page, unfiltered) as staff."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    user, _ = get_user_model().objects.get_or_create(username="bench-staff", defaults={"is_staff": True,
+                                                                                      "is_superuser": True})
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(user)
+    response = client.get("/admin/cells/instance/")
+    assert response.status_code == 200, response.status_code
+    return median_ms(lambda: client.get("/admin/cells/instance/"), 5)
+
+
+ROLLOUT_PLANS = 3
+
+
+def rollout_plan_ms() -> tuple[float, float, int]:
+    """(median ms of ``rollout_create`` over the whole fleet, of the bare INSERT … SELECT of the same targets, and
+    the statements one plan took). Each plan is deleted before the next."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from cells.choices import ReleaseState
+    from cells.models import Release, Rollout
+    from provisioning.rollouts import rollout_create
+
+    releases = [Release.objects.create(version=f"9.{n}", image="bench", state=ReleaseState.AVAILABLE)
+                for n in range(ROLLOUT_PLANS + 1)]
+    with CaptureQueriesContext(connection) as queries:
+        rollout_create(release=releases[0])
+    statements = len(queries.captured_queries)
+    Rollout.objects.all().delete()
+    times = []
+    for release in releases[1:]:
+        started = time.perf_counter()
+        rollout = rollout_create(release=release)
+        times.append(time.perf_counter() - started)
+        Rollout.objects.filter(pk=rollout.pk).delete()
+
+    def bare():
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE TEMP TABLE IF NOT EXISTS bench_targets (instance_id bigint, ring int, version text)")
+            cursor.execute(
+                "INSERT INTO bench_targets SELECT i.id, r.rollout_ring, i.server_version FROM cells_instance i "
+                "JOIN cells_reef r ON r.id = i.reef_id WHERE i.state IN ('running', 'stopped') "
+                "AND NOT i.version_pinned AND i.server_version <> '9.0'"
+            )
+            cursor.execute("TRUNCATE bench_targets")
+
+    return statistics.median(times) * 1000, median_ms(bare, ROLLOUT_PLANS), statements
+
+
 # ---- the run ------------------------------------------------------------------------------------------------
 
 def main():
@@ -336,14 +421,21 @@ def main():
                 }
                 page_ms, page_bytes = capacity_page()
                 figures["capacity page"] = (page_ms, median_ms(lambda: _run_sql(CAPACITY_SQL), 5))
-                print(f"fleet {size:,}: built in {built:.1f} s; capacity page {page_bytes:,} bytes", flush=True)
+                figures["planner facts"] = (facts_ms(), median_ms(lambda: _run_sql(FACTS_SQL), 5))
+                figures["instance list"] = (instance_list_ms(), median_ms(lambda: _run_sql(INSTANCE_LIST_SQL), 5))
+                plan_ms, bare_plan_ms, plan_statements = rollout_plan_ms()
+                figures["rollout plan"] = (plan_ms, bare_plan_ms)
+                print(f"fleet {size:,}: built in {built:.1f} s; capacity page {page_bytes:,} bytes; "
+                      f"rollout plan {plan_statements} statements", flush=True)
                 for name, (hub, bare) in figures.items():
                     first.setdefault(name, hub)
                     rows.append((size, name, hub, bare, hub / bare, hub / first[name]))
             conc = concurrency_rates()
         finally:
             benchdb.drop_database(BENCH_DB)
-    goals = {"placement": "≤ 3×, flat ±20%", "/metrics": "≤ 2×, growth ≤ 5×", "capacity page": "≤ 2×, growth ≤ 5×"}
+    goals = {"placement": "≤ 3×, flat ±20%", "/metrics": "≤ 2×, growth ≤ 5×", "capacity page": "≤ 2×, growth ≤ 5×",
+             "planner facts": "≤ 2×, growth ≤ 5×", "instance list": "≤ 2× at 100k",
+             "rollout plan": "constant statements"}
     print(f"\n{'fleet':>8}  {'figure':<14} {'hub ms':>9} {'bare ms':>9} {'ratio':>7} {'vs first':>9}  goal")
     for size, name, hub, bare, ratio, growth in rows:
         print(f"{size:>8,}  {name:<14} {hub:>9.2f} {bare:>9.2f} {ratio:>6.2f}× {growth:>8.2f}×  {goals[name]}")
