@@ -374,6 +374,8 @@ def rollout_plan_ms() -> tuple[float, float, int]:
     from cells.models import Release, Rollout
     from provisioning.rollouts import rollout_create
 
+    Rollout.objects.all().delete()
+    Release.objects.filter(image="bench").delete()  # a smaller fleet's
     releases = [Release.objects.create(version=f"9.{n}", image="bench", state=ReleaseState.AVAILABLE)
                 for n in range(ROLLOUT_PLANS + 1)]
     with CaptureQueriesContext(connection) as queries:
