@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('cells', '0011_tally'),
-        ('provisioning', '0004_operation_cleanup_on_operation'),
+        ('provisioning', '0005_point_in_time_restore'),
     ]
 
     operations = [
