@@ -16,9 +16,10 @@ Promises:
   or on a permanent error, the plan's ``fail`` releases what the operation took and the operation ends
   ``failed`` with the error for staff to read and retry;
 - kinds that must not overlap never do: each plan declares the kinds it ``excludes`` on the same target (as
-  Pulp's exclusive resources), and ``operation_create`` — the one place operations are made — refuses with
-  ``OperationInProgress`` while a conflicting one is queued or running, deciding under the target's row lock so
-  two concurrent requests can't both pass (table below); ``operation_retry`` keeps the same rule;
+  Pulp's exclusive resources), and ``operation_create`` — the one place operations are made, with its batch form
+  ``operations_create_for_instances`` (a rollout's wave) — refuses with ``OperationInProgress`` while a conflicting
+  one is queued or running, deciding under the target's row lock so two concurrent requests can't both pass (table
+  below); ``operation_retry`` keeps the same rule;
 - an operation ended from outside is ``cancelled`` (``operation_cancel``, staff) or ``failed`` (the watchdog) at
   once with the reason; the clean-up it then owes (its plan's ``fail``, the release of what it took) is on its own
   record (``cleanup_state``) and runs exactly once — at once when no live worker holds it, else by that worker at
