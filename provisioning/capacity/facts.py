@@ -9,6 +9,7 @@ shared pools being provisioned, not counting a replacement pool, whose slots its
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from datetime import timedelta
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 IN_SERVICE_REEF_STATES = (ReefStatus.ACTIVE, ReefStatus.DRAINING, ReefStatus.BROKEN)
 KINDS = (PoolKind.DATABASE, PoolKind.STORAGE, PoolKind.COMPUTE)
+KIND_NAMES = tuple(str(kind) for kind in KINDS)  # plain strings: hashed in C, not by the enum's __hash__
 _HOLDING = [str(state) for state in SLOT_HOLDING_INSTANCE_STATES]
 _USED_SHARES = [ShareStatus.ASSIGNED, ShareStatus.ARCHIVING, ShareStatus.SCRUBBING]
 _PLACEABLE = Q(status=PoolStatus.AVAILABLE, dedicated=False)
@@ -55,7 +57,16 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
     if not reefs:
         return []
     ids = [reef.pk for reef in reefs]
-    configs = {reef.pk: _reef_config(reef, base) for reef in reefs}
+    # Reefs with the same overrides (most have none) share one effective config and its thresholds: the work per
+    # reef is then a few dictionary lookups.
+    by_overrides: dict[str, dict] = {}
+    configs = {}
+    for reef in reefs:
+        overrides = json.dumps(reef.capacity_overrides, sort_keys=True, default=str)
+        if overrides not in by_overrides:
+            by_overrides[overrides] = _reef_config(reef, base)
+        configs[reef.pk] = by_overrides[overrides]
+    thresholds: dict[tuple[int, str, str], object] = {}
     window_start = {
         reef.pk: now - timedelta(hours=float(configs[reef.pk]["SIGNUP_WINDOW_HOURS"])) for reef in reefs
     }
@@ -121,11 +132,14 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
     facts = []
     for reef in reefs:
         config = configs[reef.pk]
-        for kind in KINDS:
+        for kind in KIND_NAMES:
             key = (reef.pk, kind)
-            provider = provider_for(
+            provider = str(provider_for(
                 config, kind=kind, newest_provider=newest.get(key, (0, None))[1], cloud=reef.region.cloud
-            )
+            ))
+            rule = (id(config), kind, provider)
+            if rule not in thresholds:
+                thresholds[rule] = thresholds_for(config, kind=kind, provider=provider)
             if kind == PoolKind.STORAGE:
                 free, in_use = free_shares[key], used[key]
             else:
@@ -135,8 +149,8 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
                     reef_id=reef.pk,
                     reef=f"{reef.region.slug}/{reef.slug}",
                     region_id=reef.region_id,
-                    kind=str(kind),
-                    provider=str(provider),
+                    kind=kind,
+                    provider=provider,
                     reef_status=reef.status,
                     dedicated_to=reef.dedicated_to.name if reef.dedicated_to_id else "",
                     region_status=reef.region.status,
@@ -146,7 +160,7 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
                     used=in_use,
                     coming=coming[key],
                     signups=signups[reef.pk],
-                    thresholds=thresholds_for(config, kind=kind, provider=provider),
+                    thresholds=thresholds[rule],
                     failed_top_ups=tuple(failed_top_ups[key]),
                 )
             )
