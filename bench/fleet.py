@@ -13,8 +13,8 @@ pool 80% full, one succeeded provision operation per instance. Then it measures 
 - the planner's facts (``gather_facts``) against set-based SQL for the same numbers from the rows;
 - the admin instance list (first page, rendered) against its minimal SQL (the page's rows, the estimate, the filters'
   small tables);
-- rollout planning over the whole fleet (``rollout_create``, with its statement count) against one bare
-  ``INSERT … SELECT`` of the same targets;
+- rollout planning over the whole fleet (``rollout_create``, with its statement count) against the same plan in bare
+  SQL (rollout, waves and targets each one ``INSERT``, committed);
 and, once on the largest fleet, placement by 8 concurrent clients over 8 reefs against 1 client (and the same for
 the bare allocation). Each ratio is printed beside its baseline; goals in brackets.
 
@@ -365,9 +365,9 @@ ROLLOUT_PLANS = 3
 
 
 def rollout_plan_ms() -> tuple[float, float, int]:
-    """(median ms of ``rollout_create`` over the whole fleet, of the bare INSERT … SELECT of the same targets, and
-    the statements one plan took). Each plan is deleted before the next."""
-    from django.db import connection
+    """(median ms of ``rollout_create`` over the whole fleet, of the same plan as bare SQL, and the statements one
+    plan took). Each plan is deleted before the next."""
+    from django.db import connection, transaction
     from django.test.utils import CaptureQueriesContext
 
     from cells.choices import ReleaseState
@@ -389,17 +389,37 @@ def rollout_plan_ms() -> tuple[float, float, int]:
         times.append(time.perf_counter() - started)
         Rollout.objects.filter(pk=rollout.pk).delete()
 
-    def bare():
-        with connection.cursor() as cursor:
-            cursor.execute("CREATE TEMP TABLE IF NOT EXISTS bench_targets (instance_id bigint, ring int, version text)")
+    # The same plan as bare SQL, committed like the hub's (the targets' foreign keys are checked at commit): the
+    # rollout row, one wave per ring, every target in one INSERT … SELECT, the waves' totals.
+    bare_times = []
+    for n in range(ROLLOUT_PLANS):
+        release = Release.objects.create(version=f"9.bare{n}", image="bench", state=ReleaseState.AVAILABLE)
+        started = time.perf_counter()
+        with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
-                "INSERT INTO bench_targets SELECT i.id, r.rollout_ring, i.server_version FROM cells_instance i "
-                "JOIN cells_reef r ON r.id = i.reef_id WHERE i.state IN ('running', 'stopped') "
-                "AND NOT i.version_pinned AND i.server_version <> '9.0'"
+                "INSERT INTO cells_rollout (release_id, state, batch_size, bake_minutes, max_failures, "
+                "max_failure_ratio, halt_reason, created_at, updated_at) "
+                "VALUES (%s, 'planned', 10, 60, 2, 0.05, '', now(), now()) RETURNING id", [release.pk]
             )
-            cursor.execute("TRUNCATE bench_targets")
+            (rollout_id,) = cursor.fetchone()
+            candidates = ("SELECT i.id, i.server_version, r.rollout_ring AS ring FROM cells_instance i "
+                          "JOIN cells_reef r ON r.id = i.reef_id WHERE i.state IN ('running', 'stopped') "
+                          "AND NOT i.version_pinned AND i.server_version <> %s")
+            cursor.execute(
+                "INSERT INTO cells_rolloutwave (rollout_id, position, ring, state, total, upgrading, succeeded, "
+                "failed, skipped) SELECT %s, ROW_NUMBER() OVER (ORDER BY ring) - 1, ring, 'pending', COUNT(*), 0, 0, "
+                f"0, 0 FROM ({candidates}) c GROUP BY ring", [rollout_id, release.version]
+            )
+            cursor.execute(
+                "INSERT INTO cells_rollouttarget (rollout_id, wave_id, instance_id, state, from_version, note) "
+                f"SELECT %s, w.id, c.id, 'pending', c.server_version, '' FROM ({candidates}) c "
+                "JOIN cells_rolloutwave w ON w.rollout_id = %s AND w.ring = c.ring",
+                [rollout_id, release.version, rollout_id],
+            )
+        bare_times.append(time.perf_counter() - started)
+        Rollout.objects.filter(pk=rollout_id).delete()
 
-    return statistics.median(times) * 1000, median_ms(bare, ROLLOUT_PLANS), statements
+    return statistics.median(times) * 1000, statistics.median(bare_times) * 1000, statements
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
