@@ -6,8 +6,8 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('cells', '0011_tally'),
-        ('provisioning', '0005_point_in_time_restore'),
+        ('cells', '0012_tally'),
+        ('provisioning', '0006_instance_port'),
     ]
 
     operations = [
