@@ -5,9 +5,12 @@ Promises:
 - ``operation_run`` is safe to call any number of times, from any number of workers: it claims the
   operation with a conditional update (queued, or running with a heartbeat older than the lease — its
   worker died), skips finished steps, and does nothing if another live worker holds it;
-- a claim is one attempt (``Operation.attempts``): the worker checks before each step, and records each finished
-  step only while the operation is still running under its attempt, so a worker whose operation was cancelled,
+- a claim is one attempt (``Operation.attempts``): the worker records each finished step (and ends the operation)
+  only while it is still running under its attempt — that conditional write, like the claim, is the check before
+  the next step, and a retry of a step asks again — so a worker whose operation was cancelled,
   failed or requeued by the watchdog stops at its next step boundary and never writes over another's run;
+- an operation's steps run one after another in one thread of their own (``StepThread``) on one database connection,
+  opened once per run, never one per step;
 - each call of a step runs under a time limit (``CELLHUB["STEP_TIMEOUTS"]``): a call that does not return in time
   is abandoned and counts as a transient error. Python cannot kill a thread, so the abandoned call may still finish
   later; steps are idempotent, so the retry that follows (or a later run) is safe, and a resource a late call
@@ -312,8 +315,8 @@ def _claim(operation_id: int) -> Operation | None:
         [OperationWatch(operation_id=operation_id, claimed_at=now, worker=worker_name())],
         update_conflicts=True, unique_fields=["operation"], update_fields=["claimed_at", "worker"],
     )
-    # The instance too (the plans read it): one query for both.
-    return Operation.objects.select_related("instance").get(pk=operation_id)
+    # The instance too, with its owner and region (the plans read them): one query for all.
+    return Operation.objects.select_related("instance__owner", "instance__region").get(pk=operation_id)
 
 
 class _Heartbeat:
@@ -492,17 +495,21 @@ def _end(operation: Operation, state: str, error: str = "", *, then: Callable[[]
     """End this worker's attempt in ``state``; False (nothing changed) when the attempt no longer holds it.
 
     ``then`` (the plan's ``succeed``) runs in the same transaction, under the operation's row lock: what it changes
-    (the instance now running, say) and the operation's end are seen together or not at all.
+    (the instance now running, say) and the operation's end are seen together or not at all. The end is the
+    conditional update that takes the lock (running under this attempt → ``state``, the state machine's legal
+    change), so one statement both checks the hold and ends it.
     """
+    assert OPERATION.can(OperationState.RUNNING, state)
+    now = timezone.now()
     with transaction.atomic():
-        current = (
-            Operation.objects.select_for_update().filter(pk=operation.pk).values_list("state", "attempts").first()
-        )
-        if current != (OperationState.RUNNING, operation.attempts):
+        ended = Operation.objects.filter(
+            pk=operation.pk, state=OperationState.RUNNING, attempts=operation.attempts
+        ).update(state=state, finished_at=now, error=error, updated_at=now)
+        if not ended:
             return False
         if then is not None:
             then()
-        OPERATION.change(operation, state, finished_at=timezone.now(), error=error)
+    operation.state, operation.finished_at, operation.error, operation.updated_at = state, now, error, now
     outcome = SUCCEEDED if state == OperationState.SUCCEEDED else FAILED
     _audit(operation, "operation.end", outcome, reason=error, state=str(state), steps=operation.done_step_names)
     logger.log(
@@ -529,18 +536,16 @@ def operation_run(operation_id: int) -> str | None:
             try:
                 with _Heartbeat(operation.pk, operation.attempts):
                     plan.begin(operation)
-                    confirmed = False  # whether this attempt was seen holding the operation since the last step began
                     for name, step in plan.steps:
                         if name in operation.done_step_names:
                             continue
-                        # Recording the previous step confirmed the hold a moment ago; otherwise ask.
-                        if not confirmed and not _holding(operation):
-                            raise _LostClaim
+                        # No separate check of the hold before a step: the claim a moment ago, then each step's
+                        # conditional record, confirmed it (a cancel in between is met at the next record, as one
+                        # arriving during the step is).
                         started_at = timezone.now()
                         logger.info("step %s started", name, extra={"step": name})
                         _run_step(operation, name, step, runner)
                         _record_step(operation, name, started_at)
-                        confirmed = True
                         seconds = (timezone.now() - started_at).total_seconds()
                         logger.info("step %s finished in %.2fs", name, seconds, extra={"step": name})
                 if not _end(operation, OperationState.SUCCEEDED, then=lambda: plan.succeed(operation)):

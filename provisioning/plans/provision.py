@@ -119,12 +119,12 @@ def provision_succeed(operation: Operation) -> None:
     that ends the operation (so it opens no savepoint of its own)."""
     instance = operation.instance
     INSTANCE.change(instance, InstanceState.RUNNING, hostname=instance.hostname or instance_hostname(instance))
-    transaction.on_commit(lambda: instance_send_welcome(instance_id=instance.pk))
+    transaction.on_commit(lambda: instance_send_welcome(instance=instance))
 
 
-def instance_send_welcome(*, instance_id: int) -> None:
-    """Tell the owner their instance is running and where; a mail failure never fails the provision."""
-    instance = Instance.objects.select_related("owner", "region").get(pk=instance_id)
+def instance_send_welcome(*, instance: Instance) -> None:
+    """Tell the owner their instance is running and where; a mail failure never fails the provision. ``instance``
+    as the engine loaded it, with its owner and region (the claim reads them with the operation)."""
     if not instance.owner.email:
         return
     try:
