@@ -1,6 +1,6 @@
 """Fleet counts kept by the database, so ``/metrics`` reads a few hundred rows whatever the fleet's size.
 
-Triggers on ``cells_instance`` and ``cells_operation`` (migration 0012 on PostgreSQL, ``cells.sqlite_triggers`` on
+Triggers on ``cells_instance`` and ``cells_operation`` (migration 0013 on PostgreSQL, ``cells.sqlite_triggers`` on
 SQLite) append signed deltas to ``cells_tally`` in the transaction that changes a row: an instance's state and
 region (family ``instances``), an operation's kind and state (``operations``), and a finished operation's duration
 bucket and seconds (``durations``: the buckets of ``DURATION_BUCKETS``, -1 past the last). Appending never waits
@@ -18,7 +18,7 @@ from django.db import connection, transaction
 from cells.choices import OPERATION_FINAL_STATES
 
 # Upper bounds of the operation duration histogram's buckets, in seconds: a stop takes seconds, a gateway hours.
-# Migration 0012 keeps its own copy in the triggers: change both together (a test compares them).
+# Migration 0013 keeps its own copy in the triggers: change both together (a test compares them).
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600)
 FINAL_SQL = ", ".join(f"'{state}'" for state in sorted(str(s) for s in OPERATION_FINAL_STATES))
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('cells', '0012_tally'),
+        ('cells', '0013_tally'),
         ('provisioning', '0006_instance_port'),
     ]
 

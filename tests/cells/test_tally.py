@@ -70,7 +70,7 @@ def test_a_read_folds_the_deltas_into_one_row_per_key():
 
 
 def test_the_migration_keeps_the_same_buckets_as_the_code():
-    migration = importlib.import_module("cells.migrations.0012_tally")
+    migration = importlib.import_module("cells.migrations.0013_tally")
     assert migration.BUCKETS == DURATION_BUCKETS
 
 

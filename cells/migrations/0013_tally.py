@@ -103,7 +103,7 @@ def backward(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('cells', '0011_release_fails_health_local_processes'),
+        ('cells', '0012_reef_dedicated_to'),
     ]
 
     operations = [
