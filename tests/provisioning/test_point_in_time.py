@@ -92,9 +92,11 @@ def test_restore_to_any_second_from_the_latest_base_at_or_before_it(run, managed
     instance = signup(run, managed_cell)
     pool = instance.database_pool
     _write(instance, "t0")
-    bases = [pool_base_backup(pool=pool) for _ in range(3)]
-    while timezone.now() <= bases[-1].taken_at:
-        time.sleep(0.05)
+    bases = []
+    for _ in range(3):  # taken_at is rounded up to the second: one second apart, so "latest at or before" is exact
+        bases.append(pool_base_backup(pool=pool))
+        while timezone.now() <= bases[-1].taken_at:
+            time.sleep(0.05)
     t1 = _write(instance, "t1")
     time.sleep(2)
     t2 = _write(instance, "t2")
