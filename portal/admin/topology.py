@@ -6,7 +6,8 @@ failed, replace) call the services of ``provisioning.capacity``; a refusal names
 """
 from django import forms
 from django.contrib import admin, messages
-from django.db import IntegrityError
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -14,7 +15,7 @@ from django.utils.html import format_html, format_html_join
 from cells import selectors
 from cells.errors import Refused
 from cells.models import CapacityShortfall, Pool, Reef, Region, Share
-from portal.admin.audit import AuditedModelAdmin, run_for_each
+from portal.admin.audit import AuditedModelAdmin, admin_audit, admin_refusal, run_for_each
 from portal.admin.capacity import capacity_view
 from provisioning.backups import share_scrub
 from provisioning.capacity import (
@@ -30,6 +31,7 @@ from provisioning.capacity import (
 )
 from provisioning.dns_policy import region_refuse_split_dns
 from provisioning.health import pool_alarm_states
+from provisioning.lifecycle import instance_signup
 
 REFUSALS = (Refused, IntegrityError)
 
@@ -86,6 +88,25 @@ class RegionAdmin(StatusByActions, AuditedModelAdmin):
     free_slots = annotation("free_instance_slots", "free instance slots")
 
 
+class PlaceAloneForm(forms.Form):
+    """A new instance placed alone on a reef: its name and its owner's existing account."""
+
+    name = forms.CharField(min_length=3, max_length=40, help_text="The new instance's name (its DNS label).")
+    owner = forms.CharField(
+        label="Owner", max_length=254,
+        help_text="The e-mail address or username of the customer's existing account.",
+    )
+
+    def clean_owner(self):
+        who = self.cleaned_data["owner"].strip()
+        User = get_user_model()
+        owner = User.objects.filter(is_active=True, username__iexact=who).first() or \
+            User.objects.filter(is_active=True, email__iexact=who).order_by("pk").first()
+        if owner is None:
+            raise forms.ValidationError(f"No active account is called or has the e-mail “{who}”.")
+        return owner
+
+
 class PoolInline(admin.TabularInline):
     model = Pool
     extra = 0
@@ -97,14 +118,14 @@ class PoolInline(admin.TabularInline):
 class ReefAdmin(StatusByActions, AuditedModelAdmin):
     list_display = [
         "slug", "region", "status", "rollout_ring", "used", "max_instances",
-        "free_database", "free_storage", "free_compute", "placeable",
+        "free_database", "free_storage", "free_compute", "placeable", "dedicated_to",
     ]
-    list_filter = ["status", "region", "rollout_ring"]
+    list_filter = ["status", "region", "rollout_ring", ("dedicated_to", admin.EmptyFieldListFilter)]
     search_fields = ["slug", "region__slug", "ingress_address"]
-    list_select_related = ["region"]
+    list_select_related = ["region", "dedicated_to"]
     readonly_fields = ["status_reason", "capacity_now", "dedicated_to"]
     inlines = [PoolInline]
-    actions = ["top_up_now", "drain", "activate"]
+    actions = ["top_up_now", "drain", "activate", "place_alone"]
     change_list_template = "admin/capacity_change_list.html"
 
     def get_queryset(self, request):
@@ -172,6 +193,46 @@ class ReefAdmin(StatusByActions, AuditedModelAdmin):
     def activate(self, request, queryset):
         _each(self, request, queryset, lambda reef: reef_activate(reef=reef, requested_by=request.user),
               "active: it takes new instances")
+
+    @admin.action(description="Place a new instance alone on the selected reef (a dedicated reef)…",
+                  permissions=["change"])
+    def place_alone(self, request, queryset):
+        """An intermediate page asks for the instance's name and owner; the instance is then signed up on this reef
+        alone (``instance_signup(dedicated_reef=…)``): the reef takes no other instance and no top-up. A refusal
+        (the reef not empty or not active, the name taken, no free slot) is shown on the form's field, nothing is
+        created, and the refusal is audited; a success is audited with the operation it queued."""
+        reefs = list(queryset.select_related("region")[:2])
+        if len(reefs) != 1:
+            self.message_user(request, "Select exactly one reef to place an instance on alone.", messages.WARNING)
+            return None
+        reef = reefs[0]
+        form = PlaceAloneForm(request.POST if request.POST.get("apply") else None)
+        if form.is_valid():
+            name, owner = form.cleaned_data["name"], form.cleaned_data["owner"]
+            refusal = None
+            with transaction.atomic():  # the refusal's audit row commits with the shortfall a refusal records
+                try:
+                    operation = instance_signup(name=name, region=reef.region, owner=owner,
+                                                requested_by=request.user, dedicated_reef=reef)
+                except Refused as refused:
+                    refusal = refused
+                    admin_refusal(request, "reef.place_alone", reef, refusal, instance=name)
+                else:
+                    admin_audit(request, "reef.place_alone", reef, instance=name, operation=operation.pk)
+            if refusal is not None:
+                form.add_error(refusal.field if refusal.field in form.fields else None, str(refusal))
+            else:
+                self.message_user(
+                    request, f"{reef}: {name} is placed alone on it and provisioning (operation #{operation.pk}); "
+                    "the reef takes no other instance.", messages.SUCCESS,
+                )
+                return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Place a new instance alone on {reef}",
+            "objects": [reef], "form": form, "action": "place_alone", "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/reef_place_alone.html", context)
 
     used = annotation("instance_count", "instances")
     free_database = annotation("free_database_slots", "free db")
