@@ -26,9 +26,7 @@ Two kinds of pool, told apart by ``config["managed"]``:
   and the temporary cluster is removed.
 """
 import dataclasses
-import os
 import shutil
-import subprocess
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,12 +49,11 @@ from provisioning.drivers.base import (
     secret_from_environment,
 )
 from provisioning.drivers.local_paths import var_path
+from provisioning.drivers.pg_tools import pg_dump_to, pg_restore_from
 
 # A database made by a restore carries one of these comments: an unfinished one may be dropped and redone.
 RESTORING_COMMENT = "cellhub-restore: in progress"
 RESTORED_COMMENT = "cellhub-restore: done"
-# pg_dump / pg_restore messages that mean the server could not be reached (a retry may pass).
-_UNREACHABLE = ("could not connect", "connection to server", "Connection refused", "timeout expired")
 
 
 # Databases every PostgreSQL server has, which PUBLIC may connect to by default: an instance's login could open
@@ -312,25 +309,6 @@ class PostgresDatabaseDriver(DatabaseDriver):
         """
         return postgres_cluster.binary(name, self.config.get("bin_dir"))
 
-    def _client_environment(self, password: str | None) -> dict:
-        """Environment of pg_dump / pg_restore: the password and TLS mode never go on the command line.
-
-        The worker's own ``PGPASSWORD``/``PGPASSFILE`` never leak into a call made for a pool or a login
-        (TLS settings such as ``PGSSLROOTCERT`` pass through).
-        """
-        environment = {key: value for key, value in os.environ.items() if key not in {"PGPASSWORD", "PGPASSFILE"}}
-        if password:
-            environment["PGPASSWORD"] = password
-        if self.config.get("sslmode"):
-            environment["PGSSLMODE"] = self.config["sslmode"]
-        environment["PGCONNECT_TIMEOUT"] = str(int(self.config.get("connect_timeout", 10)))
-        return environment
-
-    def _client_failed(self, program: str, code: int, stderr: bytes) -> Exception:
-        message = stderr.decode(errors="replace").strip()[-2000:] or f"exit status {code}"
-        error = TransientDriverError if any(hint in message for hint in _UNREACHABLE) else PermanentDriverError
-        return error(f"pool {self.pool}: {program} failed: {message}")
-
     def backup_path(self, label: str) -> Path:
         return var_path("backups", "database", f"pool{self.pool.pk}") / f"{label}.dump.enc"
 
@@ -344,42 +322,12 @@ class PostgresDatabaseDriver(DatabaseDriver):
         the server cannot be reached.
         """
         database = database or self.database_name(instance)
-        pg_dump = self.binary("pg_dump")
+        self.binary("pg_dump")  # refuse before touching anything when the client programs are missing
         crypto.backup_key()  # refuse before touching the server
         target = self.backup_path(label)
-        kwargs = self._connect_kwargs(dbname=database)
-        try:
-            snapshot_holder = psycopg.connect(**kwargs)
-        except psycopg.OperationalError as error:
-            if f'"{database}" does not exist' in str(error):
-                raise PermanentDriverError(f"pool {self.pool}: database {database} does not exist") from error
-            raise TransientDriverError(f"pool {self.pool}: PostgreSQL server not reachable: {error}") from error
-        with snapshot_holder, tempfile.TemporaryFile() as stderr:
-            snapshot_holder.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            snapshot_holder.read_only = True
-            snapshot, taken_at = snapshot_holder.execute("SELECT pg_export_snapshot(), clock_timestamp()").fetchone()
-            command = [
-                pg_dump, "--format=custom", f"--snapshot={snapshot}", "--no-password",
-                f"--host={kwargs['host']}", f"--port={kwargs['port']}", f"--username={kwargs['user']}",
-                f"--dbname={database}",
-            ]
-            with crypto.encrypted_file(target) as writer:
-                process = subprocess.Popen(
-                    command, stdout=subprocess.PIPE, stderr=stderr,
-                    env=self._client_environment(kwargs.get("password")),
-                )
-                try:
-                    with process.stdout:
-                        for block in iter(lambda: process.stdout.read(1 << 20), b""):
-                            writer.write(block)
-                except BaseException:
-                    process.kill()
-                    process.wait()
-                    raise
-                if process.wait() != 0:
-                    stderr.seek(0)
-                    raise self._client_failed("pg_dump", process.returncode, stderr.read())
-            snapshot_holder.rollback()
+        with crypto.encrypted_file(target) as writer:
+            taken_at = pg_dump_to(self._connect_kwargs(), database=database, out=writer,
+                                  bin_dir=self.config.get("bin_dir"), where=f"pool {self.pool}")
         return BackupResult(
             location=target.as_uri(),
             size_bytes=writer.size,
@@ -425,12 +373,11 @@ class PostgresDatabaseDriver(DatabaseDriver):
                                               database=(query.get("database") or [None])[0])
         path = crypto.check_local_backup(source, checksum="")
 
-        def feed(stdin):
+        def chunks():
             with open(path, "rb") as encrypted:
-                for chunk in crypto.decrypted_chunks(encrypted):
-                    stdin.write(chunk)
+                yield from crypto.decrypted_chunks(encrypted)
 
-        return self._load(instance=instance, new_database=new_database, feed=feed, origin=Path(path).name)
+        return self._load(instance=instance, new_database=new_database, chunks=chunks(), origin=Path(path).name)
 
     def restore_point_in_time(self, *, instance, point_in_time: datetime, new_database: str, base: str,
                               database: str | None = None) -> str:
@@ -451,29 +398,14 @@ class PostgresDatabaseDriver(DatabaseDriver):
         database = database or self.database_name(instance)
         cluster.archive_now()  # the WAL up to now is in the archive, and a commit follows any earlier target
         with cluster.recovered(base=folder, point_in_time=point_in_time, name=new_database) as temporary:
-            pg_dump = self.binary("pg_dump")
-            with tempfile.TemporaryFile() as stderr:
-                dump = subprocess.Popen(
-                    [pg_dump, "--format=custom", "--no-password", "--host=127.0.0.1", f"--port={temporary.port}",
-                     f"--username={postgres_cluster.ADMIN}", f"--dbname={database}"],
-                    stdout=subprocess.PIPE, stderr=stderr, env=self._client_environment(temporary.password),
-                )
-
-                def feed(stdin):
-                    with dump.stdout:
-                        for block in iter(lambda: dump.stdout.read(1 << 20), b""):
-                            stdin.write(block)
-
-                try:
-                    self._load(instance=instance, new_database=new_database, feed=feed,
-                               origin=f"{folder.name} + WAL to {point_in_time.isoformat()}")
-                finally:
-                    if dump.poll() is None:
-                        dump.kill()
-                    dump.wait()
-                if dump.returncode != 0:
-                    stderr.seek(0)
-                    raise self._client_failed("pg_dump (temporary cluster)", dump.returncode, stderr.read())
+            with tempfile.TemporaryFile() as dump:  # spooled: pg_dump's snapshot and pg_restore's load never overlap
+                pg_dump_to({"host": "127.0.0.1", "port": temporary.port, "user": postgres_cluster.ADMIN,
+                            "password": temporary.password}, database=database, out=dump,
+                           bin_dir=self.config.get("bin_dir"), where=f"pool {self.pool} (temporary cluster)")
+                dump.seek(0)
+                self._load(instance=instance, new_database=new_database,
+                           chunks=iter(lambda: dump.read(1 << 20), b""),
+                           origin=f"{folder.name} + WAL to {point_in_time.isoformat()}")
         return new_database
 
     def _restored_already(self, new_database: str) -> bool:
@@ -484,12 +416,12 @@ class PostgresDatabaseDriver(DatabaseDriver):
             raise PermanentDriverError(f"database {new_database} exists and is not an unfinished restore: not touched")
         return False
 
-    def _load(self, *, instance, new_database: str, feed, origin: str) -> str:
-        """Create ``new_database`` for the instance's login and ``pg_restore`` into it what ``feed(stdin)``
-        writes (a custom-format dump); marks it done. A finished one is returned as is."""
+    def _load(self, *, instance, new_database: str, chunks, origin: str) -> str:
+        """Create ``new_database`` for the instance's login and ``pg_restore`` into it the custom-format dump
+        ``chunks`` (connected as that login, in one transaction); marks it done. A finished one is returned as is."""
         if new_database == self.database_name(instance):
             raise PermanentDriverError(f"restore must go to a new database, not onto {new_database}")
-        pg_restore = self.binary("pg_restore")
+        self.binary("pg_restore")  # refuse before creating anything when the client programs are missing
         if self._restored_already(new_database):
             return new_database
         login = self.login_name(instance)
@@ -503,28 +435,11 @@ class PostgresDatabaseDriver(DatabaseDriver):
                 cursor.execute(statement)
 
         self._run(create)
-        kwargs = self._connect_kwargs()
-        command = [
-            pg_restore, "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction", "--no-password",
-            f"--host={kwargs['host']}", f"--port={kwargs['port']}", f"--username={login}", f"--dbname={new_database}",
-        ]
-        with tempfile.TemporaryFile() as stderr:
-            process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
-                env=self._client_environment(self.password(instance)),
-            )
-            try:
-                with process.stdin:
-                    feed(process.stdin)
-            except BrokenPipeError:
-                pass  # pg_restore stopped early: its exit status and messages say why
-            except BaseException:
-                process.kill()
-                process.wait()
-                raise
-            if process.wait() != 0:
-                stderr.seek(0)
-                raise self._client_failed("pg_restore", process.returncode, stderr.read())
+        server = self._connect_kwargs()
+        login_kwargs = {**{key: server[key] for key in ("host", "port", "sslmode", "connect_timeout") if key in server},
+                        "user": login, "password": self.password(instance)}
+        pg_restore_from(login_kwargs, database=new_database, chunks=chunks, bin_dir=self.config.get("bin_dir"),
+                        where=f"pool {self.pool}")
         done = f"{RESTORED_COMMENT} from {origin}"[:1000]
         self._run(lambda cursor: cursor.execute(
             sql.SQL("COMMENT ON DATABASE {} IS {}").format(identifier, sql.Literal(done))
