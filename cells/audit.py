@@ -90,7 +90,7 @@ def _event(
     actor=None,
     actor_kind: str | None = None,
 ) -> AuditEvent:
-    """The unsaved row ``audit_record`` writes (see there)."""
+    """The unsaved row ``audit_record`` writes (see there); an unknown keyword is a ``TypeError``."""
     if request is not None and actor is None:
         user = getattr(request, "user", None)
         actor = user if user is not None and user.is_authenticated else None
@@ -115,32 +115,17 @@ def _event(
     )
 
 
-def audit_record(
-    *,
-    action: str,
-    outcome: str = SUCCEEDED,
-    target: models.Model | None = None,
-    target_type: str = "",
-    target_id: str | int = "",
-    target_label: str = "",
-    reason: str = "",
-    details: dict | None = None,
-    request=None,
-    actor=None,
-    actor_kind: str | None = None,
-) -> AuditEvent:
+def audit_record(**fields) -> AuditEvent:
     """Write one audit row in the caller's transaction and return it; a failure to write it raises.
 
+    ``fields`` are ``_event``'s keywords: ``action`` (required), ``outcome``, ``target`` (or ``target_type``,
+    ``target_id``, ``target_label``), ``reason``, ``details``, ``request``, ``actor``, ``actor_kind``.
     ``request`` supplies the actor (its signed-in user), the actor kind (a token → ``api_token``) and the client
     address; ``actor``/``actor_kind`` say it without a request (the scheduler: both None). ``target`` supplies the
     target's type, id and label unless they are given. The row is part of the caller's transaction: an action
     rolled back leaves no "succeeded" row, and a row that cannot be written rolls the action back.
     """
-    event = _event(
-        action=action, outcome=outcome, target=target, target_type=target_type, target_id=target_id,
-        target_label=target_label, reason=reason, details=details, request=request, actor=actor,
-        actor_kind=actor_kind,
-    )
+    event = _event(**fields)
     event.save(force_insert=True)
     return event
 
