@@ -24,6 +24,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import yaml
 from django.conf import settings
@@ -64,8 +65,6 @@ def _listening(address: str, port: int) -> bool:
 
 
 def _share_path(endpoint: str) -> str:
-    from urllib.parse import unquote, urlparse
-
     parsed = urlparse(endpoint)
     return unquote(parsed.path) if parsed.scheme == "file" else endpoint
 
