@@ -2,10 +2,12 @@
 
 Four queries (reefs, with their slot counter; pools by reef, kind and provider, with theirs; failed top-ups; recent
 signups by reef, through the index on ``created_at``), joined in Python into one ``ReefKindFacts`` per reef in
-service (active, draining or broken) and pool kind. Slots in use are the counters the database keeps
-(``cells.counters``): no count of instances or shares. Free slots follow the rules of placement and
-``cells.selectors``: shared (not dedicated), available pools only. Coming slots are the top-ups under way:
-shared pools being provisioned, not counting a replacement pool, whose slots its failed pool's shares take.
+service (active, draining or broken) and pool kind; whether each kind's provider can give a new pool a host of its
+own in the reef's region is the driver's answer (``new_host_refusal``), asked once per provider and cloud, no query.
+Slots in use are the counters the database keeps (``cells.counters``): no count of instances or shares. Free slots
+follow the rules of placement and ``cells.selectors``: shared (not dedicated), available pools only. Coming slots are
+the top-ups under way: shared pools being provisioned, not counting a replacement pool, whose slots its failed pool's
+shares take.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from cells.choices import (
 )
 from cells.models import Instance, Pool, Reef
 from cells.thresholds import effective, provider_for, thresholds_for, thresholds_validate
+from provisioning import drivers
 from provisioning.capacity.planner import ReefKindFacts
 from provisioning.capacity.thresholds import capacity_settings
 
@@ -129,6 +132,7 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
     for row in rows:
         signups[row["reef_id"]] = row[f"since_{windows.index(window_start[row['reef_id']])}"]
 
+    refusals: dict[tuple[str, str], str] = {}
     facts = []
     for reef in reefs:
         config = configs[reef.pk]
@@ -137,6 +141,8 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
             provider = str(provider_for(
                 config, kind=kind, newest_provider=newest.get(key, (0, None))[1], cloud=reef.region.cloud
             ))
+            if (provider, reef.region.cloud) not in refusals:
+                refusals[(provider, reef.region.cloud)] = _new_host_refusal(provider, reef.region.cloud)
             rule = (id(config), kind, provider)
             if rule not in thresholds:
                 thresholds[rule] = thresholds_for(config, kind=kind, provider=provider)
@@ -162,9 +168,18 @@ def gather_facts(*, reef_ids: list[int] | None = None, now=None) -> list[ReefKin
                     signups=signups[reef.pk],
                     thresholds=thresholds[rule],
                     failed_top_ups=tuple(failed_top_ups[key]),
+                    new_host_refusal=refusals[(provider, reef.region.cloud)],
                 )
             )
     return facts
+
+
+def _new_host_refusal(provider: str, cloud: str) -> str:
+    """Why ``provider`` cannot give a new pool a host of its own in a ``cloud`` region ("" when it can)."""
+    try:
+        return drivers.driver_class(provider).new_host_refusal(cloud=cloud)
+    except drivers.PermanentDriverError as error:  # a provider no driver declares
+        return str(error)
 
 
 def _reef_config(reef: Reef, base: dict) -> dict:

@@ -9,9 +9,10 @@ reef and one pool kind:
 - free slots plus coming ones (pools being provisioned) below that → order enough pools of ``pool_size``
   slots to cover it (at most ``max_pools_per_pass``); a pool already coming counts, so a second pass
   orders nothing for the same need;
-- a reef that cannot grow (not active, in a region that is not active, at its instance limit, or whose last
-  top-up of the kind failed and waits for staff) gets no order: the slots it lacks become a ``Shortfall``
-  with the reason, for the capacity page.
+- a reef that cannot grow (not active, in a region that is not active, at its instance limit, whose last
+  top-up of the kind failed and waits for staff, or whose provider cannot make a new host in its region — a
+  top-up never lands on an existing host) gets no order: the slots it lacks become a ``Shortfall`` with the
+  reason, for the capacity page.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class ReefKindFacts:
     thresholds: Thresholds
     failed_top_ups: tuple[str, ...] = ()  # pools whose top-up failed and waits for staff
     dedicated_to: str = ""  # the instance a dedicated reef holds alone ("" for a shared reef)
+    new_host_refusal: str = ""  # why the provider cannot give a new pool a host of its own in the region ("": it can)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ def cannot_grow(facts: ReefKindFacts) -> str:
     """Why the reef gets no new pools of this kind, or ``""``."""
     if reason := reef_cannot_grow(facts):
         return reason
+    if facts.new_host_refusal:
+        return f"reef {facts.reef} gets no new {facts.provider} pool: {facts.new_host_refusal}"
     if facts.failed_top_ups:
         pools = ", ".join(facts.failed_top_ups)
         return f"the top-up of {facts.kind} pool {pools} failed: retry it or retire the pool"

@@ -122,7 +122,7 @@ def _free_name(stem: str, taken: set[str], separator: str = "-") -> str:
 
 def _template_config(reef: Reef, kind: str, provider: str) -> dict:
     """The config of the reef's newest working pool of the kind and provider, less what names its own host
-    (the keys its driver declares in ``host_config_keys``)."""
+    (the keys its driver declares in ``host_config_keys``): the new pool gets a host of its own."""
     template = (
         Pool.objects.filter(reef=reef, kind=kind, provider=provider)
         .exclude(status__in=[PoolStatus.RETIRED, PoolStatus.FAILED])
@@ -139,10 +139,17 @@ def _without_host(config: dict, provider: str) -> dict:
 
 
 def _order_pool(order: Order, reef: Reef, requested_by, taken: set[str]) -> Operation:
-    """Create the pool (provisioning: coming capacity) and queue its top-up, enqueued once the caller commits."""
+    """Create the pool (provisioning: coming capacity) and queue its top-up, enqueued once the caller commits.
+
+    Reef isolation: the new pool's config is its template's and ``NEW_POOL_CONFIG``'s, both less the keys naming a
+    host, so its provider makes it a host of its own. Raises ``Refused`` when the provider cannot in the reef's
+    region (the planner reports that as a shortfall and orders nothing: this is the last guard, for stale facts).
+    """
+    if refusal := drivers.driver_class(order.provider).new_host_refusal(cloud=reef.region.cloud):
+        raise Refused(f"reef {reef.region.slug}/{reef.slug} gets no new {order.provider} pool: {refusal}")
     config = {
         **_template_config(reef, order.kind, order.provider),
-        **capacity_settings()["NEW_POOL_CONFIG"].get(order.provider, {}),
+        **_without_host(capacity_settings()["NEW_POOL_CONFIG"].get(order.provider, {}), order.provider),
     }
     pool = Pool.objects.create(
         reef=reef,

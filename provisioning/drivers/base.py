@@ -182,8 +182,12 @@ class PoolDriver:
       a reef's first pool of its kind (unless ``CELLHUB["CAPACITY"]["PROVIDER_BY_CLOUD"]`` says otherwise);
     - ``lead_time_hours``: how long a new pool takes to become available (the top-up planner's default);
     - ``host_config_keys``: config keys naming the pool's own resource (its host) — never copied into a new
-      pool by a top-up nor into a replacement;
+      pool by a top-up (neither from the template pool nor from ``NEW_POOL_CONFIG``) nor into a replacement;
     - ``capabilities``: a ``Capabilities``.
+
+    Reef isolation: a pool a top-up orders gets a host of its own, never its template's. Each driver says how
+    (its ``provision_pool`` creates the host from the pool's id) or, through ``new_host_refusal``, why it cannot in
+    a region, so the planner records a shortfall for staff instead of ordering a pool.
     """
 
     kind: str = ""
@@ -220,6 +224,13 @@ class PoolDriver:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
+
+    @classmethod
+    def new_host_refusal(cls, *, cloud: str) -> str:
+        """Why a top-up cannot give a new pool of this provider a host of its own in a region of ``cloud``, or
+        ``""`` when it can (the default: ``provision_pool`` creates the pool's resource from its id). Reads nothing
+        but the machine: the capacity facts ask it for every reef and kind."""
+        return ""
 
     def derived_config(self) -> dict:
         """Config a NEW pool of this provider gets from its own id (e.g. the name of its resource, where

@@ -1,9 +1,23 @@
 """A Kubernetes cluster as a compute pool: one namespace per instance, holding what ``manifests.render`` gives.
 
-Pool config (no secrets): ``kubeconfig`` (a path) and ``context``; without ``kubeconfig`` the driver uses
-the in-cluster service account when the hub runs in a pod, else ``KUBECONFIG`` / ``~/.kube/config``.
-``firewall_address``: which address of an instance its share admits — ``node`` (default), ``pod`` or ``egress``
-(``egress_address``: the address every pod leaves the cluster from, their NAT's); see ``share_client_address``.
+Two kinds of pool, told apart by ``config["cluster"]``:
+
+- **given** (no ``cluster``): a cluster staff made, reached through ``kubeconfig`` (a path) and ``context``; without
+  ``kubeconfig`` the driver uses the in-cluster service account when the hub runs in a pod, else ``KUBECONFIG`` /
+  ``~/.kube/config``. The cluster outlives the pool.
+- **made by the hub** (``cluster``: ``eks`` or ``aks``): every pool a top-up orders in an AWS or Azure region. Its
+  ``provision_pool`` creates a cluster of its own through the cloud's API, named after the pool, and
+  ``delete_pool`` deletes it (``kubernetes_clusters``: the config each cloud needs, the permissions in
+  docs/clouds.md). Its connection is built from the cloud's answer each time, never stored.
+
+Reef isolation: the keys naming a cluster (``host_config_keys``) are never copied into a new pool, so a top-up never
+lands on its template's cluster. In a region whose cloud has no cluster API (``local``: an on-premises cluster
+reached by kubeconfig) a top-up is refused (``new_host_refusal``): the planner reports the shortfall and staff add
+a cluster by hand, as a pool with its own kubeconfig.
+
+``firewall_address``: which address of an instance its share admits — ``node`` (default on AWS), ``pod`` or
+``egress`` (``egress_address``: the address every pod leaves the cluster from, their NAT's); see
+``share_client_address``.
 
 ``deploy`` creates each manifest and, when it exists already (409), patches it with the same manifest, so
 a repeat converges and never duplicates. Every call goes through ``cloud_call``.
@@ -23,6 +37,7 @@ from provisioning.drivers.base import (
     TransientDriverError,
 )
 from provisioning.drivers.cloud_retry import CloudConflictError, CloudNotFoundError, cloud_call
+from provisioning.drivers.kubernetes_clusters import CLUSTER_APIS, CLUSTER_BY_CLOUD
 
 MANAGED_BY = "app.kubernetes.io/managed-by=cellhub"
 
@@ -50,20 +65,55 @@ class KubernetesComputeDriver(ComputeDriver):
     clouds = ("azure", "aws")  # AKS, EKS: any cluster the kubeconfig reaches
     default_for_clouds = ("azure", "aws")
     lead_time_hours = 1.0
-    host_config_keys = ()
+    # What names the pool's cluster: its kubeconfig, the cluster the hub made for it, and the cluster's NAT address.
+    host_config_keys = ("kubeconfig", "context", "eks_cluster", "eks_nodegroup", "aks_cluster", "cluster_endpoint",
+                        "egress_address")
     capabilities = Capabilities()
 
-    def __init__(self, pool, *, api_client: k8s.ApiClient | None = None):
+    def __init__(self, pool, *, api_client: k8s.ApiClient | None = None, cluster_options: dict | None = None):
         super().__init__(pool)
         self._api_client = api_client
+        self._cluster_options = cluster_options or {}  # for AKS: credential, transport, polling_interval
+        self._cluster_api = None
+
+    @classmethod
+    def new_host_refusal(cls, *, cloud: str) -> str:
+        """A new pool needs a cluster of its own, made through its cloud's cluster API (EKS, AKS); other clouds have
+        none the hub can call."""
+        if cloud in CLUSTER_BY_CLOUD:
+            return ""
+        return (f"a Kubernetes top-up creates a cluster of its own through the cloud's cluster API (EKS, AKS), and "
+                f"a {cloud} region has none: add a cluster by hand, as a new Kubernetes pool with its own kubeconfig")
+
+    def derived_config(self) -> dict:
+        """A new pool (a top-up) gets a cluster of its own through its region's cloud: ``cluster`` ``eks`` or
+        ``aks``; nothing in a region without a cluster API (the top-up is refused there first)."""
+        cluster = CLUSTER_BY_CLOUD.get(self.pool.reef.region.cloud)
+        return {"cluster": cluster} if cluster else {}
+
+    @property
+    def cluster_api(self):
+        """The cluster the hub made for this pool (``kubernetes_clusters``), or None for a given cluster."""
+        kind = self.config.get("cluster")
+        if not kind:
+            return None
+        if kind not in CLUSTER_APIS:
+            raise PermanentDriverError(f"pool {self.pool}: cluster must be one of {sorted(CLUSTER_APIS)}, not {kind}")
+        if self._cluster_api is None:
+            options = self._cluster_options if kind == "aks" else {}
+            self._cluster_api = CLUSTER_APIS[kind](self.pool, self.config, **options)
+        return self._cluster_api
 
     @property
     def api_client(self) -> k8s.ApiClient:
         """Raises ``PermanentDriverError`` naming what to set when no cluster config is found."""
         if self._api_client is None:
-            self._api_client = cloud_call(
-                f"load the Kubernetes config of pool {self.pool}", lambda: load_api_client(self.config)
-            )
+            if self.cluster_api is not None:
+                self._api_client = self.cluster_api.api_client()
+            else:
+                self._api_client = cloud_call(
+                    f"load the Kubernetes config of pool {self.pool}", lambda: load_api_client(self.config)
+                )
         return self._api_client
 
     @property
@@ -79,12 +129,20 @@ class KubernetesComputeDriver(ComputeDriver):
         return k8s.NetworkingV1Api(self.api_client)
 
     def provision_pool(self) -> dict:
-        """A cluster is created outside the hub; this checks it answers and returns its API address."""
+        """A given cluster: check it answers and return its API address. A cluster the hub makes: create (or find)
+        it through its cloud and wait until it serves (``kubernetes_clusters``), then check it answers; returns its
+        id and the config naming it. Safe to repeat; ``TransientDriverError`` while the cloud is still making it."""
+        made = self.cluster_api.ensure() if self.cluster_api is not None else None
         cloud_call(f"reach the cluster of pool {self.pool}", lambda: self.core.list_namespace(limit=1))
+        if made is not None:
+            return made
         return {"external_id": self.api_client.configuration.host, "config": {}}
 
     def delete_pool(self) -> None:
-        """The cluster outlives the pool row; nothing to delete."""
+        """A given cluster outlives the pool row: nothing to delete. A cluster the hub made for this pool is deleted
+        (with its node group), and nothing else; absent is fine."""
+        if self.cluster_api is not None:
+            self.cluster_api.delete()
 
     # -- apply ----------------------------------------------------------------------------
     def _operations(self, manifest: dict):

@@ -77,6 +77,8 @@ class LocalComputeDriver(ComputeDriver):
     clouds = ("local",)
     default_for_clouds = ("local",)
     lead_time_hours = 0.1
+    # Its host is this machine, the one there is: a new pool (a top-up) is a new group of supervisord programs under
+    # its own folder, ``var/compute/pool<id>/``, derived from its id; nothing in its config names a host.
     host_config_keys = ()
     # Each instance listens on a port of this machine the hub allocates (``DeploymentSpec.port``).
     capabilities = Capabilities(host_ports=True)

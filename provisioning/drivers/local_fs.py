@@ -33,6 +33,8 @@ class LocalFsStorageDriver(StorageDriver):
     clouds = ("local",)
     default_for_clouds = ("local",)
     lead_time_hours = 0.1
+    # Its host is this machine, the one there is: a new pool (a top-up) is a new folder, ``var/storage/pool<id>/``,
+    # derived from its id; nothing in its config names a host.
     host_config_keys = ()
     capabilities = Capabilities(file_restore=True, backup_deletion=True, host_replacement=True)
 

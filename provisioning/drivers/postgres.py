@@ -24,6 +24,13 @@ Two kinds of pool, told apart by ``config["managed"]``:
   new cluster. It restores to any second: the latest base backup at or before the time plus the archived WAL
   are recovered into a temporary cluster, the one database is dumped from it into a new database of the pool,
   and the temporary cluster is removed.
+
+Top-ups (reef isolation): a pool a top-up orders is always a **managed** cluster of its own (``derived_config``),
+never its template's server: what names a server (``host``, ``port``, the admin login, database, password variable
+and TLS mode, ``version``, ``data_dir``) is in ``host_config_keys``, so nothing of an external template reaches the
+new pool. A managed cluster runs on the hub's own machine, so it serves a ``local`` region only; elsewhere, or on a
+machine without the PostgreSQL server programs, the top-up is refused (``new_host_refusal``) and the planner reports
+the shortfall: staff add a server by hand (an external pool) or give the reef its cloud's database provider.
 """
 import dataclasses
 import shutil
@@ -135,12 +142,35 @@ class PostgresDatabaseDriver(DatabaseDriver):
     clouds = ("local", "azure", "aws")  # any server the hub reaches
     default_for_clouds = ()
     lead_time_hours = 0.5
-    host_config_keys = ("version", "data_dir")  # of the server it runs on (a managed cluster's port is its own too)
+    # The server it runs on: where it is, how the hub signs in there, what it runs (a managed cluster's port is
+    # re-allocated by ``provision_pool`` all the same).
+    host_config_keys = ("host", "port", "admin_user", "admin_database", "admin_password_env", "sslmode",
+                        "connect_timeout", "version", "data_dir")
     # External servers: the hub's own dumps, restored into a new database the instance is then switched to (to the
     # latest backup at or before the time asked). Managed clusters (``pool_capabilities``) restore to any second.
     capabilities = Capabilities(
         point_in_time_restore=True, database_restore=True, database_switching=True, backup_deletion=True
     )
+
+    @classmethod
+    def new_host_refusal(cls, *, cloud: str) -> str:
+        """A new pool is a managed cluster on the hub's machine: only for a ``local`` region, and only where the
+        PostgreSQL server programs are installed (and, the hub running as root, a ``postgres`` OS user exists)."""
+        if cloud != "local":
+            return (f"a PostgreSQL top-up creates a managed cluster on the hub's own machine, which serves a local "
+                    f"region only, not a {cloud} one: add a server by hand (an external pool) or use the cloud's "
+                    "database provider for this reef")
+        try:
+            for program in ("initdb", "pg_ctl"):
+                postgres_cluster.binary(program)
+            postgres_cluster.as_postgres()
+        except PermanentDriverError as error:
+            return f"a PostgreSQL top-up creates a managed cluster on this machine, and cannot: {error}"
+        return ""
+
+    def derived_config(self) -> dict:
+        """A new pool (a top-up) is a managed cluster of its own."""
+        return {"managed": True}
 
     @property
     def managed(self) -> bool:

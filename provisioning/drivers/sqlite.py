@@ -37,6 +37,8 @@ class SqliteDatabaseDriver(DatabaseDriver):
     clouds = ("local",)
     default_for_clouds = ("local",)
     lead_time_hours = 0.1
+    # The embedded default: its host is this machine, the one there is. A new pool (a top-up) is a new folder,
+    # ``var/databases/pool<id>/``, derived from its id; nothing in its config names a host.
     host_config_keys = ()
     # Any second of the Litestream replica, restored into a new database the instance is then switched to; the hub's
     # own (encrypted) dumps stay for on-demand and final backups.

@@ -21,7 +21,9 @@ from tests.factories import make_cell, make_instance, make_pool, make_reef, make
 # Written here, not read from the drivers: the config keys that name each provider's own host.
 EXPECTED_HOST_KEYS = {
     "sqlite": set(),
-    "postgres": {"version", "data_dir"},  # a managed cluster's folder (its port is re-allocated by provision_pool)
+    # Where the server is and how the hub signs in there: a top-up's new pool is a managed cluster of its own.
+    "postgres": {"host", "port", "admin_user", "admin_database", "admin_password_env", "sslmode", "connect_timeout",
+                 "version", "data_dir"},
     "azure_sql": {"elastic_pool"},
     "aws_rds": {"db_instance_identifier"},
     "local_fs": set(),
@@ -29,7 +31,9 @@ EXPECTED_HOST_KEYS = {
     "aws_storage_gateway": {"gateway_arn", "activation_key", "gateway_instance_id", "security_group_id",
                             "gateway_dns_name", "gateway_private_ip"},
     "local_compute": set(),
-    "kubernetes": set(),
+    # The kubeconfig of a given cluster, the cluster the hub made, and the cluster's NAT address.
+    "kubernetes": {"kubeconfig", "context", "eks_cluster", "eks_nodegroup", "aks_cluster", "cluster_endpoint",
+                   "egress_address"},
 }
 # What each capability promises the driver implements.
 CAPABILITY_METHODS = {

@@ -7,11 +7,18 @@ its children. Databases get a ``databaseId`` and an ``earliestRestoreDate``; a s
 ``$expand=snapshots`` makes a snapshot holding a copy of the share's files; ``listKeys`` answers a key; a metric
 alert has a ``status``. The data planes keep files per share (and per snapshot) and blobs per container.
 
+AKS: a managed cluster PUT is a long-running operation that ends ``Succeeded`` (the cluster gets an ``fqdn`` and
+``provisioningState``), or ``Failed`` for a name in ``failing_clusters`` (the failed cluster stays, as Azure leaves
+it); its DELETE is one too; ``listClusterUserCredential`` answers a kubeconfig (base64) whose server is
+``cluster_servers[name]`` when the test gives one (a local Kubernetes API; each new cluster takes the next of
+``new_cluster_servers`` if any), else the cluster's ``https://<fqdn>``.
+
 ``fail(method, path_regex, times=1, status=400)`` makes the next matching calls fail as Azure refuses a request, so
 a test can break each step. Everything is recorded in ``requests`` (as ``ArmTransport`` does).
 """
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 import json
@@ -25,7 +32,7 @@ from xml.sax.saxutils import escape
 from tests.provisioning.drivers.azure_transport import OPERATIONS_HOST, ArmTransport, Recorded
 
 COLLECTIONS = {"databases", "firewallRules", "shares", "metricAlerts", "elasticPools", "containers",
-               "storageAccounts", "servers"}
+               "storageAccounts", "servers", "managedClusters"}
 
 
 class _Stream:
@@ -49,6 +56,9 @@ class AzureCloud(ArmTransport):
         self.snapshots: dict[tuple[str, str, str], dict[str, bytes]] = {}  # (account, share, stamp) → files
         self.blobs: dict[tuple[str, str, str], dict] = {}  # (account, container, blob) → {data, metadata, tier}
         self.failures: list[list] = []  # [method, regex, times, status]
+        self.failing_clusters: set[str] = set()  # AKS clusters whose creation ends Failed
+        self.cluster_servers: dict[str, str] = {}  # AKS cluster name → the API server its kubeconfig names
+        self.new_cluster_servers: list[str] = []  # given to new AKS clusters in turn
         self._clock = itertools.count(1)
 
     # -- test API ---------------------------------------------------------------------------
@@ -91,9 +101,9 @@ class AzureCloud(ArmTransport):
         return None
 
     # -- Resource Manager ---------------------------------------------------------------------
-    def _lro(self, request, status, body):
+    def _lro(self, request, status, body, outcome="Succeeded"):
         operation = f"op{next(self._ids)}"
-        self._operations[operation] = ["InProgress", "Succeeded"]
+        self._operations[operation] = ["InProgress", outcome]
         headers = {"Azure-AsyncOperation": f"{OPERATIONS_HOST}/{operation}", "Retry-After": "1"}
         return self._response(request, status, body, headers)
 
@@ -110,6 +120,12 @@ class AzureCloud(ArmTransport):
             account = segments[-2]
             return self._response(request, 200, {"keys": [
                 {"keyName": "key1", "value": f"key-of-{account}==", "permissions": "FULL"}]})
+        if method == "POST" and name == "listClusterUserCredential":
+            cluster = self.resources.get(key[: -len("/listClusterUserCredential")])
+            if cluster is None:
+                return self._not_found(request, path)
+            return self._response(request, 200, {"kubeconfigs": [
+                {"name": "clusterUser", "value": base64.b64encode(self._kubeconfig(cluster).encode()).decode()}]})
         if method == "GET" and name == "status" and "metricAlerts" in segments:
             alert = self.resources.get(key[: -len("/status")])
             if alert is None:
@@ -158,17 +174,37 @@ class AzureCloud(ArmTransport):
             if segments[-2] == "shares":
                 account = segments[segments.index("storageAccounts") + 1]
                 self.files.setdefault((account, name), {})
+            outcome = "Succeeded"
+            if segments[-2] == "managedClusters":
+                outcome = "Failed" if name in self.failing_clusters else "Succeeded"
+                if existing is None and self.new_cluster_servers:
+                    self.cluster_servers[name] = self.new_cluster_servers.pop(0)
+                properties = stored.setdefault("properties", {})
+                properties["provisioningState"] = outcome
+                properties["fqdn"] = f"{properties.get('dnsPrefix', name)}-{len(self.resources):04x}.hcp." \
+                                     f"{stored.get('location', 'westus2')}.azmk8s.io"
             self.resources[key] = stored
             if method == "PUT" and segments[-2].startswith("backup"):  # retention policies answer 202
                 return self._lro(request, 202, None)
             if method == "PUT" and self._is_lro(segments):
-                return self._lro(request, 201 if existing is None else 200, self._public(stored))
+                return self._lro(request, 201 if existing is None else 200, self._public(stored), outcome)
             return self._response(request, 200, self._public(stored))
         return self._not_found(request, path)
 
     @staticmethod
     def _is_lro(segments) -> bool:
-        return segments[-2] in ("servers", "elasticPools", "databases")
+        return segments[-2] in ("servers", "elasticPools", "databases", "managedClusters")
+
+    def _kubeconfig(self, cluster: dict) -> str:
+        name = cluster["name"]
+        server = self.cluster_servers.get(name) or f"https://{cluster['properties']['fqdn']}:443"
+        return (
+            "apiVersion: v1\nkind: Config\n"
+            f"current-context: {name}\n"
+            f"clusters: [{{name: {name}, cluster: {{server: '{server}', certificate-authority-data: 'Q0EK'}}}}]\n"
+            f"contexts: [{{name: {name}, context: {{cluster: {name}, user: clusterUser_{name}}}}}]\n"
+            f"users: [{{name: clusterUser_{name}, user: {{token: 'aks-user-token-{name}'}}}}]\n"
+        )
 
     @staticmethod
     def _public(resource):

@@ -86,6 +86,7 @@ class FakeKubeApi:
                             "query": parse_qs(url.query),
                             "body": body,
                             "content_type": self.headers.get("Content-Type"),
+                            "authorization": self.headers.get("Authorization"),
                         }
                     )
                     status, answer, headers = api.answer(self.command, url.path, parse_qs(url.query), body)
