@@ -12,7 +12,8 @@ isolation checks): each ApiClient is built from the cloud's answer of the moment
   mints it: a presigned STS ``GetCallerIdentity`` URL signed with the header ``x-k8s-aws-id: <cluster>``, encoded
   base64url without padding and prefixed ``k8s-aws-v1.``. EKS honours one for 15 minutes, so the client mints a
   fresh one when its own is ``TOKEN_REFRESH_SECONDS`` old;
-- AKS: the kubeconfig ``listClusterUserCredential`` answers, loaded in memory.
+- AKS: the kubeconfig ``listClusterUserCredential`` answers, loaded in memory. A new AKS cluster's outbound address
+  (its ``egress_address``, which database and storage firewalls admit) is read from its load balancer's public IP.
 
 Waits are bounded by the pool's ``waiter_delay_seconds`` × ``waiter_max_attempts`` (default 20 s × 24: 8 minutes,
 under the top-up step's time limit). Past that a wait raises ``TransientDriverError``; the step, repeated, finds
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable
 
 import yaml
+from azure.core.rest import HttpRequest
 from azure.mgmt.containerservice import ContainerServiceClient
 from azure.mgmt.containerservice.models import (
     ManagedCluster,
@@ -56,7 +58,7 @@ EKS_NOT_FOUND = ("ResourceNotFoundException",)
 EKS_IN_USE = ("ResourceInUseException",)
 EKS_REQUIRED = ("eks_role_arn", "node_role_arn", "subnet_ids")
 AKS_REQUIRED = ("subscription_id", "resource_group")
-AKS_BUSY = ("Creating", "Updating", "Upgrading", "Scaling", "Starting", "Deleting")
+PUBLIC_IP_API_VERSION = "2024-05-01"  # Microsoft.Network/publicIPAddresses, read for a cluster's outbound address
 
 
 def cluster_name(pool) -> str:
@@ -329,10 +331,31 @@ class AksCluster(_ClusterApi):
         self._wait(self._state, ready="Succeeded", failed={"Failed", "Canceled", "Deleting"},
                    what=f"AKS cluster {self.name}")
         found = self.get()
-        return {
-            "external_id": found.id or "",
-            "config": {"aks_cluster": self.name, "cluster_endpoint": f"https://{found.properties.fqdn}"},
-        }
+        config = {"aks_cluster": self.name, "cluster_endpoint": f"https://{found.properties.fqdn}"}
+        if address := self.outbound_address(found):
+            config["egress_address"] = address
+        return {"external_id": found.id or "", "config": config}
+
+    def outbound_address(self, cluster: ManagedCluster) -> str:
+        """The public address every pod of the cluster leaves through (its load balancer's or managed NAT gateway's
+        first effective outbound IP, which AKS picks when it creates the cluster): what the database server and the
+        storage account admit (``egress_address``). "" when the cluster names none (user-defined routing)."""
+        network = cluster.properties.network_profile if cluster.properties else None
+        references = []
+        for profile in (getattr(network, "load_balancer_profile", None), getattr(network, "nat_gateway_profile", None)):
+            references += list(getattr(profile, "effective_outbound_i_ps", None) or [])
+        if not references or not references[0].id:
+            logger.warning("AKS cluster %s names no outbound address: set the pool's egress_address", self.name)
+            return ""
+        ip_id = references[0].id
+
+        def read():
+            response = self.client.send_request(HttpRequest("GET", f"{ip_id}?api-version={PUBLIC_IP_API_VERSION}"))
+            response.raise_for_status()
+            return response.json()
+
+        answer = cloud_call(f"read the outbound address of AKS cluster {self.name}", read)
+        return (answer.get("properties") or {}).get("ipAddress", "")
 
     def delete(self) -> None:
         """Delete the managed cluster (its node pools and node resource group go with it); absent is fine, and a

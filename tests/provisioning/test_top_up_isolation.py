@@ -398,7 +398,13 @@ def test_an_aks_top_up_creates_a_new_managed_cluster_and_never_uses_the_template
     fqdn = azure.resources[path.lower()]["properties"]["fqdn"]
     assert pool.config["cluster"] == "aks" and pool.config["aks_cluster"] == name
     assert pool.config["cluster_endpoint"] == f"https://{fqdn}"
-    assert "kubeconfig" not in pool.config and "egress_address" not in pool.config
+    assert "kubeconfig" not in pool.config
+    # Its egress address is the new cluster's outbound IP (read from Azure), not the template cluster's.
+    (ip_ref,) = azure.resources[path.lower()]["properties"]["networkProfile"]["loadBalancerProfile"][
+        "effectiveOutboundIPs"]
+    assert [c.path for c in azure.calls("GET", r"/publicIPAddresses/")] == [ip_ref["id"]]
+    address = azure.resources[ip_ref["id"].lower()]["properties"]["ipAddress"]
+    assert pool.config["egress_address"] == address != azure_reef["template"].config["egress_address"]
     assert pool.external_id == path
     (read,) = api_reads(new_api)
     assert read["authorization"] == f"Bearer aks-user-token-{name}"
@@ -425,7 +431,7 @@ def test_an_aks_top_up_failing_at_any_step_leaves_no_cluster(
     assert operation.state == OperationState.FAILED
     assert operation.pool_id == next_pool
     assert Pool.objects.get(pk=operation.pool_id).status == PoolStatus.FAILED
-    assert azure.arm_paths(r"/managedClusters/") == []
+    assert azure.arm_paths(r"/managedClusters/|/MC_") == []  # nor its node resource group
     assert "cleanup incomplete" not in operation.error, operation.error
     deletes = azure.calls("DELETE", r"/managedClusters/")
     if step == "create refused":

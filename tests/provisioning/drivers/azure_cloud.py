@@ -11,7 +11,8 @@ AKS: a managed cluster PUT is a long-running operation that ends ``Succeeded`` (
 ``provisioningState``), or ``Failed`` for a name in ``failing_clusters`` (the failed cluster stays, as Azure leaves
 it); its DELETE is one too; ``listClusterUserCredential`` answers a kubeconfig (base64) whose server is
 ``cluster_servers[name]`` when the test gives one (a local Kubernetes API; each new cluster takes the next of
-``new_cluster_servers`` if any), else the cluster's ``https://<fqdn>``.
+``new_cluster_servers`` if any), else the cluster's ``https://<fqdn>``. A new cluster gets an outbound public IP
+(a ``publicIPAddresses`` resource with an ``ipAddress``) named in its load balancer profile.
 
 ``fail(method, path_regex, times=1, status=400)`` makes the next matching calls fail as Azure refuses a request, so
 a test can break each step. Everything is recorded in ``requests`` (as ``ArmTransport`` does).
@@ -147,8 +148,11 @@ class AzureCloud(ArmTransport):
             if key not in self.resources:
                 return self._not_found(request, path) if "databases" not in segments else self._response(
                     request, 204, None)
-            for other in [k for k in self.resources if k == key or k.startswith(key + "/")]:
-                del self.resources[other]
+            cluster = segments[-2] == "managedClusters"
+            node_group = f"/resourcegroups/mc_{segments[4]}_{name}/".lower() if cluster else None
+            for other in [k for k in self.resources
+                          if k == key or k.startswith(key + "/") or (node_group and node_group in k)]:
+                del self.resources[other]  # a managed cluster takes its node resource group with it
             if "shares" in segments:
                 account = segments[segments.index("storageAccounts") + 1]
                 self.files.pop((account, name), None)
@@ -183,6 +187,14 @@ class AzureCloud(ArmTransport):
                 properties["provisioningState"] = outcome
                 properties["fqdn"] = f"{properties.get('dnsPrefix', name)}-{len(self.resources):04x}.hcp." \
                                      f"{stored.get('location', 'westus2')}.azmk8s.io"
+                if existing is None:  # AKS picks the cluster's outbound address: a public IP in its node group
+                    ip_id = (f"/subscriptions/{segments[2]}/resourceGroups/MC_{segments[4]}_{name}/providers/"
+                             f"Microsoft.Network/publicIPAddresses/{uuid.uuid4()}")
+                    address = f"20.60.{len(self.resources) % 250}.{next(self._clock) % 250 + 1}"
+                    self.resources[ip_id.lower()] = {"id": ip_id, "name": ip_id.rsplit("/", 1)[-1],
+                                                     "properties": {"ipAddress": address}}
+                    properties["networkProfile"] = {"outboundType": "loadBalancer", "loadBalancerProfile": {
+                        "effectiveOutboundIPs": [{"id": ip_id}]}}
             self.resources[key] = stored
             if method == "PUT" and segments[-2].startswith("backup"):  # retention policies answer 202
                 return self._lro(request, 202, None)
