@@ -70,10 +70,9 @@ class KubernetesComputeDriver(ComputeDriver):
                         "egress_address")
     capabilities = Capabilities()
 
-    def __init__(self, pool, *, api_client: k8s.ApiClient | None = None, cluster_options: dict | None = None):
+    def __init__(self, pool, *, api_client: k8s.ApiClient | None = None):
         super().__init__(pool)
         self._api_client = api_client
-        self._cluster_options = cluster_options or {}  # for AKS: credential, transport, polling_interval
         self._cluster_api = None
 
     @classmethod
@@ -100,8 +99,7 @@ class KubernetesComputeDriver(ComputeDriver):
         if kind not in CLUSTER_APIS:
             raise PermanentDriverError(f"pool {self.pool}: cluster must be one of {sorted(CLUSTER_APIS)}, not {kind}")
         if self._cluster_api is None:
-            options = self._cluster_options if kind == "aks" else {}
-            self._cluster_api = CLUSTER_APIS[kind](self.pool, self.config, **options)
+            self._cluster_api = CLUSTER_APIS[kind](self.pool, self.config)
         return self._cluster_api
 
     @property
