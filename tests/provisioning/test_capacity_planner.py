@@ -42,6 +42,9 @@ CASES = [
     ("region draining", facts(free=0, region_status="draining"), 0, 12, "region of eu/reef-1 is draining"),
     ("failed top-up waits for staff", facts(free=0, failed_top_ups=("storage-2",)), 0, 12, "storage-2 failed"),
     ("automatic top-ups off", facts(free=0, thresholds={"max_pools_per_pass": 0}), 0, 12, "are off"),
+    ("no new host in the region", facts(free=0, new_host_refusal="no cluster API"), 0, 12,
+     "gets no new aws_storage_gateway pool: no cluster API"),
+    ("no new host needed", facts(free=20, new_host_refusal="no cluster API"), 0, None, ""),
 ]
 
 
