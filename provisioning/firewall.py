@@ -14,16 +14,22 @@ from cells.models import Instance, Share
 from provisioning import drivers
 
 
-def share_firewall_follow(*, instance: Instance) -> str | None:
+def share_firewall_follow(*, instance: Instance, loaded: bool = False) -> str | None:
     """Point the instance's share firewall at the instance's current compute address.
+
+    ``loaded``: the caller read ``instance`` just now with its compute pool and its share (and the share's pool)
+    joined, so they are not read again; else they are read here.
 
     Returns the new address when it changed (the storage provider was told, the share row updated in the same
     transaction as its audit row), ``None`` when it already matched or the instance holds no share or compute.
     Raises the drivers' errors: ``TransientDriverError`` while the platform does not know the address yet (a pod
     not scheduled), so a plan step retries. Idempotent; two callers racing both write the same address.
     """
-    instance = Instance.objects.select_related("compute_pool").get(pk=instance.pk)
-    share = Share.objects.select_related("pool").filter(instance=instance).first()
+    if loaded:
+        share = getattr(instance, "share", None)  # None: the instance holds no share
+    else:
+        instance = Instance.objects.select_related("compute_pool").get(pk=instance.pk)
+        share = Share.objects.select_related("pool").filter(instance=instance).first()
     if share is None or instance.compute_pool is None:
         return None
     address = drivers.for_pool(instance.compute_pool).share_client_address(instance=instance)

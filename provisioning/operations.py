@@ -296,27 +296,31 @@ def operation_retry(*, operation: Operation, requested_by=None) -> Operation:
 
 
 def _claim(operation_id: int) -> Operation | None:
-    """Take the operation for this worker: queued, or running with a stale heartbeat. One caller wins."""
+    """Take the operation for this worker: queued, or running with a stale heartbeat. One caller wins; the claim, its
+    watch row and its audit row (``operation.start``) are one transaction."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.CELLHUB["OPERATION_LEASE_SECONDS"])
-    claimed = (
-        Operation.objects.filter(pk=operation_id)
-        .filter(Q(state=OperationState.QUEUED) | Q(state=OperationState.RUNNING, updated_at__lt=stale))
-        .update(
-            state=OperationState.RUNNING,
-            started_at=Coalesce(F("started_at"), now),
-            attempts=F("attempts") + 1,
-            updated_at=now,
+    with transaction.atomic():
+        claimed = (
+            Operation.objects.filter(pk=operation_id)
+            .filter(Q(state=OperationState.QUEUED) | Q(state=OperationState.RUNNING, updated_at__lt=stale))
+            .update(
+                state=OperationState.RUNNING,
+                started_at=Coalesce(F("started_at"), now),
+                attempts=F("attempts") + 1,
+                updated_at=now,
+            )
         )
-    )
-    if not claimed:
-        return None
-    OperationWatch.objects.bulk_create(  # one upsert
-        [OperationWatch(operation_id=operation_id, claimed_at=now, worker=worker_name())],
-        update_conflicts=True, unique_fields=["operation"], update_fields=["claimed_at", "worker"],
-    )
-    # The instance too, with its owner and region (the plans read them): one query for all.
-    return Operation.objects.select_related("instance__owner", "instance__region").get(pk=operation_id)
+        if not claimed:
+            return None
+        OperationWatch.objects.bulk_create(  # one upsert
+            [OperationWatch(operation_id=operation_id, claimed_at=now, worker=worker_name())],
+            update_conflicts=True, unique_fields=["operation"], update_fields=["claimed_at", "worker"],
+        )
+        # The instance too, with its owner and region (the plans read them): one query for all.
+        operation = Operation.objects.select_related("instance__owner", "instance__region").get(pk=operation_id)
+        _audit(operation, "operation.start", worker=worker_name())
+    return operation
 
 
 class _Heartbeat:
@@ -479,10 +483,13 @@ def _run_step(operation: Operation, name: str, step: Callable[[Operation], None]
             time.sleep(min(delay * 2 ** (attempt - 1), settings.CELLHUB["STEP_BACKOFF_MAX"]))
 
 
+def _step_entry(name: str, started_at) -> dict:
+    return {"name": name, "started_at": started_at.isoformat(), "finished_at": timezone.now().isoformat()}
+
+
 def _record_step(operation: Operation, name: str, started_at) -> None:
     """Record a finished step, only while this worker's attempt still holds the operation (else ``_LostClaim``)."""
-    entry = {"name": name, "started_at": started_at.isoformat(), "finished_at": timezone.now().isoformat()}
-    steps = [*operation.steps, entry]
+    steps = [*operation.steps, _step_entry(name, started_at)]
     recorded = Operation.objects.filter(
         pk=operation.pk, state=OperationState.RUNNING, attempts=operation.attempts
     ).update(steps=steps, updated_at=timezone.now())
@@ -491,27 +498,36 @@ def _record_step(operation: Operation, name: str, started_at) -> None:
     operation.steps = steps
 
 
-def _end(operation: Operation, state: str, error: str = "", *, then: Callable[[], None] | None = None) -> bool:
+def _end(
+    operation: Operation, state: str, error: str = "", *, then: Callable[[], None] | None = None,
+    last_step: dict | None = None,
+) -> bool:
     """End this worker's attempt in ``state``; False (nothing changed) when the attempt no longer holds it.
 
     ``then`` (the plan's ``succeed``) runs in the same transaction, under the operation's row lock: what it changes
-    (the instance now running, say) and the operation's end are seen together or not at all. The end is the
-    conditional update that takes the lock (running under this attempt → ``state``, the state machine's legal
-    change), so one statement both checks the hold and ends it.
+    (the instance now running, say), the operation's end and its audit row are seen together or not at all. The end
+    is the conditional update that takes the lock (running under this attempt → ``state``, the state machine's legal
+    change), so one statement both checks the hold and ends it; ``last_step`` (the record of the step just finished)
+    is written by that same statement: the last step boundary is the end.
     """
     assert OPERATION.can(OperationState.RUNNING, state)
     now = timezone.now()
+    steps = operation.steps if last_step is None else [*operation.steps, last_step]
+    changes = {"state": state, "finished_at": now, "error": error, "updated_at": now}
+    if last_step is not None:
+        changes["steps"] = steps
     with transaction.atomic():
         ended = Operation.objects.filter(
             pk=operation.pk, state=OperationState.RUNNING, attempts=operation.attempts
-        ).update(state=state, finished_at=now, error=error, updated_at=now)
+        ).update(**changes)
         if not ended:
             return False
         if then is not None:
             then()
-    operation.state, operation.finished_at, operation.error, operation.updated_at = state, now, error, now
-    outcome = SUCCEEDED if state == OperationState.SUCCEEDED else FAILED
-    _audit(operation, "operation.end", outcome, reason=error, state=str(state), steps=operation.done_step_names)
+        operation.state, operation.finished_at, operation.error, operation.updated_at = state, now, error, now
+        operation.steps = steps
+        outcome = SUCCEEDED if state == OperationState.SUCCEEDED else FAILED
+        _audit(operation, "operation.end", outcome, reason=error, state=str(state), steps=operation.done_step_names)
     logger.log(
         logging.INFO if outcome == SUCCEEDED else logging.WARNING, "operation %s %s%s", operation.pk, state,
         f": {error}" if error else "",
@@ -531,24 +547,27 @@ def operation_run(operation_id: int) -> str | None:
     runner = StepThread()  # the steps' calls share its thread and its one database connection
     try:
         with log_context(operation_id=operation.pk, operation_kind=str(operation.kind), instance=instance):
-            _audit(operation, "operation.start", worker=worker_name())
             logger.info("operation %s attempt %s started on %s", operation.pk, operation.attempts, worker_name())
             try:
+                last_step = None  # the last step's record, written by the end's own statement
                 with _Heartbeat(operation.pk, operation.attempts):
                     plan.begin(operation)
-                    for name, step in plan.steps:
-                        if name in operation.done_step_names:
-                            continue
+                    todo = [(name, step) for name, step in plan.steps if name not in operation.done_step_names]
+                    for number, (name, step) in enumerate(todo, start=1):
                         # No separate check of the hold before a step: the claim a moment ago, then each step's
                         # conditional record, confirmed it (a cancel in between is met at the next record, as one
-                        # arriving during the step is).
+                        # arriving during the step is, or at the end).
                         started_at = timezone.now()
                         logger.info("step %s started", name, extra={"step": name})
                         _run_step(operation, name, step, runner)
-                        _record_step(operation, name, started_at)
+                        if number < len(todo):
+                            _record_step(operation, name, started_at)
+                        else:
+                            last_step = _step_entry(name, started_at)
                         seconds = (timezone.now() - started_at).total_seconds()
                         logger.info("step %s finished in %.2fs", name, seconds, extra={"step": name})
-                if not _end(operation, OperationState.SUCCEEDED, then=lambda: plan.succeed(operation)):
+                if not _end(operation, OperationState.SUCCEEDED, then=lambda: plan.succeed(operation),
+                            last_step=last_step):
                     return _let_go(operation)
             except _LostClaim:
                 return _let_go(operation)

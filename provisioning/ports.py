@@ -33,8 +33,15 @@ def port_is_free(port: int, address: str = "127.0.0.1") -> bool:
     return True
 
 
+_HOST_PORT = Instance.host_port.related
+
+
 def instance_port(instance: Instance) -> int | None:
-    """The instance's port, or None when it has none."""
+    """The instance's port, or None when it has none: from ``instance`` itself when the query that loaded it joined
+    its port (``select_related("host_port")``: no query), else looked up."""
+    if _HOST_PORT.is_cached(instance):
+        row = _HOST_PORT.get_cached_value(instance)
+        return row.port if row is not None else None
     return InstancePort.objects.filter(instance_id=instance.pk).values_list("port", flat=True).first()
 
 
@@ -42,23 +49,29 @@ def instance_port_allocate(*, instance: Instance) -> int:
     """The instance's port, allocated on first call (idempotent: a repeat returns the same port).
 
     Takes the lowest port of the range that no instance holds and nothing listens on. Raises
-    ``PermanentDriverError`` when the range is used up.
+    ``PermanentDriverError`` when the range is used up. One query reads the ports held (the instance's own among
+    them, unless it was loaded with its port), one ``INSERT`` takes the new one; ``instance`` then carries its port.
     """
-    existing = instance_port(instance)
-    if existing is not None:
+    if _HOST_PORT.is_cached(instance) and (existing := instance_port(instance)) is not None:
         return existing
-    taken = set(InstancePort.objects.values_list("port", flat=True))
+    held = list(InstancePort.objects.values_list("port", "instance_id"))
+    mine = next((port for port, owner in held if owner == instance.pk), None)
+    if mine is not None:
+        return mine
+    taken = {port for port, _ in held}
     for port in port_range():
         if port in taken or not port_is_free(port):
             continue
         try:
             with transaction.atomic():
-                InstancePort.objects.create(instance=instance, port=port)
+                row = InstancePort.objects.create(instance=instance, port=port)
+            _HOST_PORT.set_cached_value(instance, row)
             return port
         except IntegrityError:
-            existing = instance_port(instance)
+            existing = InstancePort.objects.filter(instance_id=instance.pk).first()
             if existing is not None:  # a concurrent run of the same step won
-                return existing
+                _HOST_PORT.set_cached_value(instance, existing)
+                return existing.port
             continue  # another instance took this port meanwhile: try the next
     raise PermanentDriverError(
         f"no free port left in {port_range().start}-{port_range().stop - 1} for {instance.name} (CELLHUB_LOCAL_PORTS)"

@@ -41,8 +41,16 @@ def file_restore_supported(provider: str) -> bool:
     return drivers.capabilities(provider).file_restore
 
 
+_CURRENT_DATABASE = Instance.current_database.related
+
+
 def current_database(instance: Instance) -> str | None:
-    """The database the instance uses when a restore switched it away from its derived one; None otherwise."""
+    """The database the instance uses when a restore switched it away from its derived one; None otherwise. Read
+    from ``instance`` itself when the query that loaded it joined it (``select_related("current_database")``: no
+    query), else looked up."""
+    if _CURRENT_DATABASE.is_cached(instance):
+        row = _CURRENT_DATABASE.get_cached_value(instance)
+        return row.name if row is not None else None
     return InstanceDatabase.objects.filter(instance_id=instance.pk).values_list("name", flat=True).first()
 
 

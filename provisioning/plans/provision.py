@@ -23,6 +23,7 @@ from provisioning.plans.registry import MINUTES, Plan, register_plan
 from provisioning.ports import instance_address, instance_port, instance_port_allocate, instance_port_release
 
 logger = logging.getLogger(__name__)
+_HOST_PORT = Instance.host_port.related
 
 
 def instance_hostname(instance: Instance) -> str:
@@ -57,9 +58,11 @@ def deployment_spec(instance: Instance, *, database_url: str, share: Share) -> D
 
 
 def _instance(operation: Operation) -> Instance:
-    return Instance.objects.select_related("region", "reef", "database_pool", "compute_pool", "share__pool").get(
-        pk=operation.instance_id
-    )
+    """The instance, read afresh by each step with everything the steps use joined in one query: its region, reef,
+    pools, share (with its pool), port and current database."""
+    return Instance.objects.select_related(
+        "region", "reef", "database_pool", "compute_pool", "share__pool", "host_port", "current_database"
+    ).get(pk=operation.instance_id)
 
 
 # ---- provision -------------------------------------------------------------------------------------------
@@ -95,7 +98,7 @@ def provision_share(operation: Operation) -> None:
 
 def provision_firewall(operation: Operation) -> None:
     """Firewall the share to the instance's own address, known once its compute runs (a pod's node, say)."""
-    share_firewall_follow(instance=_instance(operation))
+    share_firewall_follow(instance=_instance(operation), loaded=True)
 
 
 def provision_compute(operation: Operation) -> None:
@@ -112,6 +115,8 @@ def provision_dns(operation: Operation) -> None:
     port = instance_port(instance)
     address = "127.0.0.1" if port else (instance.reef.ingress_address or "127.0.0.1")
     drivers.for_dns(instance.region).upsert_record(name=instance.name, address=address, port=port)
+    # The run's instance (the engine's, which the welcome mail is written from) learns its port from this read.
+    _HOST_PORT.set_cached_value(operation.instance, getattr(instance, "host_port", None))
 
 
 def provision_succeed(operation: Operation) -> None:
