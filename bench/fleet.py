@@ -7,7 +7,8 @@ and tallies refilled from the rows): ``size`` running instances in ``size / 100`
 pool 80% full, one succeeded provision operation per instance. Then it measures (medians):
 
 - placement: ``instance_place`` in its own transaction, against the bare allocation
-  ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING`` on a table of the same size;
+  ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING`` on a table of the same size, taken in
+  turns (one of each per round, so both see the same load);
 - ``/metrics`` (the whole scrape) against set-based SQL computing the same numbers from the rows;
 - the capacity page (the admin view, rendered) against set-based SQL for its numbers;
 - the planner's facts (``gather_facts``) against set-based SQL for the same numbers from the rows;
@@ -151,35 +152,32 @@ def _new_instances(count: int, region_slug: str):
     return made
 
 
-def placement_ms() -> float:
+def placement_pair() -> tuple[float, float]:
+    """Median ms of ``instance_place`` (in its own transaction) and of the bare allocation, taken in turns (one of
+    each per round) so both see the same load on a shared machine."""
+    import psycopg
     from django.db import transaction
 
     from cells.placement import instance_place
 
     instances = iter(_new_instances(PLACEMENTS, "bench"))
-
-    def one():
-        with transaction.atomic():
-            instance_place(instance=next(instances))
-
-    return median_ms(one, PLACEMENTS)
-
-
-def bare_allocation_ms() -> float:
-    import psycopg
-
+    counter = iter(range(10**9))
+    hub, bare = [], []
     with psycopg.connect(_dsn()) as conn:
-        counter = iter(range(10**9))
-
-        def one():
+        for _ in range(PLACEMENTS):
+            started = time.perf_counter()
+            with transaction.atomic():
+                instance_place(instance=next(instances))
+            hub.append(time.perf_counter() - started)
+            started = time.perf_counter()
             with conn.transaction():
                 conn.execute(
                     "UPDATE bench_slots SET taken_by = %s WHERE id = (SELECT id FROM bench_slots "
                     "WHERE taken_by IS NULL ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING id",
                     [-next(counter)],
                 ).fetchone()
-
-        return median_ms(one, PLACEMENTS)
+            bare.append(time.perf_counter() - started)
+    return statistics.median(hub) * 1000, statistics.median(bare) * 1000
 
 
 def _hub_client(args):
@@ -457,7 +455,7 @@ def main():
                 build_fleet(size)
                 built = time.perf_counter() - started
                 figures = {
-                    "placement": (placement_ms(), bare_allocation_ms()),
+                    "placement": placement_pair(),
                     "/metrics": (metrics_ms(), median_ms(lambda: _run_sql(METRICS_SQL), 5)),
                 }
                 page_ms, page_bytes = capacity_page()

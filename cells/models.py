@@ -257,12 +257,16 @@ class Instance(models.Model):
     )
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="instances")
     region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="instances")
-    reef = models.ForeignKey(Reef, null=True, blank=True, on_delete=models.PROTECT, related_name="instances")
+    # No single-column index on these three: the (column, state) indexes below lead with them and serve every look-up
+    # by them, and each index more is one more write when placement points an instance at its reef and pools.
+    reef = models.ForeignKey(
+        Reef, null=True, blank=True, on_delete=models.PROTECT, related_name="instances", db_index=False
+    )
     database_pool = models.ForeignKey(
-        Pool, null=True, blank=True, on_delete=models.PROTECT, related_name="database_instances"
+        Pool, null=True, blank=True, on_delete=models.PROTECT, related_name="database_instances", db_index=False
     )
     compute_pool = models.ForeignKey(
-        Pool, null=True, blank=True, on_delete=models.PROTECT, related_name="compute_instances"
+        Pool, null=True, blank=True, on_delete=models.PROTECT, related_name="compute_instances", db_index=False
     )
     server_version = models.CharField(max_length=50)
     state = models.CharField(max_length=16, choices=InstanceState.choices, default=InstanceState.PENDING, db_index=True)

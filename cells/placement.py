@@ -6,7 +6,9 @@ inside that lock, and takes its share with ``FOR UPDATE SKIP LOCKED``. Reefs pla
 reef never exceeds ``max_instances`` and no pool exceeds its capacity. The hot path is hand-written SQL
 (portable to SQLite, where the lock clauses are dropped because SQLite serialises writers): placement is
 on every signup's critical path, and the ORM's compile time for these subqueries cost more than the
-database did (see bench/signup.py).
+database did (see bench/signup.py). On PostgreSQL a shared instance — the common case — is placed by one call of a
+server-side function (migration 0014): one round trip, no statement planned per placement, its savepoint inside the
+server (bench/fleet.py measures it against the bare SQL allocation).
 """
 from django.db import IntegrityError, connection, transaction
 
@@ -176,37 +178,24 @@ def _lock_and_count(cursor, reef_id: int):
     return cursor.fetchone()
 
 
-# The common case on PostgreSQL, a shared instance, in one statement: lock the roomiest reef nobody holds that has
-# a free slot of every kind (read from the counters), take its first free share, and point the instance at the
-# reef and its roomiest pools. The triggers count the slots taken, in this transaction; the check constraints
-# refuse an over-full reef or pool. Returns the reef tried and the instance placed (NULL when it was not).
-_PLACE_SHARED_SQL = (
-    "WITH reef AS (SELECT r.id, {database_pool} AS database_pool_id, {compute_pool} AS compute_pool_id "
-    f"{_REEFS_WITH_ROOM.format(fits=_FITS_SHARED, exclude='{exclude}')} LIMIT 1 FOR UPDATE OF r SKIP LOCKED), "
-    "share AS (UPDATE cells_share SET status = 'assigned', instance_id = %s WHERE status = 'available' AND id = ("
-    "SELECT s.id FROM cells_share s JOIN cells_pool p ON p.id = s.pool_id WHERE p.reef_id = (SELECT id FROM reef) "
-    f"AND p.status = '{PoolStatus.AVAILABLE}' AND NOT p.dedicated AND s.status = 'available' "
-    "ORDER BY s.pool_id, s.slot LIMIT 1 FOR UPDATE OF s SKIP LOCKED) RETURNING id), "
-    "placed AS (UPDATE cells_instance i SET reef_id = reef.id, database_pool_id = reef.database_pool_id, "
-    "compute_pool_id = reef.compute_pool_id FROM reef WHERE i.id = %s AND EXISTS (SELECT 1 FROM share) "
-    "RETURNING i.id) "
-    "SELECT reef.id, reef.database_pool_id, reef.compute_pool_id, (SELECT id FROM placed) FROM reef"
-).format(
-    database_pool=_pool_with_room(PoolKind.DATABASE), compute_pool=_pool_with_room(PoolKind.COMPUTE),
-    exclude="{exclude}",
-)
+# The common case on PostgreSQL, a shared instance: the server-side function of migration 0014 locks the roomiest reef
+# nobody holds that has a free slot of every kind (read from the counters), takes its first free share and points the
+# instance at the reef and its roomiest pools, in one round trip with its plan cached by the session. Its own block is
+# the savepoint: when that reef cannot take the instance after all, or a check constraint refuses a slot counted from
+# a stale snapshot, the block is rolled back (the reef's lock with it) and the caller's transaction stays usable. Its
+# rules are those of _REEFS_WITH_ROOM and _TAKE_SHARE_SQL, frozen in the migration (change both together).
+_PLACE_SHARED_SQL = "SELECT * FROM cells_place_shared(%s, %s, %s::bigint[])"
 
 
-def _place_shared(cursor, instance: Instance, tried: list[int]):
-    """One statement: lock a reef and take its slots (see _PLACE_SHARED_SQL). (reef tried, placed?), or None."""
-    cursor.execute(_PLACE_SHARED_SQL.format(exclude=_exclude(tried)), [instance.region_id, *tried, instance.pk,
-                                                                       instance.pk])
-    row = cursor.fetchone()
-    if row is None:
-        return None
-    reef_id, database_pool_id, compute_pool_id, placed = row
-    if placed is None:
-        raise _NotHere(reef_id)
+def _place_shared(cursor, instance: Instance, tried: list[int]) -> tuple[int | None, bool]:
+    """One statement: lock a reef and take its slots (see _PLACE_SHARED_SQL). Returns (the reef tried, placed?),
+    (None, False) when no reef with room is free; raises ``_Stale`` when the counters read were stale."""
+    cursor.execute(_PLACE_SHARED_SQL, [instance.region_id, instance.pk, tried])
+    reef_id, database_pool_id, compute_pool_id, outcome = cursor.fetchone()
+    if outcome == "stale":
+        raise _Stale
+    if outcome != "placed":
+        return reef_id, False
     instance.reef_id, instance.database_pool_id, instance.compute_pool_id = reef_id, database_pool_id, compute_pool_id
     return reef_id, True
 
@@ -261,18 +250,16 @@ _MAX_STALE_RETRIES = 3
 
 
 def _attempt(cursor, instance: Instance, lock_reef) -> tuple[int | None, bool]:
-    """Lock a reef and take slots, in a savepoint. ``lock_reef`` either returns the reef's slots row (or None when
-    there is none) for ``_take_slots``, or does the whole placement itself and returns (reef, placed?). When the reef
-    cannot take the instance the savepoint is rolled back, which releases that reef's row lock: a placement never
-    holds a reef it gave up on while it waits for another, so two placements cannot deadlock. Returns (the reef
-    tried, placed?); raises ``_Stale`` when a check constraint refused a slot counted from a stale snapshot."""
+    """Lock a reef and take slots, in a savepoint. ``lock_reef`` returns the reef's slots row (or None when there is
+    none) for ``_take_slots``. When the reef cannot take the instance the savepoint is rolled back, which releases
+    that reef's row lock: a placement never holds a reef it gave up on while it waits for another, so two placements
+    cannot deadlock. Returns (the reef tried, placed?); raises ``_Stale`` when a check constraint refused a slot
+    counted from a stale snapshot."""
     try:
         with transaction.atomic():
             slots = lock_reef()
             if slots is None:
                 return None, False
-            if len(slots) == 2:
-                return slots
             if _take_slots(cursor, slots, instance):
                 return slots[0], True
             raise _NotHere(slots[0])
@@ -301,8 +288,8 @@ def instance_place(*, instance: Instance) -> None:
 
     Raises ``Refused`` (field ``region``) when its region takes no signups and ``NoCapacity`` when no reef has a free
     slot of every kind; in both cases nothing is taken. The common path (a shared instance on PostgreSQL, inside
-    the caller's transaction) is one statement inside a savepoint, reading the slot counters: its cost does not grow
-    with the fleet.
+    the caller's transaction) is one statement, its savepoint inside the server, reading the slot counters: its cost
+    does not grow with the fleet.
     """
     if instance.reef_id:  # a retry after a partial release: complete the placement in the same reef
         with transaction.atomic():
@@ -341,7 +328,7 @@ def _place_anywhere(instance: Instance) -> bool:
         tried = []
         while True:
             if fast:
-                reef_id, placed = _attempt(cursor, instance, lambda: _place_shared(cursor, instance, tried))
+                reef_id, placed = _place_shared(cursor, instance, tried)
             else:
                 reef_id, placed = _attempt(cursor, instance, lambda: _lock_roomiest_free_reef(cursor, instance, tried))
             if placed:

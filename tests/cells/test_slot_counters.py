@@ -128,17 +128,21 @@ def _fleet(region, *, reefs, per_reef):
 
 
 @pytest.mark.parametrize("reefs,per_reef", [(1, 2), (6, 40)])
-def test_placement_costs_three_statements_whatever_the_fleet(reefs, per_reef):
+def test_placement_is_one_statement_whatever_the_fleet(reefs, per_reef):
     region = make_region()
     _fleet(region, reefs=reefs, per_reef=per_reef)
     instance = make_instance(region=region)
     instance.region  # noqa: B018  (loaded, as the provision step has it)
-    with CaptureQueriesContext(connection) as queries:
-        instance_place(instance=instance)
-    # SAVEPOINT, the placement statement, RELEASE SAVEPOINT: no count of the fleet, whatever its size.
-    assert len(queries) == 3, [q["sql"][:80] for q in queries]
-    assert "count(" not in queries[1]["sql"].lower()
-    assert Share.objects.get(instance=instance).pool.reef_id == instance.reef_id
+    with transaction.atomic():  # as a signup places: inside its transaction
+        with CaptureQueriesContext(connection) as queries:
+            instance_place(instance=instance)
+    # One round trip: no savepoint of the client's, no count of the fleet, whatever its size.
+    assert len(queries) == 1, [q["sql"][:80] for q in queries]
+    assert "count(" not in queries[0]["sql"].lower() and "savepoint" not in queries[0]["sql"].lower()
+    share = Share.objects.select_related("pool").get(instance=instance)
+    instance.refresh_from_db()
+    assert share.pool.reef_id == instance.reef_id and instance.database_pool.reef_id == instance.reef_id
+    assert instance.compute_pool.reef_id == instance.reef_id
 
 
 def test_placement_keeps_its_rules_with_counters():
