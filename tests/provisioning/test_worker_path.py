@@ -1,6 +1,7 @@
 """The worker path is cheap: a provision on the local drivers runs in at most 25 statements, on every connection the
 worker uses, and opens no database connection per step (the steps share one, however many there are)."""
 import threading
+from datetime import datetime
 
 import pytest
 from django.db import connection
@@ -51,8 +52,12 @@ def _provision(settings):
     connection.ensure_connection()
     with Statements() as seen:
         assert operation_run(operation.pk) == OperationState.SUCCEEDED
-    done = operation.__class__.objects.get(pk=operation.pk).done_step_names
+    operation = operation.__class__.objects.get(pk=operation.pk)
+    done = operation.done_step_names
     assert done == plan_for("provision").step_names and len(done) >= 5  # every step ran, in this run
+    for step in operation.steps:  # each recorded with its times, the last one by the end's own update
+        started, finished = (datetime.fromisoformat(step[key]) for key in ("started_at", "finished_at"))
+        assert started <= finished <= operation.finished_at, step
     return seen
 
 
