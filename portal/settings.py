@@ -285,6 +285,8 @@ CELLHUB = {
     "HEALTH_HTTP": env.bool("CELLHUB_HEALTH_HTTP", default=False),
     "HEALTH_URL": env.str("CELLHUB_HEALTH_URL", default="https://{hostname}/api/health"),
     "HEALTH_HTTP_TIMEOUT": env.float("CELLHUB_HEALTH_HTTP_TIMEOUT", default=5.0),
+    # How many HTTP health checks the pass runs at once (one thread each, sharing one connection pool).
+    "HEALTH_HTTP_CONCURRENCY": env.int("CELLHUB_HEALTH_HTTP_CONCURRENCY", default=32),
     "HEALTH_DRIVER_TIMEOUT": env.float("CELLHUB_HEALTH_DRIVER_TIMEOUT", default=30.0),
     "HEALTH_HISTORY_DAYS": env.int("CELLHUB_HEALTH_HISTORY_DAYS", default=14),
     # An upgrade waits this long for the new version to answer its health check before the try counts as failed.

@@ -333,7 +333,8 @@ NEEDS_ATTENTION = ~Q(status=HealthStatus.HEALTHY) | Q(flagged_at__isnull=False)
 
 
 class InstanceHealth(models.Model):
-    """An instance's health now: the last check, restarts made since it was last healthy, and a flag for staff.
+    """An instance's health now: the last check (when, what it found, what it did), since when it has been in this
+    status, restarts made since it was last healthy, and a flag for staff.
 
     Written only by ``provisioning.health``; staff clear a flag (which allows restarts again) from the admin.
     """
@@ -350,6 +351,9 @@ class InstanceHealth(models.Model):
     flagged_at = models.DateTimeField(null=True, blank=True, db_index=True)
     flag_reason = models.TextField(blank=True)
     checking_since = models.DateTimeField(null=True, blank=True, help_text="A check of it is under way since then.")
+    action = models.CharField(max_length=16, choices=HealthAction.choices, default=HealthAction.NONE,
+                              help_text="What the last check did about it.")
+    since = models.DateTimeField(null=True, blank=True, help_text="In this status since (the check that found it).")
 
     class Meta:
         ordering = ["instance_id"]
@@ -365,8 +369,10 @@ class InstanceHealth(models.Model):
 
 
 class HealthCheck(models.Model):
-    """One health check of one instance: what was found and what the hub did about it (history, pruned after
-    ``HEALTH_HISTORY_DAYS``)."""
+    """A change of one instance's health: a check that found another status than the one before, or that did
+    something about it (restarted, flagged, began waiting, saw it recover). Checks that find what the one before
+    found leave no row (``InstanceHealth.checked_at`` says when it was last checked). History, pruned after
+    ``HEALTH_HISTORY_DAYS``."""
 
     instance = models.ForeignKey("cells.Instance", on_delete=models.CASCADE, related_name="health_checks")
     checked_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -377,6 +383,7 @@ class HealthCheck(models.Model):
 
     class Meta:
         ordering = ["-checked_at", "-id"]
+        verbose_name = "health change"
         constraints = [
             models.CheckConstraint(condition=Q(status__in=HealthStatus.values), name="health_check_status_valid"),
             models.CheckConstraint(condition=Q(action__in=HealthAction.values), name="health_check_action_valid"),

@@ -243,14 +243,18 @@ class InstanceAdmin(AuditedModelAdmin):
 
     @admin.display(description="health")
     def health_history(self, instance):
-        """The current health (and a flag for staff) and the last checks, newest first."""
+        """The current health (since when, last checked when, and a flag for staff) and the last changes of its
+        health, newest first (a check that finds what the one before found is not a change)."""
         if not instance.pk:
             return "—"
         overview = instance_health_overview(instance)
         current, checks = overview["health"], overview["health_checks"]
-        if current is None:
+        if current is None or current.checked_at is None:
             return "not checked yet"
         summary = f"{current.get_status_display()}"
+        if current.since:
+            summary += f" since {current.since:%Y-%m-%d %H:%M:%S} UTC"
+        summary += f" (last checked {current.checked_at:%Y-%m-%d %H:%M:%S} UTC: {current.detail})"
         if current.restart_attempts:
             summary += f", {current.restart_attempts} restart(s) since it was last healthy"
         flag = format_html('<p class="errornote">Flagged {}: {}</p>', current.flagged_at, current.flag_reason) if (
@@ -262,7 +266,7 @@ class InstanceAdmin(AuditedModelAdmin):
         )
         url = reverse("admin:provisioning_healthcheck_changelist") + f"?instance__id__exact={instance.pk}"
         return format_html(
-            '{}<p>{} — <a href="{}">all checks</a></p><table data-role="health-checks"><tr><th>checked (UTC)</th>'
+            '{}<p>{} — <a href="{}">all changes</a></p><table data-role="health-checks"><tr><th>since (UTC)</th>'
             "<th>status</th><th>action</th><th>detail</th></tr>{}</table>",
             flag, summary, url, rows,
         )

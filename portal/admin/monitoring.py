@@ -68,14 +68,15 @@ class FlaggedFilter(admin.SimpleListFilter):
 @admin.register(InstanceHealth)
 class InstanceHealthAdmin(ReadOnly):
     list_display = [
-        "instance", "status", "checked_at", "restart_attempts", "last_restart_at", "flagged_at", "flag_reason",
+        "instance", "status", "since", "checked_at", "action", "restart_attempts", "last_restart_at", "flagged_at",
+        "flag_reason",
     ]
     list_filter = [FlaggedFilter, "status"]
     search_fields = ["instance__name", "detail", "flag_reason"]
     list_select_related = ["instance"]
     fields = [
-        "instance", "status", "checked_at", "detail", "unhealthy_since", "restart_attempts", "last_restart_at",
-        "flagged_at", "flag_reason", "history",
+        "instance", "status", "since", "checked_at", "action", "detail", "unhealthy_since", "restart_attempts",
+        "last_restart_at", "flagged_at", "flag_reason", "history",
     ]
     readonly_fields = fields
     actions = ["clear_flag"]
@@ -83,7 +84,7 @@ class InstanceHealthAdmin(ReadOnly):
     @admin.display(description="history")
     def history(self, health):
         url = reverse("admin:provisioning_healthcheck_changelist") + f"?instance__id__exact={health.instance_id}"
-        return format_html('<a href="{}">every check of {}</a>', url, health.instance)
+        return format_html('<a href="{}">every change of the health of {}</a>', url, health.instance)
 
     @admin.action(description="Clear the flag (gives the automatic restarts back)…", permissions=["act"])
     def clear_flag(self, request, queryset):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -440,6 +441,26 @@ class ComputeDriver(PoolDriver):
 
     def status(self, *, instance: Instance) -> DeploymentStatus:
         raise NotImplementedError
+
+    def statuses(self, *, instances: Sequence[Instance]) -> dict[int, DeploymentStatus]:
+        """The status of each of ``instances`` (instances of this pool), by instance id, in as few calls to the
+        provider as it allows: a driver that can list its deployments makes one list call (paged when large). This
+        fallback asks ``status`` of each. Raises ``DriverError`` when the pool does not answer (then no status is
+        known for any of them)."""
+        return {instance.pk: self.status(instance=instance) for instance in instances}
+
+    def share_client_addresses(self, *, instances: Sequence[Instance]) -> dict[int, str]:
+        """``share_client_address`` of each of ``instances`` (of this pool), by instance id; an instance whose
+        address is not known yet (``DriverError``) is left out. This fallback asks each; a driver that reads the
+        address from its provider lists it in one call. Never raises ``DriverError`` for one instance; raises it
+        when the pool does not answer at all."""
+        addresses = {}
+        for instance in instances:
+            try:
+                addresses[instance.pk] = self.share_client_address(instance=instance)
+            except DriverError:
+                continue
+        return addresses
 
     def scale(self, *, instance: Instance, replicas: int) -> None:
         raise NotImplementedError

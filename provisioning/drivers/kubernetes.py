@@ -24,6 +24,8 @@ a repeat converges and never duplicates. Every call goes through ``cloud_call``.
 """
 from __future__ import annotations
 
+import json
+
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
@@ -40,6 +42,8 @@ from provisioning.drivers.cloud_retry import CloudConflictError, CloudNotFoundEr
 from provisioning.drivers.kubernetes_clusters import CLUSTER_APIS, CLUSTER_BY_CLOUD
 
 MANAGED_BY = "app.kubernetes.io/managed-by=cellhub"
+# Items per page of a list call over the whole cluster (the API server's continue token fetches the next).
+LIST_PAGE = 500
 
 
 def load_api_client(config: dict) -> k8s.ApiClient:
@@ -224,6 +228,43 @@ class KubernetesComputeDriver(ComputeDriver):
             image=containers[0].image if containers else "",
         )
 
+    def _list_pages(self, what: str, list_call) -> list[dict]:
+        """Every object of the hub (its label) that ``list_call`` (a ``list_*_for_all_namespaces``) returns, as the
+        API's JSON, one page of ``LIST_PAGE`` per call (``limit`` / ``continue``); read raw, not into the client's
+        models, which cost a millisecond an object on a large cluster."""
+        items, token = [], None
+        while True:
+            response = cloud_call(what, lambda token=token: list_call(
+                label_selector=MANAGED_BY, limit=LIST_PAGE, _continue=token, _preload_content=False,
+            ))
+            page = json.loads(response.data)
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+
+    def statuses(self, *, instances) -> dict[int, DeploymentStatus]:
+        """``status`` of each instance from one list of the hub's deployments in the cluster (paged: one call per
+        ``LIST_PAGE`` deployments). An instance whose namespace holds none has ``exists=False``."""
+        found: dict[str, dict] = {}
+        for deployment in self._list_pages("list the hub's deployments", self.apps.list_deployment_for_all_namespaces):
+            found.setdefault(deployment["metadata"]["namespace"], deployment)
+        statuses = {}
+        for instance in instances:
+            deployment = found.get(self.namespace(instance))
+            if deployment is None:
+                statuses[instance.pk] = DeploymentStatus(exists=False)
+                continue
+            spec = deployment.get("spec") or {}
+            containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+            statuses[instance.pk] = DeploymentStatus(
+                exists=True,
+                ready_replicas=(deployment.get("status") or {}).get("readyReplicas") or 0,
+                replicas=spec.get("replicas") or 0,
+                image=containers[0].get("image", "") if containers else "",
+            )
+        return statuses
+
     def scale(self, *, instance, replicas: int) -> None:
         """Set the deployment's replicas (0 stops the instance) through its scale subresource."""
         deployment = self._require_deployment(instance)
@@ -282,6 +323,33 @@ class KubernetesComputeDriver(ComputeDriver):
         raise TransientDriverError(
             f"instance {instance.name} has no scheduled pod yet: its {source} address is unknown"
         )
+
+    def share_client_addresses(self, *, instances) -> dict[int, str]:
+        """``share_client_address`` of each instance: from the config (``egress``) without a call, else from one list
+        of the hub's pods in the cluster (paged). An instance with no scheduled pod yet is left out."""
+        source = self.config.get("firewall_address") or self.default_share_client_source()
+        if source == "egress":
+            return {instance.pk: super().egress_address(instance=instance) for instance in instances}
+        if source not in ("node", "pod"):
+            raise PermanentDriverError(f"pool {self.pool}: firewall_address must be node, pod or egress, not {source}")
+        by_namespace: dict[str, list[dict]] = {}
+        for pod in self._list_pages("list the hub's pods", self.core.list_pod_for_all_namespaces):
+            metadata, status = pod.get("metadata") or {}, pod.get("status")
+            if metadata.get("deletionTimestamp") is None and status is not None:
+                by_namespace.setdefault(metadata.get("namespace"), []).append(pod)
+        addresses = {}
+        for instance in instances:
+            pods = [pod for pod in by_namespace.get(self.namespace(instance), [])
+                    if (pod["metadata"].get("labels") or {}).get(manifests.LABEL) == instance.name]
+            # The newest running (else scheduled) pod counts, as in ``share_client_address``.
+            pods.sort(key=lambda pod: (pod["status"].get("phase") == "Running",
+                                       pod["metadata"].get("creationTimestamp") or ""), reverse=True)
+            for pod in pods:
+                address = pod["status"].get("hostIP" if source == "node" else "podIP")
+                if address:
+                    addresses[instance.pk] = address
+                    break
+        return addresses
 
     def list_deployments(self) -> list[str]:
         """Namespaces holding a deployment of the hub (one per instance)."""

@@ -212,9 +212,22 @@ class LocalComputeDriver(ComputeDriver):
         (0 or 1); ``ready_replicas`` is 1 only while supervisord reports it RUNNING; ``image`` is the image of the
         version it runs; ``detail`` is supervisord's state (STOPPED, EXITED, FATAL, BACKOFF…) and exit status."""
         spec = self.read_spec(instance)
+        return self._status(spec, self.supervisor().info(spec.namespace) if spec else None)
+
+    def statuses(self, *, instances) -> dict[int, DeploymentStatus]:
+        """``status`` of each instance from one ``getAllProcessInfo`` call to supervisord (and each spec, read from
+        this machine's disk)."""
+        processes = self.supervisor().all_info()
+        statuses = {}
+        for instance in instances:
+            spec = self.read_spec(instance)
+            statuses[instance.pk] = self._status(spec, processes.get(spec.namespace) if spec else None)
+        return statuses
+
+    @staticmethod
+    def _status(spec: DeploymentSpec | None, info: dict | None) -> DeploymentStatus:
         if spec is None:
             return DeploymentStatus(exists=False)
-        info = self.supervisor().info(spec.namespace)
         image = f"{spec.image}:{spec.version}"
         if info is None:
             return DeploymentStatus(exists=True, replicas=spec.replicas, image=image,

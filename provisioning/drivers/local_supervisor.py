@@ -261,6 +261,17 @@ class Supervisor:
         except (OSError, http.client.HTTPException) as error:
             raise TransientDriverError(f"supervisord at {self.socket_path} did not answer: {error}") from error
 
+    def all_info(self) -> dict[str, dict]:
+        """supervisord's record of every program it knows, by name, in one call (``getAllProcessInfo``). Starts
+        supervisord when it is not running. Raises ``TransientDriverError`` when it does not answer."""
+        self.ensure_running()
+        try:
+            return {info["name"]: info for info in self.rpc().supervisor.getAllProcessInfo()}
+        except xmlrpc.client.Fault as error:
+            raise PermanentDriverError(f"supervisord: {error.faultString}") from error
+        except (OSError, http.client.HTTPException) as error:
+            raise TransientDriverError(f"supervisord at {self.socket_path} did not answer: {error}") from error
+
     def start(self, name: str) -> None:
         try:
             self.rpc().supervisor.startProcess(name, False)
