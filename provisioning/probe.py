@@ -6,9 +6,10 @@ Used by the health pass (provisioning/health.py) and by an upgrade waiting for t
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 
-import requests
+import urllib3
 from django.conf import settings
 
 from cells.choices import Provider
@@ -87,23 +88,33 @@ def status_findings(status: DeploymentStatus, version: str) -> tuple[dict, list[
     return details, problems
 
 
-def http_findings(request: tuple[str, dict], version: str, *, session=requests) -> tuple[dict, list[str]]:
-    """Ask the instance itself (``request``: URL and headers) through ``session`` (a ``requests.Session`` reuses
-    connections; default: a new one each call); its details and problems. Never raises for what it answers."""
+def http_pool(size: int = 1) -> urllib3.PoolManager:
+    """A connection pool for HTTP checks: keeps up to ``size`` connections per host alive between checks. urllib3
+    (what ``requests`` is built on) rather than ``requests`` itself: at 50,000 checks a pass its per-request cost is
+    less than half ``requests``'s, and a pass is mostly this."""
+    return urllib3.PoolManager(num_pools=max(size, 10), maxsize=size, retries=False)
+
+
+def http_findings(request: tuple[str, dict], version: str, *, pool: urllib3.PoolManager | None = None
+                  ) -> tuple[dict, list[str]]:
+    """Ask the instance itself (``request``: URL and headers) through ``pool`` (shared, its connections reused;
+    default: a new one), no redirect followed, within ``HEALTH_HTTP_TIMEOUT``; its details and problems. Never
+    raises for what it answers or fails to."""
     url, headers = request
     details: dict = {"url": url}
     problems = []
     try:
-        response = session.get(url, headers=headers, timeout=settings.CELLHUB["HEALTH_HTTP_TIMEOUT"],
-                               allow_redirects=False)
-        details["http_status"] = response.status_code
-        answer = _json_or_empty(response)
-        if not 200 <= response.status_code < 300:
+        response = (pool or http_pool()).request(
+            "GET", url, headers=headers, timeout=settings.CELLHUB["HEALTH_HTTP_TIMEOUT"], redirect=False,
+        )
+        details["http_status"] = response.status
+        answer = _json_or_empty(response.data)
+        if not 200 <= response.status < 300:
             reason = f": {answer['reason']}" if answer.get("reason") else ""
-            problems.append(f"{url} answered {response.status_code}{reason}")
+            problems.append(f"{url} answered {response.status}{reason}")
         elif answer.get("version") not in (None, version):
             problems.append(f"{url} reports version {answer['version']}, not {version}")
-    except requests.RequestException as error:
+    except (urllib3.exceptions.HTTPError, OSError) as error:
         problems.append(f"{url} did not answer: {error.__class__.__name__}")
     return details, problems
 
@@ -134,9 +145,9 @@ def instance_probe(instance: Instance, *, version: str | None = None) -> Probe:
     return probe_result(status, details, problems)
 
 
-def _json_or_empty(response) -> dict:
+def _json_or_empty(data: bytes) -> dict:
     try:
-        answer = response.json()
-    except ValueError:
+        answer = json.loads(data)
+    except ValueError:  # UnicodeDecodeError is one
         return {}
     return answer if isinstance(answer, dict) else {}

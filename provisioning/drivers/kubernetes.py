@@ -329,7 +329,7 @@ class KubernetesComputeDriver(ComputeDriver):
         of the hub's pods in the cluster (paged). An instance with no scheduled pod yet is left out."""
         source = self.config.get("firewall_address") or self.default_share_client_source()
         if source == "egress":
-            return {instance.pk: super().egress_address(instance=instance) for instance in instances}
+            return {instance.pk: ComputeDriver.egress_address(self, instance=instance) for instance in instances}
         if source not in ("node", "pod"):
             raise PermanentDriverError(f"pool {self.pool}: firewall_address must be node, pod or egress, not {source}")
         by_namespace: dict[str, list[dict]] = {}

@@ -3,7 +3,7 @@
 Per compute pool with instances to check: one query reads them (with their port and their share's firewall
 address), one driver call lists every deployment of the pool (``ComputeDriver.statuses``: supervisord's
 ``getAllProcessInfo``, the cluster's deployments by the hub's label), the HTTP checks run on a thread pool of
-``HEALTH_HTTP_CONCURRENCY`` sharing one ``requests.Session``. Then, per chunk of ``CHUNK`` instances: one statement
+``HEALTH_HTTP_CONCURRENCY`` sharing one connection pool. Then, per chunk of ``CHUNK`` instances: one statement
 creates the health rows of instances checked for the first time (only when there are some), one claims the chunk
 and reads its current health (``UPDATE … RETURNING``: instances another check holds are skipped), one ``UPDATE``
 per distinct outcome writes the checks that need no action (one for a healthy chunk), one ``INSERT`` the history
@@ -16,7 +16,6 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
-import requests
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
@@ -31,7 +30,15 @@ from provisioning.health.check import CHECK_CLAIM_SECONDS, decide, outcome_act, 
 from provisioning.health.history import history_prune, is_change
 from provisioning.models import HealthAction, HealthCheck, HealthStatus, InstanceHealth
 from provisioning.operations import call_with_timeout
-from provisioning.probe import Probe, health_request, http_findings, probe_result, status_findings, unknown_probe
+from provisioning.probe import (
+    Probe,
+    health_request,
+    http_findings,
+    http_pool,
+    probe_result,
+    status_findings,
+    unknown_probe,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,14 +113,11 @@ def _statuses(driver, pool: Pool, instances: list[Instance]) -> dict[int, Deploy
 
 
 class _Prober:
-    """The HTTP half of the checks, on a bounded thread pool sharing one session (connections are reused)."""
+    """The HTTP half of the checks, on a bounded thread pool sharing one connection pool (connections reused)."""
 
     def __init__(self):
         self.concurrency = max(int(settings.CELLHUB["HEALTH_HTTP_CONCURRENCY"]), 1)
-        self.session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=self.concurrency, pool_maxsize=self.concurrency)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.pool = http_pool(self.concurrency)
         self.executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="health-http")
 
     def probes(self, instances: list[Instance], statuses: dict[int, DeploymentStatus]) -> dict[int, Probe]:
@@ -128,7 +132,7 @@ class _Prober:
                 results[instance.pk] = probe_result(status, details, problems)
             else:
                 asking[instance.pk] = (status, details, self.executor.submit(
-                    http_findings, request, instance.server_version, session=self.session))
+                    http_findings, request, instance.server_version, pool=self.pool))
         for pk, (status, details, future) in asking.items():
             http_details, problems = future.result()
             results[pk] = probe_result(status, {**details, **http_details}, problems)
@@ -136,7 +140,7 @@ class _Prober:
 
     def close(self):
         self.executor.shutdown(wait=True)
-        self.session.close()
+        self.pool.clear()
 
 
 def _claim_chunk(chunk: list[Instance], now: datetime) -> dict[int, _Health]:
@@ -152,7 +156,7 @@ def _claim_chunk(chunk: list[Instance], now: datetime) -> dict[int, _Health]:
 
 
 def _count(counts: dict, key: str) -> None:
-    counts[key] = counts.get(key, 0) + 1
+    counts[str(key)] = counts.get(str(key), 0) + 1
 
 
 def _check_chunk(chunk: list[Instance], statuses: dict[int, DeploymentStatus] | Probe, prober: _Prober,

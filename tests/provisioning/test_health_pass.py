@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from cells.audit import AuditEvent
 from cells.choices import InstanceState, OperationKind, PoolKind
-from cells.models import Operation
+from cells.models import Instance, Operation
 from provisioning import drivers
 from provisioning.drivers import kubernetes as kubernetes_driver
 from provisioning.drivers.base import DeploymentSpec
@@ -29,9 +29,12 @@ from provisioning.drivers.local_supervisor import Supervisor
 from provisioning.health import health_check_pass
 from provisioning.models import HealthAction, HealthCheck, HealthStatus, InstanceHealth
 from tests.factories import make_instance, make_pool, make_reef, make_region, make_user
+from tests.provisioning import test_firewall as firewall
 from tests.provisioning.drivers.test_kubernetes import FakeKubeApi
+from tests.provisioning.test_backups import signup
 
 pytestmark = pytest.mark.django_db
+backup_key, run, kube, kube_cell = firewall.backup_key, firewall.run, firewall.kube, firewall.kube_cell  # fixtures
 VERSION = "2026.4.1"
 
 
@@ -343,3 +346,28 @@ def test_the_pass_skips_busy_instances_and_those_another_check_holds(tmp_path, k
     assert not HealthCheck.objects.filter(instance__in=instances[:2]).exists()
     assert InstanceHealth.objects.get(instance=instances[1]).checking_since is not None  # still the other's
     assert InstanceHealth.objects.get(instance=instances[2]).checking_since is None  # released
+
+
+def test_the_pass_moves_a_share_firewall_after_its_instance_from_one_pods_list(run, kube, kube_cell):
+    """A signed-up instance on a cluster (AWS: its share admits the node's address); its pod is rescheduled on
+    another node. The pass lists the pool's deployments once and its pods once, and moves the share's firewall."""
+    instance = signup(run, kube_cell)
+    assert Instance.objects.get(pk=instance.pk).share.firewall_address == "10.0.1.17"
+    namespace = drivers.for_pool(kube_cell["compute"]).namespace(instance)
+    deployment = next(obj for (kind, ns, _), obj in kube.objects.items() if kind == "deployments" and ns == namespace)
+    deployment["status"] = {"replicas": 1, "readyReplicas": 1}  # what the cluster's controller reports
+    pod = next(obj for (kind, ns, _), obj in kube.objects.items() if kind == "pods" and ns == namespace)
+    pod["status"]["hostIP"] = "10.0.3.4"  # rescheduled on another node
+    before = len(kube.requests)
+
+    assert health_check_pass() == {"healthy": 1, "firewall_updated": 1, "pruned": 0}
+    gets = [r["path"] for r in kube.requests[before:] if r["method"] == "GET"]
+    # The pool's lists, then the moved instance's own pods, read again by the follow that changes its firewall.
+    assert gets == ["/apis/apps/v1/deployments", "/api/v1/pods", f"/api/v1/namespaces/{namespace}/pods"]
+    assert Instance.objects.get(pk=instance.pk).share.firewall_address == "10.0.3.4"
+    event = AuditEvent.objects.filter(action="share.firewall").order_by("-pk").first()
+    assert event.details == {"instance": instance.pk, "previous": "10.0.1.17", "address": "10.0.3.4"}
+
+    before = len(kube.requests)
+    assert health_check_pass() == {"healthy": 1, "pruned": 0}  # where it was: nothing to move
+    assert [r["path"] for r in kube.requests[before:]] == ["/apis/apps/v1/deployments", "/api/v1/pods"]
