@@ -10,7 +10,7 @@ instance a change: unknown → healthy, a history row each) and a steady pass (n
 costs), counting the statements each sends.
 
 What is real: the hub's code end to end (the pass, the ``kubernetes`` driver through the kubernetes client with a
-kubeconfig per pool, urllib3 for the HTTP checks), PostgreSQL, and both servers' wire: one process serves the
+kubeconfig per pool, ``http.client`` for the HTTP checks), PostgreSQL, and both servers' wire: one process serves the
 Kubernetes API on 127.0.0.1 for every pool (each pool's kubeconfig names ``http://127.0.0.1:<port>/pool/<id>``, and
 the list call of that path answers that pool's deployments — the manifests ``manifests.render`` makes, with a ready
 status — paged with ``limit``/``continue`` as the API server does), another answers every instance's health URL
@@ -20,7 +20,7 @@ expects). What is not: no cluster runs the deployments, and one server stands in
 Baselines, the same work with nothing of the hub's: the bare SQL (one query reading the same rows — instances not
 busy, with their share and health — and one ``UPDATE`` of every health row's ``checked_at``), the raw list calls
 (one GET per pool with ``urllib``, JSON parsed), and the raw HTTP checks (the same GETs on the same bounded thread
-pool sharing one urllib3 connection pool).
+pool, a kept-alive connection per worker).
 
 The database is ``$CELLHUB_BENCH_DATABASE`` (default ``cellhub_bench_health``), dropped at the end; resources are
 named with ``$CELLHUB_BENCH_PREFIX``; the servers listen on ``--ports`` (or ``$CELLHUB_BENCH_PORTS``; default: ports
@@ -296,22 +296,27 @@ def raw_list_calls(kube_port: int) -> float:
 
 
 def raw_http(health_port: int, concurrency: int) -> float:
-    """The same GETs on a bounded thread pool sharing one urllib3 connection pool (as the pass does), nothing
-    else."""
-    import urllib3
+    """The same GETs on a bounded thread pool, each worker on its own kept-alive ``http.client`` connection,
+    answers parsed; nothing else."""
+    import http.client
+    import threading
 
     from cells.models import Instance
 
     hostnames = list(Instance.objects.values_list("hostname", flat=True))
-    pool = urllib3.PoolManager(maxsize=concurrency, retries=False)
+    local = threading.local()
+
+    def ask(names):
+        if not hasattr(local, "connection"):
+            local.connection = http.client.HTTPConnection("127.0.0.1", health_port, timeout=5)
+        for hostname in names:
+            local.connection.request("GET", f"/{hostname}/api/health")
+            json.loads(local.connection.getresponse().read())
+
+    step = -(-len(hostnames) // concurrency)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as executor:
-        list(executor.map(
-            lambda hostname: json.loads(pool.request(
-                "GET", f"http://127.0.0.1:{health_port}/{hostname}/api/health", timeout=5, redirect=False).data),
-            hostnames,
-        ))
-    pool.clear()
+        list(executor.map(ask, [hostnames[i:i + step] for i in range(0, len(hostnames), step)]))
     return time.perf_counter() - started
 
 

@@ -6,10 +6,12 @@ Used by the health pass (provisioning/health.py) and by an upgrade waiting for t
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import logging
+import threading
+from urllib.parse import urlsplit
 
-import urllib3
 from django.conf import settings
 
 from cells.choices import Provider
@@ -88,34 +90,85 @@ def status_findings(status: DeploymentStatus, version: str) -> tuple[dict, list[
     return details, problems
 
 
-def http_pool(size: int = 1) -> urllib3.PoolManager:
-    """A connection pool for HTTP checks: keeps up to ``size`` connections per host alive between checks. urllib3
-    (what ``requests`` is built on) rather than ``requests`` itself: at 50,000 checks a pass its per-request cost is
-    less than half ``requests``'s, and a pass is mostly this."""
-    return urllib3.PoolManager(num_pools=max(size, 10), maxsize=size, retries=False)
+# The most of an answer a check reads: a health answer is a few bytes of JSON.
+ANSWER_LIMIT = 64 * 1024
 
 
-def http_findings(request: tuple[str, dict], version: str, *, pool: urllib3.PoolManager | None = None
+class HealthClient:
+    """HTTP/1.1 GETs over kept-alive connections, a set per thread (a connection never serves two threads at once),
+    closed together by ``close``. The standard library's ``http.client``, not ``requests``: a pass makes one GET per
+    instance, and ``requests`` spends three times the CPU on each (~250 µs against ~80 µs here), which at 50,000
+    instances is most of a pass. No redirect is followed; a reused connection the server closed meanwhile is
+    replaced once (a GET is safe to repeat)."""
+
+    def __init__(self):
+        self._local = threading.local()
+        self._opened: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def get(self, url: str, headers: dict, timeout: float) -> tuple[int, bytes]:
+        """``(status, body)`` (the body cut at ``ANSWER_LIMIT``); raises ``OSError`` or ``http.client.HTTPException``
+        (a timeout is an ``OSError``) or ``ValueError`` for a URL it cannot ask."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url}")
+        key = (parts.scheme, parts.hostname, parts.port)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connections = self._local.__dict__.setdefault("connections", {})
+        for attempt in (1, 2):
+            connection = connections.get(key)
+            reused = connection is not None
+            if connection is None:
+                kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+                connection = connections[key] = kind(parts.hostname, parts.port, timeout=timeout)
+                with self._lock:
+                    self._opened.append(connection)
+            try:
+                connection.request("GET", path, headers=headers)
+                response = connection.getresponse()
+                body = response.read(ANSWER_LIMIT)
+                if response.will_close or not response.isclosed():  # closing, or more than the limit left unread
+                    connection.close()
+                    connections.pop(key, None)
+                return response.status, body
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                connections.pop(key, None)
+                if not reused or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._opened:
+                connection.close()
+            self._opened.clear()
+
+
+def http_findings(request: tuple[str, dict], version: str, *, client: HealthClient | None = None
                   ) -> tuple[dict, list[str]]:
-    """Ask the instance itself (``request``: URL and headers) through ``pool`` (shared, its connections reused;
-    default: a new one), no redirect followed, within ``HEALTH_HTTP_TIMEOUT``; its details and problems. Never
-    raises for what it answers or fails to."""
+    """Ask the instance itself (``request``: URL and headers) through ``client`` (shared, its connections kept
+    alive; default: a new one), within ``HEALTH_HTTP_TIMEOUT``; its details and problems. Never raises for what it
+    answers or fails to."""
     url, headers = request
     details: dict = {"url": url}
     problems = []
+    own = client is None
+    client = client or HealthClient()
     try:
-        response = (pool or http_pool()).request(
-            "GET", url, headers=headers, timeout=settings.CELLHUB["HEALTH_HTTP_TIMEOUT"], redirect=False,
-        )
-        details["http_status"] = response.status
-        answer = _json_or_empty(response.data)
-        if not 200 <= response.status < 300:
+        status, body = client.get(url, headers, settings.CELLHUB["HEALTH_HTTP_TIMEOUT"])
+        details["http_status"] = status
+        answer = _json_or_empty(body)
+        if not 200 <= status < 300:
             reason = f": {answer['reason']}" if answer.get("reason") else ""
-            problems.append(f"{url} answered {response.status}{reason}")
+            problems.append(f"{url} answered {status}{reason}")
         elif answer.get("version") not in (None, version):
             problems.append(f"{url} reports version {answer['version']}, not {version}")
-    except (urllib3.exceptions.HTTPError, OSError) as error:
+    except (OSError, http.client.HTTPException, ValueError) as error:
         problems.append(f"{url} did not answer: {error.__class__.__name__}")
+    finally:
+        if own:
+            client.close()
     return details, problems
 
 

@@ -1,9 +1,11 @@
 """The scheduled health pass over the fleet, batched so its cost per instance stays flat from 1,000 to 100,000.
 
-Per compute pool with instances to check: one query reads them (with their port and their share's firewall
-address), one driver call lists every deployment of the pool (``ComputeDriver.statuses``: supervisord's
-``getAllProcessInfo``, the cluster's deployments by the hub's label), the HTTP checks run on a thread pool of
-``HEALTH_HTTP_CONCURRENCY`` sharing one connection pool. Then, per chunk of ``CHUNK`` instances: one statement
+One query reads every instance to check (in chunks, pool after pool, with its port and its share's firewall
+address); one driver call per compute pool lists every deployment of the pool (``ComputeDriver.statuses``:
+supervisord's ``getAllProcessInfo``, the cluster's deployments by the hub's label), ``LIST_CONCURRENCY`` pools at
+once, each started as soon as its instances are read; the HTTP checks run on a thread pool of
+``HEALTH_HTTP_CONCURRENCY`` sharing kept-alive connections, the next pool's started before the pool before is
+written (a pipeline: the database's and the servers' waits overlap). Per chunk of ``CHUNK`` instances: one statement
 creates the health rows of instances checked for the first time (only when there are some), one claims the chunk
 and reads its current health (``UPDATE … RETURNING``: instances another check holds are skipped), one ``UPDATE``
 per distinct outcome writes the checks that need no action (one for a healthy chunk), one ``INSERT`` the history
@@ -11,6 +13,7 @@ rows of the changes among them. Only an instance to restart or flag is handled a
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -31,10 +34,10 @@ from provisioning.health.history import history_prune, is_change
 from provisioning.models import HealthAction, HealthCheck, HealthStatus, InstanceHealth
 from provisioning.operations import call_with_timeout
 from provisioning.probe import (
+    HealthClient,
     Probe,
     health_request,
     http_findings,
-    http_pool,
     probe_result,
     status_findings,
     unknown_probe,
@@ -44,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 # Instances claimed, checked and written together.
 CHUNK = 1000
+# Compute pools asked for their deployments at once (each list call mostly waits for its cluster).
+LIST_CONCURRENCY = 4
 # The fields of an instance the pass reads (what the probe, the driver's list and the firewall need).
 FIELDS = ("id", "name", "hostname", "server_version", "state", "compute_pool_id")
 HEALTH_FIELDS = ("status", "action", "unhealthy_since", "restart_attempts", "last_restart_at", "flagged_at")
@@ -81,21 +86,27 @@ def instances_to_check():
     )
 
 
-def _pool_instances(pool: Pool) -> list[Instance]:
-    """The pool's instances to check, each with ``port`` (0: none), ``share_address`` (None: no share) and
-    ``has_health`` (its health row exists), in one query."""
-    instances = list(
-        Instance.objects.filter(state=InstanceState.RUNNING, compute_pool=pool)
+def _instances_by_pool(pools: dict[int, Pool]):
+    """The instances to check, pool after pool: ``(pool, its instances)``, each instance with ``port`` (0: none),
+    ``share_address`` (None: no share) and ``health_id`` (None: never checked). One query, read in chunks."""
+    query = (
+        Instance.objects.filter(state=InstanceState.RUNNING, compute_pool__in=list(pools))
         .exclude(pk__in=_busy())
         .only(*FIELDS)
         .annotate(port=F("host_port__port"), share_address=F("share__firewall_address"),
                   health_id=F("health__instance_id"))
-        .order_by("pk")
+        .order_by("compute_pool_id", "pk")
     )
-    for instance in instances:
-        instance.compute_pool = pool  # the one row read already: no query per instance
+    group: list[Instance] = []
+    for instance in query.iterator(chunk_size=5 * CHUNK):
+        if group and instance.compute_pool_id != group[0].compute_pool_id:
+            yield pools[group[0].compute_pool_id], group
+            group = []
+        instance.compute_pool = pools[instance.compute_pool_id]  # the row read already: no query per instance
         instance.port = instance.port or 0
-    return instances
+        group.append(instance)
+    if group:
+        yield pools[group[0].compute_pool_id], group
 
 
 def _statuses(driver, pool: Pool, instances: list[Instance]) -> dict[int, DeploymentStatus] | Probe:
@@ -112,35 +123,50 @@ def _statuses(driver, pool: Pool, instances: list[Instance]) -> dict[int, Deploy
         return unknown_probe(instances[0], error)
 
 
+def _ask_all(asking: list[tuple[int, tuple[str, dict], str]], client) -> list[tuple[int, dict, list[str]]]:
+    """One worker's share of the HTTP checks, asked one after the other."""
+    return [(pk, *http_findings(request, version, client=client)) for pk, request, version in asking]
+
+
 class _Prober:
-    """The HTTP half of the checks, on a bounded thread pool sharing one connection pool (connections reused)."""
+    """The HTTP half of the checks, on a bounded thread pool sharing one ``HealthClient`` (connections kept alive). The
+    checks of a chunk are split into one task per worker (not one per check: a task costs as much as a check)."""
 
     def __init__(self):
         self.concurrency = max(int(settings.CELLHUB["HEALTH_HTTP_CONCURRENCY"]), 1)
-        self.pool = http_pool(self.concurrency)
+        self.client = HealthClient()
         self.executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="health-http")
 
-    def probes(self, instances: list[Instance], statuses: dict[int, DeploymentStatus]) -> dict[int, Probe]:
-        """Each instance's probe: its status's findings and, when those show no problem, its own answer."""
-        results: dict[int, Probe] = {}
-        asking = {}
+    def submit(self, instances: list[Instance], statuses: dict[int, DeploymentStatus]):
+        """Start the instances' probes: their status's findings now and, when those show no problem, their own
+        answer on the thread pool. ``collect`` gives the probes."""
+        done: dict[int, Probe] = {}
+        found, asking = {}, []
         for instance in instances:
             status = statuses.get(instance.pk) or DeploymentStatus(exists=False)
             details, problems = status_findings(status, instance.server_version)
             request = health_request(instance, port=instance.port) if not problems else None
             if request is None:
-                results[instance.pk] = probe_result(status, details, problems)
+                done[instance.pk] = probe_result(status, details, problems)
             else:
-                asking[instance.pk] = (status, details, self.executor.submit(
-                    http_findings, request, instance.server_version, pool=self.pool))
-        for pk, (status, details, future) in asking.items():
-            http_details, problems = future.result()
-            results[pk] = probe_result(status, {**details, **http_details}, problems)
-        return results
+                found[instance.pk] = (status, details)
+                asking.append((instance.pk, request, instance.server_version))
+        step = -(-len(asking) // self.concurrency) or 1
+        tasks = [self.executor.submit(_ask_all, asking[i:i + step], self.client) for i in range(0, len(asking), step)]
+        return done, found, tasks
+
+    @staticmethod
+    def collect(started) -> dict[int, Probe]:
+        done, found, tasks = started
+        for task in tasks:
+            for pk, http_details, problems in task.result():
+                status, details = found[pk]
+                done[pk] = probe_result(status, {**details, **http_details}, problems)
+        return done
 
     def close(self):
         self.executor.shutdown(wait=True)
-        self.pool.clear()
+        self.client.close()
 
 
 def _claim_chunk(chunk: list[Instance], now: datetime) -> dict[int, _Health]:
@@ -159,18 +185,46 @@ def _count(counts: dict, key: str) -> None:
     counts[str(key)] = counts.get(str(key), 0) + 1
 
 
-def _check_chunk(chunk: list[Instance], statuses: dict[int, DeploymentStatus] | Probe, prober: _Prober,
-                 now: datetime, counts: dict) -> list[Instance]:
-    """Check the chunk: claim, probe, decide, write. Returns the instances checked (not unknown) whose share
+@dataclasses.dataclass
+class _PoolCheck:
+    """A pool whose checks are under way: its driver and, per chunk, the instances claimed, their health and their
+    probes being taken."""
+
+    driver: object
+    chunks: list = dataclasses.field(default_factory=list)
+
+
+def _pool_start(driver, instances: list[Instance], statuses, prober: _Prober, now: datetime) -> _PoolCheck:
+    """Claim the pool's instances chunk by chunk and start their probes from ``statuses`` (the pool's list, or the
+    ``unknown`` probe of a pool that did not answer)."""
+    work = _PoolCheck(driver)
+    for start in range(0, len(instances), CHUNK):
+        chunk = instances[start:start + CHUNK]
+        claimed = _claim_chunk(chunk, now)
+        mine = [instance for instance in chunk if instance.pk in claimed]
+        if not mine:
+            continue
+        if isinstance(statuses, Probe):  # the pool did not answer: unknown for all, nothing asked
+            started = ({instance.pk: statuses for instance in mine}, {}, [])
+        else:
+            started = prober.submit(mine, statuses)
+        work.chunks.append((mine, claimed, started))
+    return work
+
+
+def _pool_finish(work: _PoolCheck, now: datetime, counts: dict) -> None:
+    """Wait for the pool's probes, decide, act and write, chunk by chunk; then the firewalls follow."""
+    checked = []
+    for mine, claimed, started in work.chunks:
+        checked += _chunk_finish(mine, claimed, _Prober.collect(started), now, counts)
+    _follow_firewalls(work.driver, checked, counts)
+
+
+def _chunk_finish(mine: list[Instance], claimed: dict[int, _Health], found: dict[int, Probe], now: datetime,
+                  counts: dict) -> list[Instance]:
+    """Decide each claimed instance's outcome and write the chunk: one ``UPDATE`` per distinct outcome, one
+    ``INSERT`` of the changes; a restart or a flag alone. Returns the instances checked (not unknown) whose share
     firewall may need to follow them."""
-    claimed = _claim_chunk(chunk, now)
-    if not claimed:
-        return []
-    mine = [instance for instance in chunk if instance.pk in claimed]
-    if isinstance(statuses, Probe):  # the pool did not answer: unknown for all, nothing asked
-        found = {instance.pk: statuses for instance in mine}
-    else:
-        found = prober.probes(mine, statuses)
     groups: dict[tuple, list[int]] = defaultdict(list)
     rows: list[HealthCheck] = []
     checked = []
@@ -246,23 +300,27 @@ def health_check_pass(*, now: datetime | None = None) -> dict:
     ``firewall_updated`` when there were any, and ``pruned``)."""
     now = now or timezone.now()
     counts: dict[str, int] = {}
-    pools = Pool.objects.filter(
+    pools = {pool.pk: pool for pool in Pool.objects.filter(
         pk__in=Instance.objects.filter(state=InstanceState.RUNNING).exclude(pk__in=_busy()).values("compute_pool_id")
-    ).select_related("reef__region").order_by("pk")
+    ).select_related("reef__region")}
     prober = _Prober()
+    lister = ThreadPoolExecutor(max_workers=LIST_CONCURRENCY, thread_name_prefix="health-list")
     try:
-        for pool in pools:
-            instances = _pool_instances(pool)
-            if not instances:
-                continue
+        listings = []
+        for pool, instances in _instances_by_pool(pools):  # each pool's list call starts as soon as it is read
             driver = drivers.for_pool(pool)
-            statuses = _statuses(driver, pool, instances)
-            checked = []
-            for start in range(0, len(instances), CHUNK):
-                chunk = instances[start:start + CHUNK]
-                checked += _check_chunk(chunk, statuses, prober, now, counts)
-            _follow_firewalls(driver, checked, counts)
+            listings.append((driver, instances, lister.submit(_statuses, driver, pool, instances)))
+        # Pipelined: a pool is claimed and its HTTP checks started before the pool before it is written.
+        under_way: _PoolCheck | None = None
+        for driver, instances, listing in listings:
+            started = _pool_start(driver, instances, listing.result(), prober, now)
+            if under_way is not None:
+                _pool_finish(under_way, now, counts)
+            under_way = started
+        if under_way is not None:
+            _pool_finish(under_way, now, counts)
     finally:
+        lister.shutdown(wait=True, cancel_futures=True)
         prober.close()
     counts["pruned"] = history_prune(now=now)
     return counts
