@@ -347,6 +347,9 @@ def main():
                   f"{time.perf_counter() - started:.1f} s; HEALTH_HTTP_CONCURRENCY "
                   f"{settings.CELLHUB['HEALTH_HTTP_CONCURRENCY']}")
 
+            from provisioning import drivers
+
+            drivers.driver_class("kubernetes")  # the drivers' modules imported, as in a worker that ran before
             first, first_statements, first_counts = timed_pass()
             print(f"first pass (every check a change): {first:6.2f} s, {first_statements} statements "
                   f"({first_statements / size:.3f} per instance); {first_counts}")

@@ -14,14 +14,17 @@ rows of the changes among them. Only an instance to restart or flag is handled a
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import F
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from cells.choices import OPERATION_ACTIVE_STATES, InstanceState
@@ -53,11 +56,28 @@ LIST_CONCURRENCY = 4
 FIELDS = ("id", "name", "hostname", "server_version", "state", "compute_pool_id")
 HEALTH_FIELDS = ("status", "action", "unhealthy_since", "restart_attempts", "last_restart_at", "flagged_at")
 
+# Ids travel as one array literal (``{1,2,3}``): one parameter, not a thousand to quote.
 _CLAIM = f"""
 UPDATE {InstanceHealth._meta.db_table} SET checking_since = %s
-WHERE instance_id = ANY(%s) AND (checking_since IS NULL OR checking_since < %s)
+WHERE instance_id = ANY(%s::int[]) AND (checking_since IS NULL OR checking_since < %s)
 RETURNING instance_id, {", ".join(HEALTH_FIELDS)}
 """
+# The health rows of instances checked for the first time, as the model's defaults make them.
+_CREATE = f"""
+INSERT INTO {InstanceHealth._meta.db_table} (instance_id, status, action, detail, restart_attempts, flag_reason)
+SELECT unnest(%s::int[]), %s, %s, '', 0, '' ON CONFLICT DO NOTHING
+"""
+# The history rows of a chunk, from one array per column.
+_HISTORY = f"""
+INSERT INTO {HealthCheck._meta.db_table} (instance_id, checked_at, status, action, detail, details)
+SELECT i, %s, s, a, d, j::jsonb
+FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[], %s::text[]) AS t(i, s, a, d, j)
+"""
+
+
+def _ids(ids) -> str:
+    return "{" + ",".join(str(pk) for pk in ids) + "}"
+
 
 
 class _Health:
@@ -172,11 +192,11 @@ class _Prober:
 def _claim_chunk(chunk: list[Instance], now: datetime) -> dict[int, _Health]:
     """Claim the chunk's instances for this check (creating the health rows of those checked for the first time)
     and read their current health; instances another check holds are left out."""
-    new = [InstanceHealth(instance_id=instance.pk) for instance in chunk if instance.health_id is None]
-    if new:
-        InstanceHealth.objects.bulk_create(new, ignore_conflicts=True)
+    new = [instance.pk for instance in chunk if instance.health_id is None]
     with connection.cursor() as cursor:
-        cursor.execute(_CLAIM, [now, [instance.pk for instance in chunk],
+        if new:
+            cursor.execute(_CREATE, [_ids(new), HealthStatus.UNKNOWN.value, HealthAction.NONE.value])
+        cursor.execute(_CLAIM, [now, _ids(instance.pk for instance in chunk),
                                 now - timedelta(seconds=CHECK_CLAIM_SECONDS)])
         return {row[0]: _Health(*row[1:]) for row in cursor.fetchall()}
 
@@ -226,7 +246,7 @@ def _chunk_finish(mine: list[Instance], claimed: dict[int, _Health], found: dict
     ``INSERT`` of the changes; a restart or a flag alone. Returns the instances checked (not unknown) whose share
     firewall may need to follow them."""
     groups: dict[tuple, list[int]] = defaultdict(list)
-    rows: list[HealthCheck] = []
+    rows: list[tuple] = []  # the history rows: (instance id, status, action, detail, details as JSON)
     checked = []
     for instance in mine:
         health, probe = claimed[instance.pk], found[instance.pk]
@@ -238,7 +258,8 @@ def _chunk_finish(mine: list[Instance], claimed: dict[int, _Health], found: dict
                 groups[tuple(sorted(outcome.health_changes().items()))].append(instance.pk)
                 if is_change(before_status=health.status, before_action=health.action, status=outcome.status,
                              action=outcome.action):
-                    rows.append(outcome_row(instance.pk, outcome, probe, now))
+                    rows.append((instance.pk, str(outcome.status), str(outcome.action), outcome.detail,
+                                 json.dumps(probe.details, cls=DjangoJSONEncoder)))
                 if outcome.status != HealthStatus.HEALTHY or outcome.action != HealthAction.NONE:
                     outcome_log(instance.name, outcome)
         except Exception:  # one instance's trouble never stops the pass
@@ -253,9 +274,13 @@ def _chunk_finish(mine: list[Instance], claimed: dict[int, _Health], found: dict
             checked.append(instance)
     with transaction.atomic():
         for changes, ids in groups.items():
-            InstanceHealth.objects.filter(instance_id__in=ids).update(**dict(changes))
+            InstanceHealth.objects.filter(
+                instance_id__in=RawSQL("SELECT unnest(%s::int[])", [_ids(ids)])
+            ).update(**dict(changes))
         if rows:
-            HealthCheck.objects.bulk_create(rows)
+            with connection.cursor() as cursor:
+                ids, statuses, actions, details, payloads = zip(*rows, strict=True)
+                cursor.execute(_HISTORY, [now, _ids(ids), list(statuses), list(actions), list(details), list(payloads)])
     return checked
 
 

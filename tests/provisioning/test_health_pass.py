@@ -287,6 +287,11 @@ def test_history_keeps_changes_not_checks(tmp_path, kube_servers):
     start = timezone.now()
     health_check_pass(now=start)
     assert HealthCheck.objects.count() == 3  # first checks: unknown → healthy, a change each
+    first = HealthCheck.objects.get(instance=instances[0])
+    assert (first.status, first.action, first.detail, first.checked_at) == (
+        HealthStatus.HEALTHY, HealthAction.NONE, "1 of 1 replicas ready", start)
+    assert first.details == {"exists": True, "replicas": 1, "ready_replicas": 1,
+                             "image": f"ghcr.io/cellhub/server:{VERSION}"}
     health_check_pass(now=start + timezone.timedelta(minutes=5))
     assert HealthCheck.objects.count() == 3
     later = start + timezone.timedelta(minutes=5)
