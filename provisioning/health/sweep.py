@@ -79,7 +79,6 @@ def _ids(ids) -> str:
     return "{" + ",".join(str(pk) for pk in ids) + "}"
 
 
-
 class _Health:
     """An instance's health as the claim read it (the fields ``decide`` looks at)."""
 
