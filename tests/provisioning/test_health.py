@@ -46,6 +46,13 @@ def test_a_healthy_instance_is_recorded_and_left_alone(instance):
     assert health.status == HealthStatus.HEALTHY and health.restart_attempts == 0 and health.flagged_at is None
     assert not AuditEvent.objects.filter(action="instance.restart").exists()
 
+    # Checked again and found the same: the current health says so; the history, which keeps changes, does not grow.
+    again = instance_health_check(instance=instance, now=check.checked_at + timedelta(minutes=5))
+    assert (again.status, again.action, again.pk) == (HealthStatus.HEALTHY, HealthAction.NONE, None)
+    assert list(HealthCheck.objects.filter(instance=instance)) == [check]
+    health = InstanceHealth.objects.get(instance=instance)
+    assert (health.since, health.checked_at) == (check.checked_at, check.checked_at + timedelta(minutes=5))
+
 
 def test_a_missing_deployment_is_restarted_by_the_check(instance):
     _break(instance)
@@ -176,4 +183,7 @@ def test_history_is_shown_to_staff_and_to_the_customer(instance, client, staff_c
     client.force_login(instance.owner)
     page = client.get("/instances/acme/").content.decode()
     assert 'id="health"' in page and "Not responding: restarted automatically" in page and "Healthy" in page
+    since = InstanceHealth.objects.get(instance=instance).since
+    now = "Not responding: restarted automatically"
+    assert f'<strong data-role="health-now">{now}</strong> since {since:%Y-%m-%d %H:%M:%S} UTC' in page
     assert "deployment is missing" not in page  # internal detail stays with staff
