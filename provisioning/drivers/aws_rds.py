@@ -45,6 +45,7 @@ from provisioning.drivers.base import (
     resource_prefix,
     secret_from_environment,
 )
+from provisioning.drivers.aws_s3 import s3_object_sha256
 from provisioning.drivers.cloud_retry import CloudConflictError, CloudNotFoundError, aws_client, cloud_call
 from provisioning.drivers.pg_tools import pg_dump_to, pg_restore_from
 from provisioning.drivers.postgres import (
@@ -435,6 +436,11 @@ class RdsDatabaseDriver(DatabaseDriver):
             extra={"taken_at": metadata.get("taken-at", ""), "database": metadata.get("database", ""),
                    "format": "pg_dump custom", "scope": "one database"},
         )
+
+    def backup_checksum(self, *, location: str) -> str:
+        """An S3 dump's SHA-256 as it is stored now (what ``backup_database`` recorded); ``PermanentDriverError``
+        when it is missing."""
+        return s3_object_sha256(self._client("s3"), location)
 
     def delete_backup(self, *, location: str) -> None:
         """Delete a backup (retention): every version of an S3 dump, or (older backups) an RDS manual snapshot by

@@ -32,6 +32,7 @@ import zipfile
 from django.utils import timezone
 
 from provisioning.drivers.aws_gateway_appliance import GatewayAppliance
+from provisioning.drivers.aws_s3 import s3_object_sha256
 from provisioning.drivers.base import (
     BackupResult,
     Capabilities,
@@ -753,6 +754,12 @@ class StorageGatewayDriver(StorageDriver):
             extra={"files": int(metadata.get("files", 0)), "taken_at": metadata.get("taken-at", ""),
                    "format": "S3 version manifest"},
         )
+
+    def backup_checksum(self, *, location: str) -> str:
+        """A files backup's checksum as it is stored now, computed as ``backup_share`` recorded it: the SHA-256 of the
+        version manifest (or of an archive's zip, once S3 has retrieved it from deep storage). ``PermanentDriverError``
+        when it is missing or still in deep storage."""
+        return s3_object_sha256(self._client("s3"), location)
 
     def _read_manifest(self, location: str) -> dict:
         """The manifest at ``location``, its SHA-256 checked against the one written with it."""

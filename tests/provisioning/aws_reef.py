@@ -15,8 +15,11 @@ of moto's calls are asserted as well. Nothing of ours is replaced.
 """
 from __future__ import annotations
 
+import json
+
 import boto3
 import moto.rds.models
+import moto.s3.models
 import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
@@ -159,6 +162,43 @@ class GatewayWire:
         self.client_list(share, NO_CLIENT)
 
 
+def _conditions_hold(conditions: dict, caller_arn: str) -> bool:
+    """Whether a bucket policy statement's conditions hold for the hub's own request (HTTPS, as ``caller_arn``)."""
+    for operator, tests in conditions.items():
+        for key, values in tests.items():
+            values = values if isinstance(values, list) else [values]
+            if (operator, key) == ("Bool", "aws:SecureTransport"):
+                holds = "true" in [str(value).lower() for value in values]
+            elif (operator, key) == ("ArnNotEquals", "aws:PrincipalArn"):
+                holds = caller_arn not in values
+            elif (operator, key) == ("ArnEquals", "aws:PrincipalArn"):
+                holds = caller_arn in values
+            else:
+                raise AssertionError(f"the test's policy evaluation does not know {operator} {key}")
+            if not holds:
+                return False
+    return True
+
+
+def evaluate_bucket_policies_as_the_hub(monkeypatch) -> None:
+    """moto enforces a bucket policy on object requests but ignores its conditions, so the driver's policy (deny
+    everyone but the gateway role and the hub; deny plain HTTP) would deny the hub too. Here moto evaluates the
+    statements whose conditions hold for the hub's requests (HTTPS, as moto's STS identity): a policy that left the
+    hub out would still deny it."""
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+
+    caller = boto3.client("sts", region_name=REGION).get_caller_identity()["Arn"]
+
+    def get_permission(bucket, action: str, resource: str):
+        if bucket.policy is None:
+            return PermissionResult.NEUTRAL
+        policy = json.loads(bucket.policy)
+        statements = [s for s in policy["Statement"] if _conditions_hold(s.get("Condition", {}), caller)]
+        return IAMPolicy(json.dumps({**policy, "Statement": statements})).is_action_permitted(action, resource)
+
+    monkeypatch.setattr(moto.s3.models.FakeBucket, "get_permission", get_permission)
+
+
 class Wire:
     """Everything the hub sent to AWS: ``calls`` (service, operation, params) and the Storage Gateway stub."""
 
@@ -196,6 +236,7 @@ def aws_wire(monkeypatch, tmp_path, settings):
         storagegateway = real_client("storagegateway", region_name=REGION)
         monkeypatch.setattr(boto3, "client", lambda service, *args, **kwargs: storagegateway
                             if service == "storagegateway" else real_client(service, *args, **kwargs))
+        evaluate_bucket_policies_as_the_hub(monkeypatch)
         with Stubber(storagegateway) as stub:
             yield Wire(calls, stub)
         boto3.DEFAULT_SESSION = None
