@@ -23,7 +23,8 @@ def instance_decommission(*, instance: Instance, confirm_name: str, requested_by
     match; ``OperationInProgress`` while any other work (a backup, a restore, a provision, …) is queued or running on
     it (a decommission excludes every kind); ``IllegalTransition`` naming the state unless the instance is running,
     stopped or failed. An instance whose decommission failed (or was cancelled) is already ``decommissioning``: the
-    same request retries that operation, which resumes at the step that failed.
+    same request retries that operation, which resumes at the step that failed (so does one that failed after its last
+    step had marked the instance ``decommissioned``).
     """
     with transaction.atomic():
         locked = Instance.objects.select_for_update().get(pk=instance.pk)
@@ -32,7 +33,7 @@ def instance_decommission(*, instance: Instance, confirm_name: str, requested_by
                 f"type the instance's name, {locked.name}, to confirm its decommission; nothing was changed",
                 field="confirm_name",
             )
-        if locked.state == InstanceState.DECOMMISSIONING:
+        if locked.state in (InstanceState.DECOMMISSIONING, InstanceState.DECOMMISSIONED):
             existing = Operation.objects.filter(instance=locked, kind=OperationKind.DECOMMISSION).order_by(
                 "-created_at", "-id"
             ).first()

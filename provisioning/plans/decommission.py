@@ -60,10 +60,13 @@ def _succeeded(operation: Operation, kind: str, reason: str) -> bool:
 
 
 def decommission_begin(operation: Operation) -> None:
-    """The service moved the instance to decommissioning; anything else means someone changed it meanwhile."""
+    """The service moved the instance to decommissioning; anything else means someone changed it meanwhile — but
+    for ``decommissioned`` once every step before the last is done: the last step made that change and the run
+    ended before recording it (its worker died, or the step failed after the change), so a retry finishes."""
     instance = _instance(operation)
+    before_last = {name for name, _ in DECOMMISSION.steps[:-1]}
     if instance.state != InstanceState.DECOMMISSIONING and not (
-        instance.state == InstanceState.DECOMMISSIONED and "mark_decommissioned" in operation.done_step_names
+        instance.state == InstanceState.DECOMMISSIONED and before_last <= set(operation.done_step_names)
     ):
         raise PermanentDriverError(f"instance {instance.name} is {instance.state}, not decommissioning")
 
