@@ -72,6 +72,8 @@ class EksApi(FakeKubeApi):
 
     def schedule(self, method, path, status, answer):
         super().schedule(method, path, status, answer)
+        if status not in (200, 201) or "/deployments" not in path or method not in ("POST", "PATCH"):
+            return  # only a change of a deployment changes its pods
         for (resource, _, _), obj in self.objects.items():
             if resource == "deployments":
                 replicas = obj["spec"].get("replicas", 1)

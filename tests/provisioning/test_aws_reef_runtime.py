@@ -1,0 +1,180 @@
+"""Upgrades and health on an AWS reef (RDS + Storage Gateway + EKS + Route 53), through the hub's services as staff,
+rollouts and the scheduler drive them, at each SDK's wire (``tests/provisioning/aws_reef.py``): the deployment is
+read and changed through the kubernetes API only; a failure at each step rolls back, leaves nothing behind and a
+retry succeeds."""
+from __future__ import annotations
+
+import pytest
+
+from cells.choices import InstanceState, OperationKind, OperationState, ReleaseState
+from cells.models import Operation, Release, Share
+from provisioning import drivers, faults
+from provisioning.health import health_check_pass
+from provisioning.models import Backup, BackupReason, HealthAction, HealthCheck, HealthStatus, Restore, RestoreState
+from provisioning.operations import operation_retry
+from provisioning.rollouts import instance_upgrade
+from tests.provisioning.aws_reef import (  # noqa: F401  (fixtures)
+    DB_BACKUPS,
+    REGION,
+    aws_reef,
+    aws_wire,
+    eks,
+    rds_instances,
+    run,
+    running,
+)
+
+pytestmark = pytest.mark.django_db
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/cellhub/server"
+UPGRADE_STEPS = ("backup", "patch image", "wait for health", "record version")
+
+
+@pytest.fixture
+def release():
+    return Release.objects.create(version="2026.5.0", image=IMAGE, state=ReleaseState.AVAILABLE)
+
+
+def _image(eks, instance) -> str:
+    namespace = drivers.for_pool(instance.compute_pool).namespace(instance)
+    return eks.deployment(namespace)["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def _finished(operation) -> Operation:
+    operation.refresh_from_db()
+    return operation
+
+
+# ---- upgrade ------------------------------------------------------------------------------------------------
+
+
+def test_an_upgrade_backs_up_patches_the_deployments_image_and_waits_for_its_pods(aws_reef, aws_wire, eks, run,
+                                                                                  release):
+    instance = running(run, aws_reef)
+    old_image = _image(eks, instance)
+    eks.requests.clear()
+
+    operation = _finished(run(instance_upgrade, instance=instance, release=release))
+
+    assert operation.state == OperationState.SUCCEEDED, operation.error
+    instance.refresh_from_db()
+    assert (instance.state, instance.server_version) == (InstanceState.RUNNING, "2026.5.0")
+    assert old_image.endswith(":2026.4.1") and _image(eks, instance) == f"{IMAGE}:2026.5.0"
+    (patch,) = [r for r in eks.requests if r["method"] == "PATCH"]
+    namespace = drivers.for_pool(instance.compute_pool).namespace(instance)
+    assert patch["path"] == f"/apis/apps/v1/namespaces/{namespace}/deployments/{instance.name}"
+    assert patch["body"] == {"spec": {"template": {"spec": {"containers": [
+        {"name": "server", "image": f"{IMAGE}:2026.5.0"}]}}}}
+    # health was waited for through the API: the deployment read after the patch
+    after = eks.requests[eks.requests.index(patch) + 1:]
+    assert [r["method"] for r in after] and all(r["method"] == "GET" and r["path"].endswith("/deployments")
+                                               for r in after)
+    backup = Backup.objects.get(operation=operation, reason=BackupReason.PRE_UPGRADE)
+    assert backup.location.startswith(f"s3://{DB_BACKUPS}/")
+    aws_wire.stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("step", [*UPGRADE_STEPS, "unhealthy"])
+def test_an_upgrade_failing_at_any_step_rolls_back_leaves_nothing_and_a_retry_succeeds(
+    step, aws_reef, aws_wire, eks, run, release
+):
+    """A failpoint after each step's work, or (``unhealthy``) the new image's pods never become ready. Once the new
+    image ran, the rollback also restores the database to the moment before it (RDS point in time)."""
+    instance = running(run, aws_reef)
+    old_image = _image(eks, instance)
+    rds = drivers.for_pool(instance.database_pool)
+    if step == "unhealthy":
+        eks.crashing.add(f"{IMAGE}:2026.5.0")
+    else:
+        faults.arm(f"upgrade.{step}.after", "permanent")
+
+    operation = _finished(run(instance_upgrade, instance=instance, release=release))
+
+    assert operation.state == OperationState.FAILED and "rolled back" in operation.error, operation.error
+    instance.refresh_from_db()
+    assert (instance.state, instance.server_version) == (InstanceState.RUNNING, "2026.4.1")
+    assert _image(eks, instance) == old_image
+    restores = Restore.objects.filter(instance=instance)
+    if step in ("backup",):
+        assert not restores.exists()  # the new image never ran: nothing to restore
+    else:
+        (restore,) = restores
+        assert restore.state == RestoreState.SUCCEEDED and restore.operation.state == OperationState.SUCCEEDED
+    assert rds_instances() == [rds.identifier]  # the restore's temporary instance is gone
+
+    eks.crashing.clear()
+    retried = _finished(run(operation_retry, operation=operation))
+
+    assert retried.state == OperationState.SUCCEEDED, retried.error
+    instance.refresh_from_db()
+    assert (instance.state, instance.server_version) == (InstanceState.RUNNING, "2026.5.0")
+    assert _image(eks, instance) == f"{IMAGE}:2026.5.0"
+    assert Operation.objects.filter(instance=instance, kind=OperationKind.UPGRADE).count() == 1
+    aws_wire.stub.assert_no_pending_responses()
+
+
+# ---- health -------------------------------------------------------------------------------------------------
+
+
+def test_the_health_pass_reads_the_deployment_restarts_a_crashed_one_and_the_share_follows_its_new_node(
+    aws_reef, aws_wire, eks, run, settings
+):
+    settings.CELLHUB = {**settings.CELLHUB, "HEALTH_RESTART_BACKOFF_SECONDS": 0}
+    instance = running(run, aws_reef)
+    namespace = drivers.for_pool(instance.compute_pool).namespace(instance)
+    share = Share.objects.get(instance=instance)
+    eks.requests.clear()
+
+    assert health_check_pass()[HealthStatus.HEALTHY] == 1
+    assert [(r["method"], r["path"]) for r in eks.requests] == [
+        ("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments"),  # the deployment's replicas
+        ("GET", f"/api/v1/namespaces/{namespace}/pods"),  # the pod's node, for the share's firewall: unchanged
+    ]
+
+    eks.crash(namespace)
+    eks.node = "10.0.1.42"  # the restarted pod lands on another node: the share's client list follows it
+    aws_reef["gateway"].listed()
+    aws_reef["gateway"].client_list(share, "10.0.1.42")
+    eks.requests.clear()
+
+    counts = health_check_pass()
+
+    assert counts[HealthStatus.UNHEALTHY] == 1 and counts[HealthAction.RESTARTED] == 1
+    assert counts["firewall_updated"] == 1
+    check = HealthCheck.objects.filter(instance=instance).latest("checked_at")
+    assert "0 of 1 replicas are ready" in check.detail
+    scale = next(r for r in eks.requests if r["path"].endswith("/scale"))
+    assert (scale["method"], scale["body"]) == ("PATCH", {"spec": {"replicas": 0}})
+    deployment = eks.deployment(namespace)
+    assert deployment["spec"]["replicas"] == 1 and deployment["status"]["readyReplicas"] == 1
+    share.refresh_from_db()
+    assert share.firewall_address == "10.0.1.42"
+    aws_wire.stub.assert_no_pending_responses()
+
+    counts = health_check_pass()
+    assert counts[HealthStatus.HEALTHY] == 1 and counts[HealthAction.RECOVERED] == 1
+
+
+def test_a_cluster_that_does_not_answer_is_unknown_and_a_failed_restart_is_retried(aws_reef, aws_wire, eks, run,
+                                                                                    settings):
+    settings.CELLHUB = {**settings.CELLHUB, "HEALTH_RESTART_BACKOFF_SECONDS": 0}
+    instance = running(run, aws_reef)
+    namespace = drivers.for_pool(instance.compute_pool).namespace(instance)
+    eks.crash(namespace)
+    eks.fail("GET", "deployments", 403, times=1)
+
+    counts = health_check_pass()
+
+    assert counts == {HealthStatus.UNKNOWN: 1, "pruned": 0}  # nothing restarted, no firewall touched
+    assert not [r for r in eks.requests if r["method"] in ("PATCH", "POST", "DELETE") and "/scale" in r["path"]]
+
+    eks.fail("PATCH", "deployments", 422, times=1)  # the restart's scale-down is refused
+    counts = health_check_pass()
+    assert counts[HealthAction.RESTART_FAILED] == 1
+    assert eks.deployment(namespace)["status"]["readyReplicas"] == 0
+
+    counts = health_check_pass()
+    assert counts[HealthAction.RESTARTED] == 1
+    assert eks.deployment(namespace)["status"]["readyReplicas"] == 1
+    assert health_check_pass()[HealthAction.RECOVERED] == 1
+    aws_wire.stub.assert_no_pending_responses()
+    assert REGION
