@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, urlparse
 import psycopg
 from psycopg import errors, sql
 
+from provisioning.drivers.aws_s3 import s3_object_sha256
 from provisioning.drivers.base import (
     BackupResult,
     Capabilities,
@@ -45,7 +46,6 @@ from provisioning.drivers.base import (
     resource_prefix,
     secret_from_environment,
 )
-from provisioning.drivers.aws_s3 import s3_object_sha256
 from provisioning.drivers.cloud_retry import CloudConflictError, CloudNotFoundError, aws_client, cloud_call
 from provisioning.drivers.pg_tools import pg_dump_to, pg_restore_from
 from provisioning.drivers.postgres import (

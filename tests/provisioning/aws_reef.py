@@ -29,6 +29,7 @@ from cells.models import Instance, Operation, Share
 from provisioning import drivers
 from provisioning.drivers.aws_rds import RdsDatabaseDriver
 from provisioning.drivers.aws_storage_gateway import NO_CLIENT
+from provisioning.drivers.base import resource_name
 from provisioning.lifecycle import instance_signup
 from tests.factories import make_pool, make_reef, make_region
 from tests.provisioning.drivers.test_kubernetes import COLLECTION, FakeKubeApi
@@ -97,24 +98,22 @@ class EksApi(FakeKubeApi):
 class GatewayWire:
     """The Storage Gateway API of one gateway serving the pool's shares, as a Stubber queue of exact calls."""
 
-    def __init__(self, stub: Stubber, shares: list[Share]):
-        self.stub = stub
-        self.shares = shares
+    def __init__(self, stub: Stubber, shares: list[Share], *, gateway: str = GATEWAY, address: str = GATEWAY_ADDRESS):
+        self.stub, self.shares, self.gateway, self.ip = stub, shares, gateway, address
         self.clients = {share.pk: NO_CLIENT for share in shares}
 
-    @staticmethod
-    def arn(share: Share) -> str:
-        return f"{GATEWAY}/share/share-{share.pk:08X}"
+    def arn(self, share: Share) -> str:
+        return f"{self.gateway}/share/share-{share.pk:08X}"
 
     def listed(self, *, status: str = "AVAILABLE", of: Share | None = None) -> None:
         """ListFileShares + DescribeNFSFileShares of the gateway; ``of`` (else every share) answers ``status``."""
         arns = [self.arn(share) for share in self.shares]
         self.stub.add_response("list_file_shares", {"FileShareInfoList": [
             {"FileShareType": "NFS", "FileShareARN": self.arn(share), "FileShareId": f"share-{share.pk:08X}",
-             "FileShareStatus": "AVAILABLE", "GatewayARN": GATEWAY} for share in self.shares]},
-            {"GatewayARN": GATEWAY})
+             "FileShareStatus": "AVAILABLE", "GatewayARN": self.gateway} for share in self.shares]},
+            {"GatewayARN": self.gateway})
         self.stub.add_response("describe_nfs_file_shares", {"NFSFileShareInfoList": [
-            {"FileShareARN": self.arn(share), "FileShareId": f"share-{share.pk:08X}", "GatewayARN": GATEWAY,
+            {"FileShareARN": self.arn(share), "FileShareId": f"share-{share.pk:08X}", "GatewayARN": self.gateway,
              "FileShareStatus": status if of is None or of.pk == share.pk else "AVAILABLE",
              "LocationARN": f"arn:aws:s3:::acme-{share.name}", "Path": f"/acme-{share.name}", "Role": ROLE,
              "ClientList": [self.clients[share.pk]], "Squash": "RootSquash", "ReadOnly": False,
@@ -123,10 +122,10 @@ class GatewayWire:
 
     def address(self) -> None:
         self.stub.add_response("describe_gateway_information", {
-            "GatewayARN": GATEWAY, "GatewayId": "sgw-12A3456B", "GatewayName": "cellhub", "GatewayState": "RUNNING",
-            "GatewayType": "FILE_S3", "GatewayTimezone": "GMT",
-            "GatewayNetworkInterfaces": [{"Ipv4Address": GATEWAY_ADDRESS, "MacAddress": "0a:4d:33:6a:e5:b5"}],
-        }, {"GatewayARN": GATEWAY})
+            "GatewayARN": self.gateway, "GatewayId": self.gateway.rsplit("/", 1)[-1], "GatewayName": "cellhub",
+            "GatewayState": "RUNNING", "GatewayType": "FILE_S3", "GatewayTimezone": "GMT",
+            "GatewayNetworkInterfaces": [{"Ipv4Address": self.ip, "MacAddress": "0a:4d:33:6a:e5:b5"}],
+        }, {"GatewayARN": self.gateway})
 
     def client_list(self, share: Share, address: str) -> None:
         self.stub.add_response("update_nfs_file_share", {"FileShareARN": self.arn(share)},
@@ -138,8 +137,23 @@ class GatewayWire:
                                {"FileShareARN": self.arn(share), "FolderList": ["/"], "Recursive": True})
 
     def cache(self, *, dirty: float = 0.0) -> None:
-        self.stub.add_response("describe_cache", {**DESCRIBE_CACHE, "GatewayARN": GATEWAY,
-                                                  "CacheDirtyPercentage": dirty}, {"GatewayARN": GATEWAY})
+        self.stub.add_response("describe_cache", {**DESCRIBE_CACHE, "GatewayARN": self.gateway,
+                                                  "CacheDirtyPercentage": dirty}, {"GatewayARN": self.gateway})
+
+    def created(self, share: Share, client: str, kms_key: str) -> None:
+        """CreateNFSFileShare of ``share``'s bucket on this gateway, with exactly the parameters the driver owes."""
+        bucket = f"acme-{share.name}"
+        self.stub.add_response("create_nfs_file_share", {"FileShareARN": self.arn(share)}, {
+            "ClientToken": f"{resource_name('s', share.pk)}-{self.gateway.rsplit('/', 1)[-1]}",
+            "NFSFileShareDefaults": {"FileMode": "0664", "DirectoryMode": "0775", "GroupId": 65534, "OwnerId": 65534},
+            "GatewayARN": self.gateway, "EncryptionType": "SseKms", "KMSEncrypted": True, "KMSKey": kms_key,
+            "Role": ROLE, "LocationARN": f"arn:aws:s3:::{bucket}", "DefaultStorageClass": "S3_STANDARD",
+            "ObjectACL": "bucket-owner-full-control", "ClientList": [client], "Squash": "RootSquash",
+            "ReadOnly": False, "FileShareName": bucket,
+            "Tags": [{"Key": "cellhub-share", "Value": str(share.pk)},
+                     {"Key": "cellhub-status", "Value": "available"}],
+        })
+        self.clients[share.pk] = client
 
     # -- what a plan step does on the gateway ---------------------------------------------------------------
     def share_created(self) -> None:

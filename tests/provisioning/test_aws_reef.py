@@ -13,23 +13,23 @@ from provisioning import drivers, faults
 from provisioning.drivers.aws_rds import RdsDatabaseDriver
 from provisioning.drivers.aws_storage_gateway import NO_CLIENT
 from provisioning.lifecycle import instance_retry_provision
-from tests.provisioning.aws_reef import (  # noqa: F401  (fixtures)
+from tests.provisioning import aws_reef as reef_fixtures
+from tests.provisioning.aws_reef import (
     GATEWAY,
     GATEWAY_ADDRESS,
     INGRESS,
     REGION,
-    aws_reef,
-    aws_wire,
-    eks,
+    GatewayWire,
     expect_provision,
     rds_instances,
     route53_records,
-    run,
     sign_up,
 )
 from tests.provisioning.drivers.test_kubernetes import FakeKubeApi
 
 pytestmark = pytest.mark.django_db
+# The AWS reef's fixtures (tests/provisioning/aws_reef.py), used by name.
+aws_reef, aws_wire, eks, run = reef_fixtures.aws_reef, reef_fixtures.aws_wire, reef_fixtures.eks, reef_fixtures.run
 STEPS = ("database", "share", "compute", "firewall", "dns")
 
 
@@ -198,3 +198,88 @@ def test_a_provision_failing_at_any_step_leaves_nothing_behind_and_a_retry_succe
     assert instance.state == InstanceState.RUNNING
     assert_provisioned(instance, aws_reef, eks, aws_wire, settings)
     assert Operation.objects.filter(instance=instance).count() == 1
+
+
+# ---- gateway replacement: a failed gateway's buckets served by a new one, the deployments re-pointed -----------
+
+NEW_GATEWAY = f"arn:aws:storagegateway:{REGION}:111122223333:gateway/sgw-99Z9999Z"
+NEW_ADDRESS = "10.35.70.12"
+
+
+def _expect_replace(aws_reef, new, *, steps=("host", "shares"), existing=(), moved=False):
+    """Queue the new gateway's calls of the replace steps: ``existing`` shares already have their file share on it;
+    ``moved``: every share row moved already (the step re-associates nothing more)."""
+    if "host" in steps:
+        new.stub.add_response("describe_gateway_information", {"GatewayARN": NEW_GATEWAY}, {"GatewayARN": NEW_GATEWAY})
+        new.cache()
+        new.stub.add_response("list_file_shares", {"FileShareInfoList": []}, {"GatewayARN": NEW_GATEWAY})
+    if "shares" in steps:
+        new.cache()
+        if existing:
+            GatewayWire(new.stub, list(existing), gateway=NEW_GATEWAY, address=NEW_ADDRESS).listed()
+        else:
+            new.stub.add_response("list_file_shares", {"FileShareInfoList": []}, {"GatewayARN": NEW_GATEWAY})
+        for index, share in enumerate(() if moved else aws_reef["shares"]):
+            if share not in existing:
+                new.created(share, Share.objects.get(pk=share.pk).firewall_address or NO_CLIENT, aws_reef["kms_key"])
+            if index == 0:
+                new.address()
+
+
+@pytest.mark.parametrize("failure", [None, "host", "shares", "instances", "wire"])
+def test_a_failed_gateway_is_replaced_its_buckets_kept_and_the_eks_deployment_mounts_the_new_one(
+    failure, aws_reef, aws_wire, eks, run, settings
+):
+    """The replace runs through ``pool_replace`` as staff start it; a failure at each step (or Storage Gateway
+    refusing the second file share) deletes nothing, and the same request retries it to the end."""
+    from provisioning.capacity import pool_mark_failed, pool_replace
+
+    expect_provision(aws_reef)
+    instance = Instance.objects.get(pk=sign_up(run, aws_reef).instance_id)
+    bucket = f"acme-{Share.objects.get(instance=instance).name}"
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.put_object(Bucket=bucket, Key="config/server.json", Body=b'{"theme": "dark"}')
+    pool_mark_failed(pool=aws_reef["storage"], reason="gateway appliance terminated")
+    new = GatewayWire(aws_wire.stub, aws_reef["shares"], gateway=NEW_GATEWAY, address=NEW_ADDRESS)
+    shares = aws_reef["shares"]
+    if failure == "wire":
+        _expect_replace(aws_reef, new, steps=("host",))
+        new.cache()
+        aws_wire.stub.add_response("list_file_shares", {"FileShareInfoList": []}, {"GatewayARN": NEW_GATEWAY})
+        new.created(shares[0], FakeKubeApi.node, aws_reef["kms_key"])
+        new.address()
+        aws_wire.stub.add_client_error(
+            "create_nfs_file_share", service_error_code="InvalidGatewayRequestException", http_status_code=400,
+            service_message="The gateway has reached its file share limit.",
+            modeled_fields={"error": {"errorCode": "InvalidParameters"}})
+    elif failure is not None:
+        faults.arm(f"replace.{failure}.after", "permanent")
+        _expect_replace(aws_reef, new, steps=("host", "shares") if failure != "host" else ("host",))
+    else:
+        _expect_replace(aws_reef, new)
+
+    operation = run(pool_replace, pool=aws_reef["storage"], config={"gateway_arn": NEW_GATEWAY})
+    operation.refresh_from_db()
+
+    if failure is not None:
+        assert operation.state == OperationState.FAILED and "nothing deleted" in operation.error, operation.error
+        aws_wire.stub.assert_no_pending_responses()
+        assert s3.get_object(Bucket=bucket, Key="config/server.json")["Body"].read() == b'{"theme": "dark"}'
+        assert sorted(b["Name"] for b in s3.list_buckets()["Buckets"] if b["Name"].startswith("acme-region")) == \
+            sorted(f"acme-{share.name}" for share in shares)
+        retry_steps = {"host": ("host", "shares"), "shares": ("shares",), "instances": (), "wire": ("shares",)}
+        existing = shares if failure == "shares" else (shares[:1] if failure == "wire" else ())
+        moved = Share.objects.filter(pool=aws_reef["storage"]).count() == 0
+        assert moved is (failure in ("shares", "instances"))  # shares move only once every file share exists
+        _expect_replace(aws_reef, new, steps=retry_steps[failure], existing=existing, moved=moved)
+        operation = run(pool_replace, pool=aws_reef["storage"])
+        operation.refresh_from_db()
+
+    assert operation.state == OperationState.SUCCEEDED, operation.error
+    aws_wire.stub.assert_no_pending_responses()
+    for share in Share.objects.filter(pk__in=[s.pk for s in shares]):
+        assert share.endpoint == f"nfs://{NEW_ADDRESS}/acme-{share.name}" and share.pool_id != aws_reef["storage"].pk
+    assert s3.get_object(Bucket=bucket, Key="config/server.json")["Body"].read() == b'{"theme": "dark"}'
+    namespace = drivers.for_pool(aws_reef["compute"]).namespace(instance)
+    assert eks.deployment(namespace)["spec"]["template"]["spec"]["volumes"] == [
+        {"name": "share", "nfs": {"server": NEW_ADDRESS, "path": f"/{bucket}"}}]

@@ -22,22 +22,21 @@ from provisioning.backups import (
     restorable_window,
 )
 from provisioning.models import Backup, BackupKind, BackupReason, BackupState, InstanceDatabase, Restore, RestoreState
-from tests.provisioning.aws_reef import (  # noqa: F401  (fixtures)
+from tests.provisioning import aws_reef as reef_fixtures
+from tests.provisioning.aws_reef import (
     ARCHIVE,
     DB_BACKUPS,
     GATEWAY,
     REGION,
-    aws_reef,
-    aws_wire,
     bucket_objects,
-    eks,
     rds_instances,
     route53_records,
-    run,
     running,
 )
 
 pytestmark = pytest.mark.django_db
+# The AWS reef's fixtures (tests/provisioning/aws_reef.py), used by name.
+aws_reef, aws_wire, eks, run = reef_fixtures.aws_reef, reef_fixtures.aws_wire, reef_fixtures.eks, reef_fixtures.run
 FILES = {"config/server.json": b'{"theme": "dark"}', "logs/a.log": b"x" * 70_000, "data/blob.bin": b"\x00\x01" * 999}
 
 
@@ -129,21 +128,42 @@ def test_backups_on_demand_and_on_schedule_are_a_dump_in_s3_and_a_version_manife
     aws_wire.stub.assert_no_pending_responses()
 
 
+@pytest.mark.parametrize("cause", ["failpoint", "wire"])
 @pytest.mark.parametrize("step", ["database", "files"])
 def test_a_backup_failing_at_either_step_leaves_earlier_backups_and_a_retry_makes_the_missing_one(
-    step, aws_reef, aws_wire, eks, run
+    step, cause, aws_reef, aws_wire, eks, run, settings
 ):
+    """Ours: a failpoint before the step. The cloud's: the dump bucket is gone (S3 refuses the upload), or the
+    gateway is offline at every try of the files step (``GatewayNotConnected``: transient, retried, then given
+    up)."""
     from provisioning.operations import operation_retry
 
     instance = running(run, aws_reef)
     _write_rows(instance, "n1")
-    faults.arm(f"backup.{step}.before", "permanent")  # the files step fails before it asks the gateway anything
+    if cause == "failpoint":
+        faults.arm(f"backup.{step}.before", "permanent")  # the files step fails before it asks the gateway anything
+        named = f"backup.{step}.before"
+    elif step == "database":
+        _s3().delete_bucket(Bucket=DB_BACKUPS)
+        named = "NoSuchBucket"
+    else:
+        for _ in range(settings.CELLHUB["STEP_ATTEMPTS"]):
+            aws_wire.stub.add_client_error(
+                "describe_cache", service_error_code="InvalidGatewayRequestException", http_status_code=400,
+                service_message="The specified gateway is not connected.",
+                modeled_fields={"error": {"errorCode": "GatewayNotConnected"}}, expected_params={"GatewayARN": GATEWAY})
+        named = "GatewayNotConnected"
     operation = _finished(run(instance_backup, instance=instance, kinds=[BackupKind.DATABASE, BackupKind.FILES]))
-    assert operation.state == OperationState.FAILED
+    assert operation.state == OperationState.FAILED and named in operation.error, operation.error
+    aws_wire.stub.assert_no_pending_responses()
     kept = list(Backup.objects.filter(operation=operation, state=BackupState.SUCCEEDED).values_list("kind", flat=True))
     assert kept == ([BackupKind.DATABASE] if step == "files" else [])
+    if cause == "wire" and step == "database":
+        _s3().create_bucket(Bucket=DB_BACKUPS)
     dumps = _s3().list_objects_v2(Bucket=DB_BACKUPS).get("KeyCount", 0)
     assert dumps == len(kept)
+    manifests = _s3().list_objects_v2(Bucket=ARCHIVE).get("KeyCount", 0)
+    assert manifests == 0
 
     aws_reef["gateway"].cache()
     retried = _finished(run(operation_retry, operation=operation))
@@ -152,6 +172,7 @@ def test_a_backup_failing_at_either_step_leaves_earlier_backups_and_a_retry_make
     aws_wire.stub.assert_no_pending_responses()
     assert Backup.objects.filter(operation=operation, state=BackupState.SUCCEEDED).count() == 2
     assert _s3().list_objects_v2(Bucket=DB_BACKUPS)["KeyCount"] == 1  # the same dump, never a second one
+    assert _s3().list_objects_v2(Bucket=ARCHIVE)["KeyCount"] == 1
 
 
 # ---- database: point-in-time restore ------------------------------------------------------------------------

@@ -4,6 +4,8 @@ read and changed through the kubernetes API only; a failure at each step rolls b
 retry succeeds."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from cells.choices import InstanceState, OperationKind, OperationState, ReleaseState
@@ -13,18 +15,17 @@ from provisioning.health import health_check_pass
 from provisioning.models import Backup, BackupReason, HealthAction, HealthCheck, HealthStatus, Restore, RestoreState
 from provisioning.operations import operation_retry
 from provisioning.rollouts import instance_upgrade
-from tests.provisioning.aws_reef import (  # noqa: F401  (fixtures)
+from tests.provisioning import aws_reef as reef_fixtures
+from tests.provisioning.aws_reef import (
     DB_BACKUPS,
     REGION,
-    aws_reef,
-    aws_wire,
-    eks,
     rds_instances,
-    run,
     running,
 )
 
 pytestmark = pytest.mark.django_db
+# The AWS reef's fixtures (tests/provisioning/aws_reef.py), used by name.
+aws_reef, aws_wire, eks, run = reef_fixtures.aws_reef, reef_fixtures.aws_wire, reef_fixtures.eks, reef_fixtures.run
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/cellhub/server"
 UPGRADE_STEPS = ("backup", "patch image", "wait for health", "record version")
 
@@ -82,6 +83,7 @@ def test_an_upgrade_failing_at_any_step_rolls_back_leaves_nothing_and_a_retry_su
     instance = running(run, aws_reef)
     old_image = _image(eks, instance)
     rds = drivers.for_pool(instance.database_pool)
+    time.sleep(1.1)  # RDS restores to whole seconds after the instance was created: it has lived one
     if step == "unhealthy":
         eks.crashing.add(f"{IMAGE}:2026.5.0")
     else:
