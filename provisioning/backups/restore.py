@@ -69,7 +69,9 @@ def instance_restore(
     naive or out-of-window time, an instance without backups, in another state than running or stopped;
     ``NotSupported`` on a database provider that cannot restore into a new database and switch to it;
     ``OperationInProgress`` while work that excludes a restore is queued or running. ``follows``: the operation
-    whose rollback asks for this restore (not in the way).
+    whose rollback asks for this restore (not in the way); it may ask for a second up to now on a pool that restores
+    any second although the provider cannot restore it yet (its window ends minutes behind now: RDS's
+    ``LatestRestorableTime``) — the provider's restore waits until it can.
     """
     if not isinstance(point_in_time, datetime) or timezone.is_naive(point_in_time):
         raise Refused("give the point in time with its time zone", field="point_in_time")
@@ -86,7 +88,9 @@ def instance_restore(
         window = restorable_window(instance=locked)
         if window is None:
             raise Refused(f"instance {locked.name} has no database backup to restore from yet", field="point_in_time")
-        if not window.start <= point_in_time <= window.end:
+        catching_up = (follows is not None and window.continuous
+                       and window.end < point_in_time <= timezone.now())
+        if not window.start <= point_in_time <= window.end and not catching_up:
             raise Refused(
                 f"{when(point_in_time)} is outside the restorable window, {when(window.start)} to {when(window.end)}",
                 field="point_in_time",

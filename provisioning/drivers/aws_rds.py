@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
+import time
 from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlparse
 
@@ -526,10 +527,32 @@ class RdsDatabaseDriver(DatabaseDriver):
                 ) from error
             raise PermanentDriverError(f"RDS instance {identifier} ended {status or 'unusable'}: {error}") from error
 
+    def _wait_restorable(self, point_in_time: datetime) -> None:
+        """Wait until RDS can restore the pool's instance to ``point_in_time``: its ``LatestRestorableTime`` runs
+        minutes behind now, and a rollback asks for a recent second. Polls every ``waiter_delay_seconds``,
+        ``waiter_max_attempts`` times, then raises ``TransientDriverError`` (the step is retried)."""
+        delay = int(self.config.get("waiter_delay_seconds", 30))
+        attempts = max(1, int(self.config.get("waiter_max_attempts", 60)))
+        latest = None
+        for attempt in range(attempts):
+            found = self.describe()
+            if found is None:
+                raise PermanentDriverError(f"RDS pool {self.pool}: instance {self.identifier} does not exist")
+            latest = found.get("LatestRestorableTime")
+            if latest is not None and latest >= point_in_time:
+                return
+            if attempt < attempts - 1:
+                time.sleep(delay)
+        raise TransientDriverError(
+            f"RDS can restore {self.identifier} up to {latest} so far, not yet to {point_in_time}"
+        )
+
     def _recover_into(self, *, instance, target: str, point_in_time: datetime) -> None:
-        """Start RDS's own point-in-time restore of the pool's instance into ``target`` (found if it exists)."""
+        """Start RDS's own point-in-time restore of the pool's instance into ``target`` (found if it exists), once
+        RDS can restore to ``point_in_time``."""
         if self.describe(target) is not None:
             return
+        self._wait_restorable(point_in_time)
         params = {
             "SourceDBInstanceIdentifier": self.identifier,
             "TargetDBInstanceIdentifier": target,

@@ -114,6 +114,35 @@ def test_an_upgrade_failing_at_any_step_rolls_back_leaves_nothing_and_a_retry_su
     aws_wire.stub.assert_no_pending_responses()
 
 
+def test_an_upgrade_rollback_waits_for_rds_to_be_able_to_restore_the_second_it_patched(
+    aws_reef, aws_wire, eks, run, release, monkeypatch
+):
+    """RDS's LatestRestorableTime runs behind now (here 4 s; on AWS up to 5 minutes), so the second a failed
+    upgrade patched its image in is not restorable yet when the rollback asks: the restore is queued anyway and
+    waits for RDS to catch up (polling DescribeDBInstances), then recovers that second."""
+    from datetime import timedelta
+
+    import moto.rds.models
+    from moto.core.utils import utcnow
+
+    instance = running(run, aws_reef)
+    time.sleep(1.1)
+    monkeypatch.setattr(moto.rds.models.DBInstance, "latest_restorable_time",
+                        property(lambda self: utcnow() - timedelta(seconds=4)))
+    eks.crashing.add(f"{IMAGE}:2026.5.0")
+
+    operation = _finished(run(instance_upgrade, instance=instance, release=release))
+
+    assert operation.state == OperationState.FAILED and "database restore to" in operation.error, operation.error
+    (restore,) = Restore.objects.filter(instance=instance)
+    assert restore.state == RestoreState.SUCCEEDED, restore.operation.error
+    patched_at = operation.params.get("patched_at")
+    assert patched_at is None  # forgotten with the steps: a retry starts over
+    (recover,) = [params for _, name, params in aws_wire.calls if name == "RestoreDBInstanceToPointInTime"]
+    assert recover["RestoreTime"] == restore.point_in_time
+    assert rds_instances() == [drivers.for_pool(instance.database_pool).identifier]
+
+
 # ---- health -------------------------------------------------------------------------------------------------
 
 
