@@ -19,7 +19,8 @@ from cells.choices import InstanceState, OperationKind
 from cells.models import Instance, Operation
 from cells.states import INSTANCE
 from provisioning import drivers
-from provisioning.backups import instance_restore, restorable_window
+from provisioning.backups import instance_restore
+from provisioning.backups.selectors import point_in_time_supported
 from provisioning.backups.services import backup_take
 from provisioning.drivers.base import TransientDriverError
 from provisioning.models import Backup, BackupKind, BackupReason, HealthStatus
@@ -135,7 +136,7 @@ def upgrade_fail(operation: Operation, message: str) -> str:
     backup = Backup.objects.filter(pk=operation.params.get("backup_id")).first()
     if image_patched and backup is not None and backup.taken_at is not None:
         point = backup.taken_at
-        if patched_at is not None and restorable_window(instance=instance).continuous:
+        if patched_at is not None and point_in_time_supported(instance.database_pool):
             # Any second can be restored: the second this run patched the image in (after its backup: a retried
             # upgrade keeps its first run's backup, and what was written since must not be lost to the rollback).
             point = patched_at.replace(microsecond=0)
