@@ -155,9 +155,11 @@ def test_the_health_pass_reads_the_deployment_restarts_a_crashed_one_and_the_sha
     eks.requests.clear()
 
     assert health_check_pass()[HealthStatus.HEALTHY] == 1
-    assert [(r["method"], r["path"]) for r in eks.requests] == [
-        ("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments"),  # the deployment's replicas
-        ("GET", f"/api/v1/namespaces/{namespace}/pods"),  # the pod's node, for the share's firewall: unchanged
+    # One list per cluster, whatever its size: the hub's deployments (their replicas), then its pods (their nodes,
+    # for the shares' firewalls: unchanged here).
+    assert [(r["method"], r["path"], r["query"].get("labelSelector")) for r in eks.requests] == [
+        ("GET", "/apis/apps/v1/deployments", ["app.kubernetes.io/managed-by=cellhub"]),
+        ("GET", "/api/v1/pods", ["app.kubernetes.io/managed-by=cellhub"]),
     ]
 
     eks.crash(namespace)
