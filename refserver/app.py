@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from refserver.store import Database, Share, StoreError, schema_level
 
@@ -30,8 +30,6 @@ class Config:
     def from_environment(cls, environ=os.environ) -> Config:
         share_path = environ.get("SHARE_PATH", "")
         if not share_path and environ.get("SHARE_ENDPOINT", "").startswith("file://"):
-            from urllib.parse import unquote, urlparse
-
             share_path = unquote(urlparse(environ["SHARE_ENDPOINT"]).path)
         return cls(
             database_url=environ.get("DATABASE_URL", ""),

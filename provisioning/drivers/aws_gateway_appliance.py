@@ -24,6 +24,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from botocore.exceptions import WaiterError
+
 from provisioning import drivers
 from provisioning.drivers.base import PermanentDriverError, TransientDriverError
 from provisioning.drivers.cloud_retry import CloudConflictError, CloudNotFoundError, cloud_call
@@ -55,8 +57,6 @@ class GatewayAppliance:
 
     def _wait(self, waiter_name: str, **params) -> None:
         """An EC2 waiter; running out of attempts is transient (the step is retried), a failure state permanent."""
-        from botocore.exceptions import WaiterError
-
         waiter = self._client("ec2").get_waiter(waiter_name)
         config = {"Delay": int(self.config.get("waiter_delay_seconds", 15)),
                   "MaxAttempts": int(self.config.get("waiter_max_attempts", 40))}

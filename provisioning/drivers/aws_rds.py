@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlparse
 
 import psycopg
+from botocore.exceptions import WaiterError
 from psycopg import errors, sql
 
 from provisioning.drivers.aws_s3 import s3_object_sha256
@@ -507,8 +508,6 @@ class RdsDatabaseDriver(DatabaseDriver):
         failed (``failed``, ``incompatible-restore``…) is permanent; running out of attempts while RDS is still
         working (``creating``, ``backing-up``, ``deleting``) is transient, so the operation retries the step and
         finds the instance where it was."""
-        from botocore.exceptions import WaiterError
-
         waiter = self._client("rds").get_waiter(waiter_name)
         config = {"Delay": int(self.config.get("waiter_delay_seconds", 30)),
                   "MaxAttempts": int(self.config.get("waiter_max_attempts", 60))}
