@@ -91,6 +91,7 @@ class OperationKind(models.TextChoices):
     DECOMMISSION = "decommission", "Decommission"
     SCRUB = "scrub", "Scrub"
     REPLACE = "replace", "Replace"
+    RETIRE = "retire", "Retire"
 
 
 class OperationState(models.TextChoices):

@@ -2,7 +2,7 @@
 
 List pages cost a constant number of queries: related rows come from ``list_select_related`` and
 capacity from the annotations of ``cells.selectors``. Reef and pool actions (top up now, drain, mark
-failed, replace) call the services of ``provisioning.capacity``; a refusal names the current state.
+failed, replace, retire) call the services of ``provisioning.capacity``; a refusal names the current state.
 """
 from django import forms
 from django.contrib import admin, messages
@@ -24,6 +24,9 @@ from provisioning.capacity import (
     pool_instances,
     pool_mark_failed,
     pool_replace,
+    pool_retire,
+    pool_retire_blockers,
+    pool_retire_summary,
     reef_activate,
     reef_capacity,
     reef_drain,
@@ -256,7 +259,7 @@ class PoolAdmin(StatusByActions, AuditedModelAdmin):
     list_select_related = ["reef__region"]
     readonly_fields = ["status_reason", "replaces", "replaced_by", "dependent_instances", "alarms"]
     inlines = [ShareInline]
-    actions = ["drain", "activate", "mark_failed", "replace"]
+    actions = ["drain", "activate", "mark_failed", "replace", "retire"]
     change_list_template = "admin/capacity_change_list.html"
 
     def get_queryset(self, request):
@@ -348,6 +351,38 @@ class PoolAdmin(StatusByActions, AuditedModelAdmin):
                 f"{operation.params.get('new_pool')} takes over its {pool.shares.count()} shares.",
                 messages.SUCCESS,
             )
+
+    @admin.action(description="Retire the selected pools (delete what the hub made for them)…",
+                  permissions=["change"])
+    def retire(self, request, queryset):
+        """A confirmation page first, listing for each pool what will be deleted in its cloud (its provider, its
+        resource, the config naming its host, its shares and alarms) and what still uses it; then each pool's
+        retirement is queued (the service audits it; a refusal is audited here)."""
+        pools = list(queryset.select_related("reef__region"))
+        if request.POST.get("confirm") == "yes":
+            for pool in pools:
+                try:
+                    operation = pool_retire(pool=pool, requested_by=request.user)
+                except REFUSALS as refusal:
+                    admin_refusal(request, "pool.retire", pool, refusal)
+                    self.message_user(request, f"{pool}: {refusal}", messages.WARNING)
+                    continue
+                self.message_user(
+                    request, f"{pool}: retire operation #{operation.pk} {operation.state}; the pool is retired once "
+                    "its resources are deleted.", messages.SUCCESS,
+                )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Retire pools",
+            "pools": [
+                {"pool": pool, "deletes": pool_retire_summary(pool=pool), "blockers": pool_retire_blockers(pool=pool)}
+                for pool in pools
+            ],
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/capacity_pool_retire.html", context)
 
     used = annotation("used_slots", "used")
     free = annotation("free_slots", "free")

@@ -16,6 +16,11 @@ ERROR_SCHEMA = {
                 "operation": {"type": "integer"},
                 "operation_kind": {"type": "string"},
                 "operation_state": {"type": "string"},
+                # A pool that cannot be retired: the instances that still use it (the first few), their number,
+                # and its shares still at work.
+                "instances": {"type": "array", "items": {"type": "string"}},
+                "instance_count": {"type": "integer"},
+                "shares": {"type": "array", "items": {"type": "string"}},
             },
         }
     },

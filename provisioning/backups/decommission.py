@@ -60,10 +60,13 @@ def share_scrub(*, share: Share, requested_by=None) -> Operation:
 
     Idempotent: returns the scrub under way, or retries a failed one (it resumes at the step that failed).
     Refuses before any work: ``IllegalTransition`` naming the state unless the share is failed (a share being
-    scrubbed by a decommission is that decommission's to finish). A failed share holds no instance (the database's
+    scrubbed by a decommission is that decommission's to finish); ``OperationInProgress`` while its pool is being
+    retired. A failed share holds no instance (the database's
     ``share_assigned_iff_instance``), so no customer's live files are ever wiped here.
     """
     with transaction.atomic():
+        # The pool's row first (a retire takes it too): no scrub starts while the pool's retirement is under way.
+        operation_refuse_conflicts(kind=OperationKind.SCRUB, pool=share.pool)
         locked = Share.objects.select_for_update().get(pk=share.pk)
         scrubs = Operation.objects.filter(kind=OperationKind.SCRUB, share=locked).order_by("-created_at", "-id")
         active = scrubs.filter(state__in=[OperationState.QUEUED, OperationState.RUNNING]).first()

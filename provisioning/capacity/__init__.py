@@ -16,6 +16,9 @@ from provisioning.capacity.services import (
     pool_instances,
     pool_mark_failed,
     pool_replace,
+    pool_retire,
+    pool_retire_blockers,
+    pool_retire_summary,
     reef_activate,
     reef_capacity,
     reef_drain,
@@ -25,5 +28,6 @@ from provisioning.capacity.services import (
 __all__ = [
     "Assessment", "Order", "ReefKindFacts", "Shortfall", "Thresholds", "TopUpPlan",
     "capacity_top_up_pass", "gather_facts", "plan_top_ups", "pool_activate", "pool_drain", "pool_instances",
-    "pool_mark_failed", "pool_replace", "reef_activate", "reef_capacity", "reef_drain", "reef_top_up",
+    "pool_mark_failed", "pool_replace", "pool_retire", "pool_retire_blockers", "pool_retire_summary",
+    "reef_activate", "reef_capacity", "reef_drain", "reef_top_up",
 ]

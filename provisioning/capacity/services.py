@@ -12,8 +12,10 @@ import dataclasses
 import logging
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from cells.audit import audit_record
 from cells.choices import (
     OPERATION_ACTIVE_STATES,
     OPERATION_RETRYABLE_STATES,
@@ -22,8 +24,9 @@ from cells.choices import (
     PoolKind,
     PoolStatus,
     ReefStatus,
+    ShareStatus,
 )
-from cells.errors import NotSupported, Refused
+from cells.errors import REFUSED, IllegalTransition, NotSupported, OperationInProgress, Refused
 from cells.models import Instance, Operation, Pool, Reef
 from cells.states import POOL, REEF
 from provisioning import drivers
@@ -202,7 +205,21 @@ def pool_drain(*, pool: Pool, requested_by=None) -> Pool:
 
 
 def pool_activate(*, pool: Pool, requested_by=None) -> Pool:
-    """Let a draining pool take new instances again. Raises ``IllegalTransition`` unless it is draining."""
+    """Let a draining pool take new instances again. Raises ``IllegalTransition`` unless it is draining, and
+    ``Refused`` while its retirement is under way or has begun deleting (retry that instead: its resources may be
+    gone)."""
+    retiring = (
+        Operation.objects.filter(kind=OperationKind.RETIRE, pool=pool)
+        .filter(Q(state__in=list(OPERATION_ACTIVE_STATES))
+                | Q(state__in=list(OPERATION_RETRYABLE_STATES), params__deleting=True))
+        .order_by("-created_at", "-id").first()
+    )
+    if retiring is not None:
+        raise Refused(
+            f"pool {pool} is being retired (operation #{retiring.pk} is {retiring.state} and may have deleted some of "
+            "its resources); retry the retirement rather than using the pool again",
+            current_state=pool.status, operation=retiring.pk,
+        )
     POOL.change(pool, PoolStatus.AVAILABLE, only_from={PoolStatus.DRAINING},
                 status_reason=_note("available again", requested_by))
     return pool
@@ -290,3 +307,113 @@ def pool_replace(*, pool: Pool, requested_by=None, config: dict | None = None) -
             requested_by=requested_by,
             params={"new_pool_id": new.pk, "new_pool": new.name, "moved": []},
         )
+
+
+# ---- retirement ------------------------------------------------------------------------------------------
+
+RETIRABLE_POOL_STATES = frozenset({PoolStatus.DRAINING, PoolStatus.FAILED})
+BUSY_SHARE_STATES = frozenset({ShareStatus.ASSIGNED, ShareStatus.ARCHIVING, ShareStatus.SCRUBBING})
+SHOWN_NAMES = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class RetireBlockers:
+    """What still uses a pool: the first few instances on it (by name) and how many there are; a storage pool's
+    shares being archived or scrubbed (a decommission's, or a scrub's). False when nothing does."""
+
+    instances: list[str]
+    instance_count: int
+    busy_shares: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.instance_count or self.busy_shares)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.instance_count:
+            more = self.instance_count - len(self.instances)
+            parts.append(f"{self.instance_count} instance(s) use it: {', '.join(self.instances)}"
+                         + (f" and {more} more" if more > 0 else ""))
+        if self.busy_shares:
+            parts.append(f"share(s) still at work: {', '.join(self.busy_shares)}")
+        return "; ".join(parts)
+
+
+def pool_retire_blockers(*, pool: Pool) -> RetireBlockers:
+    """What keeps ``pool`` from being retired now (``pool_instances``: those holding its shares, databases or
+    deployments; a storage pool's shares that are assigned, archiving or scrubbing). Two or three queries."""
+    instances = pool_instances(pool=pool)
+    names = list(instances.values_list("name", flat=True)[:SHOWN_NAMES])
+    count = len(names) if len(names) < SHOWN_NAMES else instances.count()
+    busy = []
+    if pool.kind == PoolKind.STORAGE:
+        busy = [f"{name} ({status})" for name, status in pool.shares.filter(
+            status__in=sorted(str(s) for s in BUSY_SHARE_STATES - {ShareStatus.ASSIGNED})
+        ).order_by("slot").values_list("name", "status")[:SHOWN_NAMES]]
+    return RetireBlockers(instances=names, instance_count=count, busy_shares=busy)
+
+
+def pool_retire_summary(*, pool: Pool) -> dict:
+    """What retiring ``pool`` deletes, for staff to read before they confirm: its provider, the id of its resource,
+    the config keys that name its host (a cluster, a server, a gateway, an account), a storage pool's shares not yet
+    retired, whether a database pool's cloud alarms go too. Reads the database only."""
+    driver_class = drivers.driver_class(pool.provider)
+    config = pool.config or {}
+    host = [(key, config[key]) for key in driver_class.host_config_keys if config.get(key) not in (None, "", [])]
+    if config.get("cluster"):
+        host.insert(0, ("cluster", config["cluster"]))
+    alarms = (pool.kind == PoolKind.DATABASE
+              and getattr(driver_class, "delete_alarms", None) is not drivers.DatabaseDriver.delete_alarms)
+    shares = pool.shares.exclude(status=ShareStatus.RETIRED).count() if pool.kind == PoolKind.STORAGE else 0
+    return {"provider": driver_class.label, "external_id": pool.external_id, "host": host, "shares": shares,
+            "alarms": alarms}
+
+
+def pool_retire(*, pool: Pool, requested_by=None) -> Operation:
+    """Retire a draining or failed pool that nothing uses: delete, in its cloud, everything the hub made for it (its
+    shares' buckets / file shares / folders, its cloud alarms, its own resource: a cluster, a server, a gateway, an
+    account, a folder), then mark it ``retired`` (``provisioning/plans/retire.py``). Audited (``pool.retire``) in the
+    transaction that queues the operation.
+
+    Idempotent: returns the retirement under way, or retries a failed or cancelled one (it resumes at the step that
+    failed). Refuses before any work, naming the pool's status (``current_state``): a pool that is neither draining
+    nor failed (``IllegalTransition``); one that an instance still uses, naming the first few and their number
+    (``Refused``, with ``instances`` and ``instance_count``), or whose shares are being archived or scrubbed;
+    ``OperationInProgress`` while a top-up, replace or scrub works on it or on one of its shares.
+    """
+    with transaction.atomic():
+        locked = Pool.objects.select_for_update(of=("self",)).select_related("reef__region").get(pk=pool.pk)
+        retires = Operation.objects.filter(kind=OperationKind.RETIRE, pool=locked).order_by("-created_at", "-id")
+        active = retires.filter(state__in=list(OPERATION_ACTIVE_STATES)).first()
+        if active is not None:
+            return active
+        if locked.status not in RETIRABLE_POOL_STATES:
+            raise IllegalTransition(locked, locked.status, PoolStatus.RETIRED)
+        blockers = pool_retire_blockers(pool=locked)
+        if blockers:
+            raise Refused(f"pool {locked} ({locked.status}) cannot be retired: {blockers}", code=REFUSED,
+                          current_state=locked.status, instances=blockers.instances,
+                          instance_count=blockers.instance_count, shares=blockers.busy_shares)
+        scrub = Operation.objects.filter(
+            kind=OperationKind.SCRUB, share__pool=locked, state__in=list(OPERATION_ACTIVE_STATES)
+        ).order_by("created_at", "id").first()
+        if scrub is not None:
+            raise OperationInProgress(scrub, wanted=str(OperationKind.RETIRE))
+        summary = pool_retire_summary(pool=locked)
+        failed = retires.filter(state__in=list(OPERATION_RETRYABLE_STATES)).first()
+        if failed is not None:
+            operation = operation_retry(operation=failed, requested_by=requested_by)
+        else:
+            operation = operation_create(
+                kind=OperationKind.RETIRE, pool=locked, requested_by=requested_by,
+                params={"pool": locked.name, "reef": f"{locked.reef.region.slug}/{locked.reef.slug}",
+                        "status": str(locked.status), "provider": str(locked.provider)},
+            )
+        audit_record(
+            action="pool.retire", target=locked, actor=requested_by,
+            reason=f"retire {locked.kind} pool {locked} ({locked.status}): delete what the hub made for it",
+            details={"operation": operation.pk, "provider": summary["provider"], "external_id": summary["external_id"],
+                     "host": {key: str(value) for key, value in summary["host"]}, "shares": summary["shares"],
+                     "alarms": summary["alarms"]},
+        )
+    return operation

@@ -279,19 +279,29 @@ class RdsDatabaseDriver(DatabaseDriver):
                     DBInstanceIdentifier=self.identifier, DeletionProtection=False, ApplyImmediately=True
                 ),
             )
-        try:
-            cloud_call(
-                f"delete RDS instance {self.identifier}",
-                lambda: rds.delete_db_instance(
-                    DBInstanceIdentifier=self.identifier,
-                    SkipFinalSnapshot=False,
-                    FinalDBSnapshotIdentifier=rds_identifier(f"{self.identifier}-final", max_length=255),
-                    DeleteAutomatedBackups=False,
-                ),
-                not_found=("DBInstanceNotFound", "DBInstanceNotFoundFault"),
-            )
-        except CloudNotFoundError:
-            pass
+        # The final snapshot's name derives from the instance's; an earlier instance of the same pool (a top-up
+        # retried after its first instance was deleted) left one of that name: the next one gets the time too.
+        finals = [f"{self.identifier}-final", f"{self.identifier}-final-{datetime.now():%Y%m%d%H%M%S}"]
+        for number, final in enumerate(finals, start=1):
+            try:
+                cloud_call(
+                    f"delete RDS instance {self.identifier}",
+                    lambda final=final: rds.delete_db_instance(
+                        DBInstanceIdentifier=self.identifier,
+                        SkipFinalSnapshot=False,
+                        FinalDBSnapshotIdentifier=rds_identifier(final, max_length=255),
+                        DeleteAutomatedBackups=False,
+                    ),
+                    not_found=("DBInstanceNotFound", "DBInstanceNotFoundFault"),
+                    conflict=("DBSnapshotAlreadyExists", "DBSnapshotAlreadyExistsFault"),
+                )
+            except CloudNotFoundError:
+                return
+            except CloudConflictError:
+                if number == len(finals):
+                    raise
+                continue
+            return
 
     # -- SQL side -------------------------------------------------------------------------
     def endpoint(self) -> tuple[str, int]:

@@ -374,8 +374,9 @@ class StorageGatewayDriver(StorageDriver):
         )
 
     # -- file shares ----------------------------------------------------------------------
-    def file_shares(self, gateway_arn: str) -> list[dict]:
-        """The NFS file shares of the gateway (``NFSFileShareInfo`` dicts)."""
+    def file_shares(self, gateway_arn: str, *, not_found: bool = False) -> list[dict]:
+        """The NFS file shares of the gateway (``NFSFileShareInfo`` dicts); ``not_found``: a gateway that does not
+        exist raises ``CloudNotFoundError`` (else it is a permanent error)."""
         sgw = self._client("storagegateway")
 
         def collect():
@@ -392,7 +393,7 @@ class StorageGatewayDriver(StorageDriver):
                 infos += sgw.describe_nfs_file_shares(FileShareARNList=arns[start : start + 10])["NFSFileShareInfoList"]
             return infos
 
-        return gateway_call(f"list file shares of {gateway_arn}", collect)
+        return gateway_call(f"list file shares of {gateway_arn}", collect, not_found=not_found)
 
     @staticmethod
     def _serves(info: dict, bucket: str) -> bool:
@@ -474,11 +475,19 @@ class StorageGatewayDriver(StorageDriver):
                     pass
             self.appliance().delete()
 
-    def _delete_file_shares(self) -> None:
+    def _file_shares_if_any(self) -> list[dict]:
+        """The gateway's NFS file shares; none when the pool has no gateway or the gateway is gone (deleted by an
+        earlier call of ``delete_pool``: its file shares went with it)."""
         if not self._gateway_arn:
-            return
+            return []
+        try:
+            return self.file_shares(self._gateway_arn, not_found=True)
+        except CloudNotFoundError:
+            return []
+
+    def _delete_file_shares(self) -> None:
         sgw = self._client("storagegateway")
-        for info in self.file_shares(self._gateway_arn):
+        for info in self._file_shares_if_any():
             try:
                 gateway_call(
                     f"delete file share {info['FileShareARN']}",
@@ -553,11 +562,11 @@ class StorageGatewayDriver(StorageDriver):
         return self._bucket_exists(bucket) and self.find_file_share(self.gateway_arn(), bucket) is not None
 
     def delete_share(self, *, share) -> None:
-        """Remove the NFS file share, then the bucket; absent is fine. A bucket still holding data is kept and
-        ``PermanentDriverError`` raised: scrub (or archive and scrub) it first."""
+        """Remove the NFS file share, then the bucket; absent is fine (a gateway that is gone too). A bucket still
+        holding data is kept and ``PermanentDriverError`` raised: scrub (or archive and scrub) it first."""
         bucket = self.bucket_name(share)
         if self._gateway_arn:
-            found = self.find_file_share(self._gateway_arn, bucket)
+            found = self.find_file_share(self._gateway_arn, bucket, self._file_shares_if_any())
             if found is not None:
                 sgw = self._client("storagegateway")
                 gateway_call(

@@ -11,6 +11,7 @@ aside, it is checked (``PRAGMA integrity_check``) and only then moved into the p
 import dataclasses
 import io
 import os
+import shutil
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,9 +81,11 @@ class SqliteDatabaseDriver(DatabaseDriver):
         return {"external_id": str(self._folder()), "config": {}}
 
     def delete_pool(self) -> None:
-        folder = self._folder()
-        if not any(folder.iterdir()):
-            folder.rmdir()
+        """Stop replicating the pool's databases and delete its folder with every file left in it (a top-up's
+        failure, or a retirement once no instance uses the pool); absent is fine. The replicas and the hub's
+        encrypted dumps are backups: their retention deletes them, not this."""
+        self.replicator().stop_all()
+        shutil.rmtree(self._folder(), ignore_errors=True)
 
     def create_database(self, *, instance) -> DatabaseCredentials:
         """Create (or find) the instance's file; idempotent."""

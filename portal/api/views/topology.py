@@ -71,7 +71,7 @@ class ReefViewSet(AuditedWrites, AnnotatedWrites, viewsets.ReadOnlyModelViewSet)
 
 
 class PoolViewSet(AuditedWrites, AnnotatedWrites, viewsets.ReadOnlyModelViewSet):
-    """Pools with their used and free slots (staff). Actions: drain, activate, mark failed, replace."""
+    """Pools with their used and free slots (staff). Actions: drain, activate, mark failed, replace, retire."""
 
     serializer_class = s.PoolSerializer
     permission_classes = [perms.StaffOnly]
@@ -110,6 +110,15 @@ class PoolViewSet(AuditedWrites, AnnotatedWrites, viewsets.ReadOnlyModelViewSet)
     def replace(self, request, pk=None):
         """A new host takes over the failed storage pool's buckets / file shares, share by share."""
         return accepted(request, capacity.pool_replace(pool=self.get_object(), requested_by=request.user))
+
+    @extend_schema(request=None, responses={202: s.OperationSerializer}, parameters=[IDEMPOTENCY_HEADER])
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def retire(self, request, pk=None):
+        """Delete in its cloud everything the hub made for this draining or failed pool, then mark it retired;
+        202 with the operation. 409 (``current_state``) for a pool in another state or one an instance still uses
+        (``instances``: the first few, ``instance_count``)."""
+        return accepted(request, capacity.pool_retire(pool=self.get_object(), requested_by=request.user))
 
 
 class ShareViewSet(AuditedWrites, viewsets.ReadOnlyModelViewSet):
