@@ -142,6 +142,23 @@ def test_rds_delete_pool_lifts_protection_and_keeps_a_final_snapshot(rds_driver)
     rds_driver.delete_pool()  # absent: nothing to do
 
 
+def test_rds_delete_pool_of_a_pool_made_twice_keeps_both_final_snapshots(rds_driver):
+    """A top-up retried after its first instance was deleted makes the instance again under the same name: deleting
+    that one (a retirement) keeps a second final snapshot beside the first instead of failing on the name."""
+    rds = boto3.client("rds", region_name=REGION)
+    rds_driver.provision_pool()
+    # The first instance's final snapshot (made here directly: moto names the automated snapshot of a second instance
+    # created within the same minute as the first's, and refuses it).
+    rds.create_db_snapshot(DBSnapshotIdentifier=f"{rds_driver.identifier}-final",
+                           DBInstanceIdentifier=rds_driver.identifier)
+    rds_driver.delete_pool()
+    assert rds_driver.describe() is None
+    manual = rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]
+    snapshots = sorted(s["DBSnapshotIdentifier"] for s in manual)
+    assert len(snapshots) == 2 and snapshots[0] == f"{rds_driver.identifier}-final"
+    assert snapshots[1].startswith(f"{rds_driver.identifier}-final-")
+
+
 def test_rds_admin_connection_uses_the_endpoint_and_the_password_from_the_environment(rds_driver):
     rds_driver.provision_pool()
     kwargs = rds_driver.admin_connect_kwargs()

@@ -182,3 +182,28 @@ def test_an_s3_multipart_failure_is_classified_by_the_parts_error(aws, tmp_path,
         stub.add_response("abort_multipart_upload", {})
         with pytest.raises(error, match=f"S3 upload failed: .*{code}"):
             cloud_call("upload", lambda: s3.upload_file(str(path), "acme-archive", "k", Config=config), attempts=1)
+
+
+def _gateway_gone(stub):
+    stub.add_client_error(
+        "list_file_shares", service_error_code="InvalidGatewayRequestException",
+        service_message="The specified gateway was not found.", http_status_code=400,
+        modeled_fields={"error": {"errorCode": "GatewayNotFound"}}, expected_params={"GatewayARN": GATEWAY},
+    )
+
+
+def test_deleting_a_pool_and_its_shares_once_the_gateway_is_gone_deletes_the_buckets_and_asks_nothing_more(
+        reef, kms_key):
+    """Absent is fine: a retirement repeated after the gateway went (deleted by the first attempt, or by AWS) finds no
+    file share to delete and still deletes each share's empty bucket."""
+    driver = StorageGatewayDriver(_gateway_pool(reef, kms_key))
+    share = driver.pool.shares.get(slot=0)
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=driver.bucket_name(share))
+    with Stubber(driver._client("storagegateway")) as stub:
+        _gateway_gone(stub)
+        _gateway_gone(stub)
+        driver.delete_share(share=share)
+        driver.delete_pool()
+        stub.assert_no_pending_responses()  # and no DeleteFileShare was sent (the stub would have refused it)
+    assert driver.bucket_name(share) not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
