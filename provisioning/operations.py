@@ -49,8 +49,10 @@ a half-restored share, and an upgrade, stop or start would race its redeploy. An
 migrate the database: a stop/start would fight its health wait and its rollback. A stop and a start at once leave
 the state to whoever ends last. A backup only reads (a consistent snapshot of the database, a copy of the share), so
 it may run during an upgrade (which takes its own pre-upgrade backup), a stop or a start. Two backups are one
-operation (a queued backup takes on the second kind). Operations on a reef, pool or share (top-up, replace) only
-exclude their own kind on the same target.
+operation (a queued backup takes on the second kind). Operations on a reef, pool or share (top-up, replace, scrub)
+only exclude their own kind on the same target, except a retire, which deletes what a top-up, replace or scrub of its
+pool works on: it excludes those three on the pool (and ``pool_retire`` / ``share_scrub`` refuse a scrub of one of
+its shares, whose target is the share, under the pool's row lock).
 """
 from __future__ import annotations
 
