@@ -278,6 +278,8 @@ class PoolAdmin(StatusByActions, AuditedModelAdmin):
         """The database pool's metric alarms and their states, read from the provider when the page opens."""
         if pool.pk is None or pool.kind != "database":
             return "—"
+        if pool.status == "retired":  # deleted with the pool: no call to its cloud
+            return "none (the pool is retired: its alarms were deleted with it)"
         states = pool_alarm_states(pool=pool)
         if isinstance(states, str):
             return states

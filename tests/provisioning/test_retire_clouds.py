@@ -1,18 +1,20 @@
 """Retiring cloud pools made by top-ups deletes what the hub made in the cloud, asserted at the wire (moto plays RDS,
-CloudWatch, EKS and STS; every call the drivers make is recorded through botocore's events, ``EksWire``): an RDS
-pool's instance (after a final snapshot) and its CloudWatch alarms; an EKS pool's node group and cluster. A cluster
-staff gave the hub (by kubeconfig) outlives its pool. An instance still on the pool: refused, nothing deleted.
+CloudWatch, EKS and STS; every call the drivers make is recorded through botocore's events, ``EksWire``; ``AzureCloud``
+behind the azure-core transport plays ARM): an RDS pool's instance (after a final snapshot) and its CloudWatch
+alarms; an EKS pool's node group and cluster; an AKS cluster with its node resource group. A cluster staff gave the
+hub (by kubeconfig) outlives its pool. An instance still on the pool: refused, nothing deleted.
 """
 from __future__ import annotations
 
 import boto3
 import pytest
+from django.urls import reverse
 
 from cells.choices import OperationState, PoolKind, PoolStatus, Provider
 from cells.errors import Refused
 from cells.models import Pool
 from provisioning import drivers, faults
-from provisioning.capacity import pool_drain, pool_retire
+from provisioning.capacity import pool_drain, pool_mark_failed, pool_retire
 from tests.factories import make_instance, make_pool, make_reef, make_region
 from tests.provisioning import test_top_up_isolation as isolation
 from tests.provisioning.test_top_up_isolation import ONLY, REGION, top_up
@@ -20,6 +22,7 @@ from tests.provisioning.test_top_up_isolation import ONLY, REGION, top_up
 pytestmark = pytest.mark.django_db
 # Fixtures shared with the top-up isolation tests (pytest finds them by name in this module).
 aws_env, eks, kube_apis, aws_reef = isolation.aws_env, isolation.eks, isolation.kube_apis, isolation.aws_reef
+aks_cloud, azure_reef = isolation.aks_cloud, isolation.azure_reef
 RDS_TEMPLATE = {"master_password_env": "CELLHUB_POOL_SECRET_TEST_RDS", "db_instance_identifier": "template-instance",
                 "allocated_storage_gib": 200}
 
@@ -60,7 +63,8 @@ def _instances() -> list[str]:
             ["DBInstances"]]
 
 
-def test_retiring_an_rds_pool_deletes_its_instance_and_its_alarms(rds_pool, eks, django_capture_on_commit_callbacks):
+def test_retiring_an_rds_pool_deletes_its_instance_and_its_alarms(
+        rds_pool, eks, django_capture_on_commit_callbacks, staff_client):
     identifier = drivers.for_pool(rds_pool).identifier
     alarms = sorted(f"{identifier}-{suffix}" for suffix in ("cpu", "free-storage", "connections"))
     assert _alarms() == alarms and identifier in _instances()
@@ -79,6 +83,10 @@ def test_retiring_an_rds_pool_deletes_its_instance_and_its_alarms(rds_pool, eks,
                                                   "ApplyImmediately": True}
     snapshots = boto3.client("rds", region_name=REGION).describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]
     assert [s["DBSnapshotIdentifier"] for s in snapshots] == [f"{identifier}-final"]  # the data is kept, once
+    calls_before = len(eks.calls)
+    page = staff_client.get(reverse("admin:cells_pool_change", args=[rds_pool.pk])).content.decode()
+    assert "the pool is retired: its alarms were deleted with it" in page
+    assert eks.calls[calls_before:] == []  # the retired pool's page asks its cloud nothing
 
 
 def test_an_rds_pool_an_instance_still_uses_is_refused_and_nothing_is_deleted(rds_pool, eks):
@@ -139,3 +147,24 @@ def test_retiring_an_eks_pool_made_by_a_top_up_deletes_its_node_group_and_cluste
     assert status(template) == PoolStatus.RETIRED
     assert [name for name, _ in eks.calls[calls_before:]] == []
     assert aws_reef["given"].requests == []
+
+
+# -- AKS -----------------------------------------------------------------------------------------------------------
+
+
+def test_retiring_an_aks_pool_made_by_a_top_up_deletes_its_managed_cluster(
+        azure_reef, aks_cloud, kube_apis, sync_tasks, django_capture_on_commit_callbacks):
+    aks_cloud.new_cluster_servers.append(kube_apis().host)
+    made = top_up(azure_reef["reef"], django_capture_on_commit_callbacks)
+    assert made.state == OperationState.SUCCEEDED, made.error
+    pool = Pool.objects.get(pk=made.pool_id)
+    assert aks_cloud.arm_paths(r"/managedClusters/") != []
+    pool_mark_failed(pool=pool, reason="cluster unhealthy")
+
+    operation = retire(pool, django_capture_on_commit_callbacks)
+
+    assert operation.state == OperationState.SUCCEEDED, operation.error
+    assert status(pool) == PoolStatus.RETIRED
+    assert aks_cloud.arm_paths(r"/managedClusters/|/MC_") == []  # nor its node resource group
+    (delete,) = aks_cloud.calls("DELETE", r"/managedClusters/")
+    assert delete.path == pool.external_id
