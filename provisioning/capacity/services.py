@@ -312,7 +312,8 @@ def pool_replace(*, pool: Pool, requested_by=None, config: dict | None = None) -
 # ---- retirement ------------------------------------------------------------------------------------------
 
 RETIRABLE_POOL_STATES = frozenset({PoolStatus.DRAINING, PoolStatus.FAILED})
-BUSY_SHARE_STATES = frozenset({ShareStatus.ASSIGNED, ShareStatus.ARCHIVING, ShareStatus.SCRUBBING})
+# A share being archived or scrubbed (a decommission's, or a scrub's) holds no instance but is still at work.
+BUSY_SHARE_STATES = frozenset({ShareStatus.ARCHIVING, ShareStatus.SCRUBBING})
 SHOWN_NAMES = 5
 
 
@@ -348,7 +349,7 @@ def pool_retire_blockers(*, pool: Pool) -> RetireBlockers:
     busy = []
     if pool.kind == PoolKind.STORAGE:
         busy = [f"{name} ({status})" for name, status in pool.shares.filter(
-            status__in=sorted(str(s) for s in BUSY_SHARE_STATES - {ShareStatus.ASSIGNED})
+            status__in=sorted(str(s) for s in BUSY_SHARE_STATES)
         ).order_by("slot").values_list("name", "status")[:SHOWN_NAMES]]
     return RetireBlockers(instances=names, instance_count=count, busy_shares=busy)
 
@@ -362,8 +363,7 @@ def pool_retire_summary(*, pool: Pool) -> dict:
     host = [(key, config[key]) for key in driver_class.host_config_keys if config.get(key) not in (None, "", [])]
     if config.get("cluster"):
         host.insert(0, ("cluster", config["cluster"]))
-    alarms = (pool.kind == PoolKind.DATABASE
-              and getattr(driver_class, "delete_alarms", None) is not drivers.DatabaseDriver.delete_alarms)
+    alarms = pool.kind == PoolKind.DATABASE and driver_class.delete_alarms is not drivers.DatabaseDriver.delete_alarms
     shares = pool.shares.exclude(status=ShareStatus.RETIRED).count() if pool.kind == PoolKind.STORAGE else 0
     return {"provider": driver_class.label, "external_id": pool.external_id, "host": host, "shares": shares,
             "alarms": alarms}
