@@ -159,7 +159,7 @@ def reef(cloud, kube):
 
 
 @pytest.fixture
-def signup(client, reef, sync_tasks, django_capture_on_commit_callbacks):
+def signup(client, reef, tds, sync_tasks, django_capture_on_commit_callbacks):
     def post(name):
         with django_capture_on_commit_callbacks(execute=True):
             response = client.post("/signup/", {"email": f"{name}@example.com", "password": "a-long-enough-passphrase",
