@@ -123,7 +123,8 @@ def test_decommission_archives_to_deep_storage_scrubs_and_returns_the_share(live
     records = [(call.method, call.path) for call in cloud.calls("DELETE", r"/dnsZones/")]
     assert records == [("DELETE", f"{ZONE}/{kind}/acme") for kind in ("A", "AAAA", "CNAME")]
     assert cloud.calls("DELETE", r"/dnsZones/")[0].query["api-version"] == [DNS_API]
-    assert [r["path"] for r in kube.requests if r["method"] == "DELETE"] == [f"/api/v1/namespaces/{namespace(instance)}"]
+    deletes = [r["path"] for r in kube.requests if r["method"] == "DELETE"]
+    assert deletes == [f"/api/v1/namespaces/{namespace(instance)}"]
     # Compute went first, the DNS record last (the share was archived while nothing wrote to it).
     order = [call.path for call in cloud.requests if call.method in ("PUT", "DELETE")]
     assert order.index(upload[0].path) < order.index(drop.path) < order.index(scrub.path)
