@@ -275,7 +275,9 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         }
 
     def delete_pool(self) -> None:
-        """Delete the elastic pool, then the server if it holds no database but ``master``; absent is fine.
+        """Delete the elastic pool, then the server if it holds no other elastic pool and no database but
+        ``master`` (a new pool shares its reef's server: a failed top-up must never take the other pools with it);
+        absent is fine.
 
         Azure refuses to delete an elastic pool that still holds databases: that refusal surfaces as
         ``PermanentDriverError`` rather than anything being lost.
@@ -291,13 +293,17 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         except CloudNotFoundError:
             pass
         try:
+            others = cloud_call(
+                f"list elastic pools of {s['server']}",
+                lambda: [p.name for p in self.client.elastic_pools.list_by_server(s["resource_group"], s["server"])],
+            )
             names = cloud_call(
                 f"list databases of {s['server']}",
                 lambda: [d.name for d in self.client.databases.list_by_server(s["resource_group"], s["server"])],
             )
         except CloudNotFoundError:
             return
-        if set(names) - {"master"}:
+        if set(others) - {s["elastic_pool"]} or set(names) - {"master"}:
             return
         try:
             cloud_call(
