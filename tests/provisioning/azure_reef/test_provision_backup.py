@@ -17,6 +17,7 @@ from provisioning.capacity.services import reef_top_up
 from provisioning.health import pool_alarm_states
 from provisioning.lifecycle import instance_retry_provision
 from provisioning.models import Backup, BackupState, InstanceDatabase
+from provisioning.operations import operation_retry
 from tests.provisioning.azure_reef.conftest import (
     DNS_API,
     DOMAIN,
@@ -207,3 +208,69 @@ def test_a_database_pool_top_up_creates_its_alerts_and_a_failed_one_removes_them
     assert failed.status == PoolStatus.FAILED
     assert set(cloud.arm_paths(r"/metricAlerts/")) == before
     assert timezone.now()
+
+
+DATABASE_TOP_UP_FAILURES = [
+    *[("failpoint", step) for step in ("pool", "alarms", "shares")],
+    ("elastic pool creation fails", "pool"), ("alert refused", "alarms"),
+]
+
+
+@pytest.mark.parametrize("case", DATABASE_TOP_UP_FAILURES, ids=[f"{k}-{s}" for k, s in DATABASE_TOP_UP_FAILURES])
+def test_a_database_pool_top_up_failing_at_each_step_deletes_only_what_it_made_and_a_retry_makes_it(
+    case, reef, cloud, settings, sync_tasks, tds, django_capture_on_commit_callbacks
+):
+    settings.CELLHUB = {**settings.CELLHUB, "CAPACITY": {
+        "FLOOR": {"database": 6, "compute": 0, "storage": 0}, "POOL_SIZE": {"database": 50}, "MAX_POOLS_PER_PASS": 1}}
+    before = cloud.state()  # the reef's own server and elastic pool (no database in it yet) among it
+    kind, step = case
+    if kind == "failpoint":
+        faults.arm(f"top_up.{step}.after", "permanent")
+    elif kind == "elastic pool creation fails":
+        cloud.fail_lro("PUT", r"/elasticPools/[^/]+$")
+    else:
+        cloud.fail("PUT", r"/metricAlerts/.*storage-percent$", status=400)
+    with django_capture_on_commit_callbacks(execute=True):
+        (operation,) = reef_top_up(reef=reef["reef"])
+    operation.refresh_from_db()
+    pool = Pool.objects.get(pk=operation.pool_id)
+
+    assert operation.state == OperationState.FAILED and pool.status == PoolStatus.FAILED
+    assert "everything the top-up made was deleted" in operation.error, operation.error
+    # The new pool's elastic pool and alerts are gone; the server it shares with the reef's pool, and that pool's
+    # elastic pool, are as they were.
+    after = cloud.state()
+    assert sorted(set(after["resources"]) - set(before["resources"])) == []
+    assert sorted(set(before["resources"]) - set(after["resources"])) == []
+    assert after == before
+
+    faults.disarm_all()
+    cloud.failures.clear()
+    cloud.lro_failures.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        retried = operation_retry(operation=operation)
+    retried.refresh_from_db()
+    pool.refresh_from_db()
+    assert retried.state == OperationState.SUCCEEDED, retried.error
+    assert pool.status == PoolStatus.AVAILABLE
+    assert sorted(cloud.arm_paths(r"/elasticPools/[^/]+$")) == sorted(
+        [f"{SERVER}/elasticPools/ep-1", drivers.for_pool(pool).elastic_pool_id()])
+    assert len(cloud.arm_paths(r"/metricAlerts/[^/]+$")) == 3
+
+
+def test_deleting_an_azure_sql_pool_deletes_its_server_only_once_nothing_else_is_on_it(reef, cloud):
+    template = reef["database"]
+    solo = Pool.objects.create(reef=reef["reef"], name="database-solo", kind=PoolKind.DATABASE, capacity=5,
+                               provider=template.provider, config={**template.config, "elastic_pool": "ep-2"})
+    drivers.for_pool(solo).provision_pool()
+    assert sorted(cloud.arm_paths(r"/elasticPools/[^/]+$")) == [f"{SERVER}/elasticPools/ep-1",
+                                                                 f"{SERVER}/elasticPools/ep-2"]
+
+    drivers.for_pool(solo).delete_pool()  # ep-1 is still on the server: it stays
+    assert cloud.arm_paths(r"/elasticPools/[^/]+$") == [f"{SERVER}/elasticPools/ep-1"]
+    assert cloud.arm_paths(r"/servers/[^/]+$") == [SERVER]
+
+    drivers.for_pool(template).delete_pool()  # the last one: the server goes with it
+    assert cloud.arm_paths(r"/servers/") == []
+    (delete,) = cloud.calls("DELETE", r"/servers/[^/]+$")
+    assert delete.query["api-version"] == [SQL_API]
