@@ -20,6 +20,7 @@ from provisioning.drivers.base import resource_prefix
 from provisioning.models import Backup, BackupKind, BackupReason, BackupState
 from tests.provisioning.azure_reef.conftest import (
     DNS_API,
+    EGRESS,
     HUB,
     SERVER,
     SQL_API,
@@ -196,3 +197,23 @@ def test_a_decommission_failing_at_each_step_stops_there_and_a_retry_finishes_le
     retried = run(instance_decommission, instance=instance, confirm_name="acme")
     assert retried.pk == operation.pk  # the same operation, resumed
     _assert_decommissioned(before, instance, Share.objects.get(pk=share.pk), retried, cloud, kube)
+
+
+def test_a_decommission_keeps_what_the_other_instances_still_need(signup, cloud, kube, run):
+    first, second = signup("acme"), signup("beta")
+    rule = drivers.for_pool(first.database_pool)._firewall_rule_name(first.compute_pool_id)
+
+    operation = run(instance_decommission, instance=first, confirm_name="acme")
+
+    assert operation.state == OperationState.SUCCEEDED, operation.error
+    # beta reaches its database and its share from the same cluster address: the rule and the address stay.
+    assert f"{SERVER}/firewallRules/{rule}".lower() in cloud.resources
+    assert sorted(ip_rules(cloud)) == sorted([HUB, EGRESS])
+    assert drivers.for_dns(second.region).lookup(name="beta") is not None
+    assert ("deployments", namespace(second), "beta") in kube.objects
+    second.refresh_from_db()
+    assert second.state == InstanceState.RUNNING
+
+    run(instance_decommission, instance=second, confirm_name="beta")  # the last one: now they go
+    assert f"{SERVER}/firewallRules/{rule}".lower() not in cloud.resources
+    assert ip_rules(cloud) == [HUB]
