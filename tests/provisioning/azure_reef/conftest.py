@@ -57,8 +57,6 @@ class AksCluster(FakeKubeApi):
         match = COLLECTION.match(path)
         if match:
             resource = match["resource"]
-            if resource == "namespaces" or (match["namespace"] and resource == "namespaces"):
-                resource = "namespaces"
             refused = self.refuse.get((method, resource))
             if refused and refused[1] > 0:
                 refused[1] -= 1
