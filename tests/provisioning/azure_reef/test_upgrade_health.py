@@ -152,8 +152,9 @@ def test_the_health_pass_reads_the_deployment_restarts_an_unhealthy_one_and_flag
 
     counts = health_check_pass()
     assert counts[HealthStatus.HEALTHY] == 1
-    (read,) = [r for r in kube.requests if r["method"] == "GET"]
-    assert read["path"] == f"/apis/apps/v1/namespaces/{namespace(instance)}/deployments"
+    (read,) = [r for r in kube.requests if r["method"] == "GET"]  # one list call per cluster, for all its instances
+    assert read["path"] == "/apis/apps/v1/deployments"
+    assert read["query"]["labelSelector"] == ["app.kubernetes.io/managed-by=cellhub"]
 
     # Its server crashes: no pod ready. The pass restarts it through the kubernetes API.
     kube.crashing.add(namespace(instance))
