@@ -123,8 +123,6 @@ def restore_restore(operation: Operation) -> None:
         return
     if restore.new_database == _in_use(instance):
         return  # switched already (a re-run after the switch)
-    if restore.backup is None:  # any second of a continuous window: once the provider can restore that one
-        wait_until_restorable(instance, restore.point_in_time)
     if restore.base_backup is not None:
         database = database_at(instance, restore.point_in_time)
         source = f"{restore.base_backup.location}?{urlencode({'database': database})}"
