@@ -15,6 +15,9 @@ Pool config (no secrets):
 - ``hub_address``: the hub's public address, allowed through the server firewall for the T-SQL step;
 - ``backup_retention_days``: the point-in-time restore window Azure keeps per database (1-35; default the hub's
   ``BACKUP_RETENTION_DAYS``, clamped);
+- ``restore_lag_seconds``: how far behind now the newest restorable moment is taken to be (default 600: Azure takes
+  a log backup every 5-10 minutes); ``restore_wait_seconds`` (default 480): how long a restore to a newer moment (an
+  upgrade's rollback) waits for it before the step is retried;
 - ``long_term_retention``: ARM properties of the long-term retention policy applied on each backup,
   e.g. ``{"weeklyRetention": "P4W", "monthlyRetention": "P12M", "yearlyRetention": "P5Y", "weekOfYear": 1}``;
 - ``alerts`` (default ``DEFAULT_ALERTS``): the Azure Monitor metric alerts on the elastic pool, metric → percent.
@@ -35,6 +38,7 @@ deletes only the hub's record of it.
 """
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlparse
 
@@ -200,6 +204,27 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
     def _host(self) -> str:
         return self.config.get("server_fqdn") or f"{self.required['server']}.database.windows.net"
 
+    def _restore_lag(self) -> timedelta:
+        """How far behind now the newest restorable moment is taken to be (config ``restore_lag_seconds``)."""
+        seconds = self.config.get("restore_lag_seconds")
+        return RESTORE_LAG if seconds is None else timedelta(seconds=float(seconds))
+
+    def _wait_restorable(self, point_in_time: datetime) -> None:
+        """Return once ``point_in_time`` is older than the restore lag (a rollback asks for a second of a minute ago,
+        which Azure restores only once a log backup holds it); waits at most ``restore_wait_seconds``, then raises
+        ``TransientDriverError`` (the step is retried)."""
+        ready_at = point_in_time + self._restore_lag()
+        wait = (ready_at - datetime.now(UTC)).total_seconds()
+        if wait <= 0:
+            return
+        longest = float(self.config.get("restore_wait_seconds", 480))
+        time.sleep(min(wait, longest))
+        if wait > longest:
+            raise TransientDriverError(
+                f"Azure SQL restores {point_in_time:%Y-%m-%d %H:%M:%S} UTC from {ready_at:%H:%M:%S} UTC on (its log "
+                "backups run behind): not yet"
+            )
+
     def _retention_days(self) -> int:
         days = int(self.config.get("backup_retention_days") or settings.CELLHUB["BACKUP_RETENTION_DAYS"])
         return max(1, min(35, days))
@@ -250,7 +275,9 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         }
 
     def delete_pool(self) -> None:
-        """Delete the elastic pool, then the server if it holds no database but ``master``; absent is fine.
+        """Delete the elastic pool, then the server if it holds no other elastic pool and no database but
+        ``master`` (a new pool shares its reef's server: a failed top-up must never take the other pools with it);
+        absent is fine.
 
         Azure refuses to delete an elastic pool that still holds databases: that refusal surfaces as
         ``PermanentDriverError`` rather than anything being lost.
@@ -266,13 +293,17 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         except CloudNotFoundError:
             pass
         try:
+            others = cloud_call(
+                f"list elastic pools of {s['server']}",
+                lambda: [p.name for p in self.client.elastic_pools.list_by_server(s["resource_group"], s["server"])],
+            )
             names = cloud_call(
                 f"list databases of {s['server']}",
                 lambda: [d.name for d in self.client.databases.list_by_server(s["resource_group"], s["server"])],
             )
         except CloudNotFoundError:
             return
-        if set(names) - {"master"}:
+        if set(others) - {s["elastic_pool"]} or set(names) - {"master"}:
             return
         try:
             cloud_call(
@@ -533,12 +564,12 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         restore_point(location)
 
     def point_in_time_window(self, *, instance, database: str | None = None) -> tuple[datetime | None, datetime | None]:
-        """(the database's earliest restore date, now less ``RESTORE_LAG``) as Azure reports it; (None, None) while
+        """(the database's earliest restore date, now less the restore lag) as Azure reports it; (None, None) while
         the database has no backup yet. Raises ``DriverError`` when Azure cannot be read."""
         found = self._get_database(self.switchable_database(instance, database))
         if found.earliest_restore_date is None:
             return None, None
-        latest = datetime.now(UTC).replace(microsecond=0) - RESTORE_LAG
+        latest = datetime.now(UTC).replace(microsecond=0) - self._restore_lag()
         return found.earliest_restore_date, max(latest, found.earliest_restore_date)
 
     def backup_checksum(self, *, location: str) -> str:
@@ -560,7 +591,8 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         re-applied; the source is never written to.
 
         Before anything is created: the source database must still be the one the point was recorded against
-        (its ``databaseId``) and ``point_in_time`` inside its window; else ``PermanentDriverError``.
+        (its ``databaseId``) and ``point_in_time`` inside its window; else ``PermanentDriverError``. A moment newer than
+        the restore lag (a rollback's) is waited for (``TransientDriverError`` when that takes too long).
         """
         s = self.required
         new_database = self.switchable_database(instance, new_database)
@@ -590,6 +622,7 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
                     f"{point_in_time.isoformat()} is before the earliest restorable moment of {source_name} "
                     f"({earliest.isoformat()})"
                 ) from None
+            self._wait_restorable(point_in_time)
             cloud_call(
                 f"restore Azure SQL database {source_name} to {new_database}",
                 lambda: self.client.databases.begin_create_or_update(

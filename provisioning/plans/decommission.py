@@ -148,11 +148,15 @@ def decommission_scrub_share(operation: Operation) -> None:
 
 
 def share_scrub_and_verify(share: Share) -> None:
-    """Remove every file of ``share`` and close its firewall, then prove it empty where the driver can list it.
-    Safe to repeat. Raises ``PermanentDriverError`` naming what is left."""
+    """Remove every file of ``share`` (a share that is gone is made again, empty) and close its firewall, then prove
+    it empty where the driver can list it. Safe to repeat. Raises ``PermanentDriverError`` naming what is left."""
     storage = drivers.for_pool(share.pool)
     if storage.share_exists(share=share):
         storage.scrub_share(share=share)
+    else:
+        # Gone: a scrub that deletes and makes the share again (Azure Files) was cut short between the two (Azure
+        # still deleting it), or it was lost. Made again, empty, so the share returns to its pool as a fresh one.
+        storage.create_share(share=share)
     storage.set_firewall(share=share, address="")
     # Verified, not trusted: the drivers that can list a share prove it empty.
     if hasattr(storage, "share_listing"):

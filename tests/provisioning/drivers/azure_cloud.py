@@ -1,11 +1,14 @@
 """A stateful Azure for end-to-end tests: Resource Manager and the Files/Blob data planes behind one azure-core
 transport, so the real SDKs (azure-mgmt-sql, -storage, -monitor, azure-storage-file-share, -blob) run unchanged.
 
-Resource Manager: a PUT stores the resource (as a long-running operation: 201 + ``Azure-AsyncOperation``, polled
-``InProgress`` then ``Succeeded``), GET reads it, DELETE removes it (404 when absent), a GET of a collection lists
-its children. Databases get a ``databaseId`` and an ``earliestRestoreDate``; a share PUT with
-``$expand=snapshots`` makes a snapshot holding a copy of the share's files; ``listKeys`` answers a key; a metric
-alert has a ``status``. The data planes keep files per share (and per snapshot) and blobs per container.
+Resource Manager: a PUT stores the resource (servers, elastic pools, databases and storage accounts as a
+long-running operation: 201/202 + ``Azure-AsyncOperation``, polled ``InProgress`` then ``Succeeded``), GET reads
+it, DELETE removes it (404 when absent), a GET of a collection lists its children. Databases get a ``databaseId``
+and an ``earliestRestoreDate``; a share PUT with ``$expand=snapshots`` makes a snapshot holding a copy of the
+share's files; ``listKeys`` answers a key; a metric alert has a ``status``; Azure DNS record sets
+(``dnsZones/<zone>/<A|AAAA|CNAME>/<name>``) carry their ``type`` and ``fqdn``, list under ``recordsets`` and
+answer a DELETE of an absent one with 204, as Azure DNS does. The data planes keep files per share (and per
+snapshot) and blobs per container.
 
 AKS: a managed cluster PUT is a long-running operation that ends ``Succeeded`` (the cluster gets an ``fqdn`` and
 ``provisioningState``), or ``Failed`` for a name in ``failing_clusters`` (the failed cluster stays, as Azure leaves
@@ -14,8 +17,12 @@ it); its DELETE is one too; ``listClusterUserCredential`` answers a kubeconfig (
 ``new_cluster_servers`` if any), else the cluster's ``https://<fqdn>``. A new cluster gets an outbound public IP
 (a ``publicIPAddresses`` resource with an ``ipAddress``) named in its load balancer profile.
 
-``fail(method, path_regex, times=1, status=400)`` makes the next matching calls fail as Azure refuses a request, so
-a test can break each step. Everything is recorded in ``requests`` (as ``ArmTransport`` does).
+``fail(method, path_regex, times=1, status=None, code="BadRequest")`` makes the next matching calls fail as Azure
+refuses a request (status 400 on Resource Manager, 500 on the data planes, unless given), and
+``fail_lro(method, path_regex)`` makes a long-running operation end ``Failed`` (the resource stays, in a failed
+state, as ARM leaves it), so a test can break each step. ``state()`` is everything that exists, for a test to
+compare before and after. Everything is recorded in ``requests`` (as ``ArmTransport`` does); pollers sleep through
+``sleep``, which records the delay instead of waiting.
 """
 from __future__ import annotations
 
@@ -34,6 +41,9 @@ from tests.provisioning.drivers.azure_transport import OPERATIONS_HOST, ArmTrans
 
 COLLECTIONS = {"databases", "firewallRules", "shares", "metricAlerts", "elasticPools", "containers",
                "storageAccounts", "servers", "managedClusters"}
+LRO_PUTS = {"servers", "elasticPools", "databases", "storageAccounts", "managedClusters"}
+LRO_DELETES = {"servers", "elasticPools", "databases", "managedClusters"}
+DNS_TYPES = {"A", "AAAA", "CNAME"}
 
 
 class _Stream:
@@ -56,15 +66,31 @@ class AzureCloud(ArmTransport):
         self.files: dict[tuple[str, str], dict[str, bytes]] = {}  # (account, share) → {path or "dir/": bytes}
         self.snapshots: dict[tuple[str, str, str], dict[str, bytes]] = {}  # (account, share, stamp) → files
         self.blobs: dict[tuple[str, str, str], dict] = {}  # (account, container, blob) → {data, metadata, tier}
-        self.failures: list[list] = []  # [method, regex, times, status]
+        self.failures: list[list] = []  # [method, regex, times, status, code]
+        self.lro_failures: list[list] = []  # [method, regex, times]
         self.failing_clusters: set[str] = set()  # AKS clusters whose creation ends Failed
         self.cluster_servers: dict[str, str] = {}  # AKS cluster name → the API server its kubeconfig names
         self.new_cluster_servers: list[str] = []  # given to new AKS clusters in turn
+        self.slept: list[float] = []
         self._clock = itertools.count(1)
 
     # -- test API ---------------------------------------------------------------------------
-    def fail(self, method: str, path_regex: str, *, times: int = 1, status: int = 400):
-        self.failures.append([method.upper(), re.compile(path_regex, re.IGNORECASE), times, status])
+    def fail(self, method: str, path_regex: str, *, times: int = 1, status: int | None = None,
+             code: str = "BadRequest"):
+        self.failures.append([method.upper(), re.compile(path_regex, re.IGNORECASE), times, status, code])
+
+    def fail_lro(self, method: str, path_regex: str, *, times: int = 1):
+        """The next matching long-running operations are accepted, then end ``Failed``."""
+        self.lro_failures.append([method.upper(), re.compile(path_regex, re.IGNORECASE), times])
+
+    def state(self) -> dict:
+        """A copy of everything that exists: resources, files of shares and snapshots, blobs."""
+        return copy.deepcopy({"resources": self.resources, "files": self.files, "snapshots": self.snapshots,
+                              "blobs": self.blobs})
+
+    def sleep(self, duration: float) -> None:
+        """azure-core's pollers wait through the transport: the wait is recorded, not slept."""
+        self.slept.append(duration)
 
     def arm_paths(self, pattern: str = "") -> list[str]:
         """Stored resource paths (as first written) matching ``pattern``."""
@@ -77,11 +103,13 @@ class AzureCloud(ArmTransport):
         if host.endswith(".file.core.windows.net") or host.endswith(".blob.core.windows.net"):
             return self._data_plane(request, parsed)
         if request.url.startswith(OPERATIONS_HOST):
-            response = super().send(request, **kwargs)
-            # Poll again soon: drivers built by the hub keep ARM's 30 s default; azure-core reads "0" as unset and
-            # takes whole seconds only.
-            response.headers["Retry-After"] = "1"
-            return response
+            states = self._operations[parsed.path.rsplit("/", 1)[-1]]
+            state = states.pop(0) if len(states) > 1 else states[0]
+            body = {"status": state}
+            if state == "Failed":
+                body["error"] = {"code": "InternalServerError", "message": "the test cloud failed the operation"}
+            # Poll again soon (``sleep`` does not wait anyway): azure-core reads "0" as unset.
+            return self._response(request, 200, body, {"Retry-After": "1"})
         content = request.content if hasattr(request, "content") else request.data
         if isinstance(content, bytes | bytearray):
             content = content.decode()
@@ -96,15 +124,24 @@ class AzureCloud(ArmTransport):
         for entry in self.failures:
             if entry[2] > 0 and entry[0] == method and entry[1].search(path):
                 entry[2] -= 1
-                status = entry[3]
-                error = {"error": {"code": "BadRequest", "message": f"refused by the test cloud: {method} {path}"}}
-                return lambda request: self._response(request, status, error)
+                status, code = entry[3], entry[4]
+                error = {"error": {"code": code, "message": f"refused by the test cloud: {method} {path}"}}
+                return lambda request, data_plane=False: (
+                    self._raw(request, status or 500, b"", {"x-ms-error-code": code if status else "InternalError"})
+                    if data_plane else self._response(request, status or 400, error))
         return None
 
     # -- Resource Manager ---------------------------------------------------------------------
-    def _lro(self, request, status, body, outcome="Succeeded"):
+    def _lro_fails(self, method, path) -> bool:
+        for entry in self.lro_failures:
+            if entry[2] > 0 and entry[0] == method and entry[1].search(path):
+                entry[2] -= 1
+                return True
+        return False
+
+    def _lro(self, request, status, body, *, failed=False):
         operation = f"op{next(self._ids)}"
-        self._operations[operation] = ["InProgress", outcome]
+        self._operations[operation] = ["InProgress", "Failed" if failed else "Succeeded"]
         headers = {"Azure-AsyncOperation": f"{OPERATIONS_HOST}/{operation}", "Retry-After": "1"}
         return self._response(request, status, body, headers)
 
@@ -136,6 +173,10 @@ class AzureCloud(ArmTransport):
 
         if "shares" in segments and (snapshot or query.get("$expand") == ["snapshots"]):
             return self._share_snapshots(request, segments, method, snapshot, query)
+        if "dnsZones" in segments:
+            dns = self._dns(request, path, key, segments, body)
+            if dns is not None:
+                return dns
 
         if method == "GET" and name in COLLECTIONS:
             children = [copy.deepcopy(r) for k, r in sorted(self.resources.items())
@@ -148,6 +189,8 @@ class AzureCloud(ArmTransport):
             if key not in self.resources:
                 return self._not_found(request, path) if "databases" not in segments else self._response(
                     request, 204, None)
+            if segments[-2] in LRO_DELETES and self._lro_fails(method, path):
+                return self._lro(request, 202, None, failed=True)  # accepted, then failed: the resource stays
             cluster = segments[-2] == "managedClusters"
             node_group = f"/resourcegroups/mc_{segments[4]}_{name}/".lower() if cluster else None
             for other in [k for k in self.resources
@@ -158,7 +201,11 @@ class AzureCloud(ArmTransport):
                 self.files.pop((account, name), None)
                 for snap in [s for s in self.snapshots if s[:2] == (account, name)]:
                     del self.snapshots[snap]
-            return self._lro(request, 202, None) if self._is_lro(segments) else self._response(request, 200, None)
+            if segments[-2] == "storageAccounts":  # its shares, their files and snapshots go with it
+                for store in (self.files, self.snapshots):
+                    for item in [item for item in store if item[0] == name]:
+                        del store[item]
+            return self._lro(request, 202, None) if segments[-2] in LRO_DELETES else self._response(request, 200, None)
         if method in ("PUT", "PATCH"):
             existing = self.resources.get(key)
             stored = copy.deepcopy(existing) if existing else {"id": path, "name": name}
@@ -178,13 +225,13 @@ class AzureCloud(ArmTransport):
             if segments[-2] == "shares":
                 account = segments[segments.index("storageAccounts") + 1]
                 self.files.setdefault((account, name), {})
-            outcome = "Succeeded"
+            cluster_failed = False
             if segments[-2] == "managedClusters":
-                outcome = "Failed" if name in self.failing_clusters else "Succeeded"
+                cluster_failed = name in self.failing_clusters
                 if existing is None and self.new_cluster_servers:
                     self.cluster_servers[name] = self.new_cluster_servers.pop(0)
                 properties = stored.setdefault("properties", {})
-                properties["provisioningState"] = outcome
+                properties["provisioningState"] = "Failed" if cluster_failed else "Succeeded"
                 properties["fqdn"] = f"{properties.get('dnsPrefix', name)}-{len(self.resources):04x}.hcp." \
                                      f"{stored.get('location', 'westus2')}.azmk8s.io"
                 if existing is None:  # AKS picks the cluster's outbound address: a public IP in its node group
@@ -198,14 +245,18 @@ class AzureCloud(ArmTransport):
             self.resources[key] = stored
             if method == "PUT" and segments[-2].startswith("backup"):  # retention policies answer 202
                 return self._lro(request, 202, None)
-            if method == "PUT" and self._is_lro(segments):
-                return self._lro(request, 201 if existing is None else 200, self._public(stored), outcome)
+            failed = method == "PUT" and segments[-2] in LRO_PUTS and (
+                self._lro_fails(method, path) or cluster_failed)
+            if failed:  # ARM keeps a resource whose creation failed, in a failed state
+                stored.setdefault("properties", {})["provisioningState"] = "Failed"
+            elif stored.get("properties", {}).get("provisioningState") == "Failed":
+                del stored["properties"]["provisioningState"]
+            if method == "PUT" and segments[-2] == "storageAccounts":  # 202, no body: Azure Storage's way
+                return self._lro(request, 202, None, failed=failed)
+            if method == "PUT" and segments[-2] in LRO_PUTS:
+                return self._lro(request, 201 if existing is None else 200, self._public(stored), failed=failed)
             return self._response(request, 200, self._public(stored))
         return self._not_found(request, path)
-
-    @staticmethod
-    def _is_lro(segments) -> bool:
-        return segments[-2] in ("servers", "elasticPools", "databases", "managedClusters")
 
     def _kubeconfig(self, cluster: dict) -> str:
         name = cluster["name"]
@@ -217,6 +268,26 @@ class AzureCloud(ArmTransport):
             f"contexts: [{{name: {name}, context: {{cluster: {name}, user: clusterUser_{name}}}}}]\n"
             f"users: [{{name: clusterUser_{name}, user: {{token: 'aks-user-token-{name}'}}}}]\n"
         )
+
+    def _dns(self, request, path, key, segments, body):
+        """Azure DNS record sets; None for what the generic resource handling answers."""
+        zone_at = segments.index("dnsZones") + 1
+        tail = segments[zone_at + 1:]
+        if request.method == "GET" and tail == ["recordsets"]:
+            zone_key = key[: -len("/recordsets")]
+            children = [r for k, r in sorted(self.resources.items()) if k.startswith(zone_key + "/")]
+            return self._response(request, 200, {"value": [self._public(r) for r in children]})
+        if len(tail) != 2 or tail[0] not in DNS_TYPES:
+            return None
+        if request.method == "DELETE" and key not in self.resources:
+            return self._response(request, 204, None)
+        if request.method == "PUT":
+            zone, kind, name = segments[zone_at], tail[0], tail[1]
+            stored = {"id": path, "name": name, "type": f"Microsoft.Network/dnszones/{kind}", "etag": "e1",
+                      "properties": {**(body or {}).get("properties", {}), "fqdn": f"{name}.{zone}."}}
+            self.resources[key] = stored
+            return self._response(request, 200, self._public(stored))
+        return None
 
     @staticmethod
     def _public(resource):
@@ -282,10 +353,11 @@ class AzureCloud(ArmTransport):
         content = request.content if hasattr(request, "content") else request.data
         if hasattr(content, "read"):
             content = content.read()
-        self.requests.append(Recorded(request.method, request.url, parsed.path, query, None))
+        headers = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-ms-")}
+        self.requests.append(Recorded(request.method, request.url, parsed.path, query, None, headers))
         failure = self._failure(request.method, parsed.path)
         if failure:
-            return self._raw(request, 500, b"", {"x-ms-error-code": "InternalError"})
+            return failure(request, data_plane=True)
         if ".blob." in parsed.hostname:
             return self._blob(request, account, parts, query, content or b"")
         return self._file(request, account, parts, query, content or b"")

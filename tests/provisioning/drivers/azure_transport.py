@@ -30,6 +30,7 @@ class Recorded:
     path: str
     query: dict
     body: dict | list | None
+    headers: dict = field(default_factory=dict)  # the data planes' ``x-ms-*`` headers (``AzureCloud``)
 
 
 @dataclass
