@@ -134,7 +134,9 @@ def backup_take(
     label = backup_label(backup)
     try:
         if kind == BackupKind.DATABASE:
-            result = driver.backup_database(instance=instance, label=label, **target)
+            result = driver.backup_database(
+                instance=instance, label=label, archive=reason == BackupReason.FINAL, **target
+            )
         else:
             result = driver.backup_share(share=share, label=label, archive=reason == BackupReason.ARCHIVE)
     except Exception as error:

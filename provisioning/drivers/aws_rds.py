@@ -401,7 +401,9 @@ class RdsDatabaseDriver(DatabaseDriver):
     def backup_key(self, instance, database: str, label: str) -> str:
         return f"{self.identifier}/{resource_name('i', instance.pk)}/{database}/{label}.dump"
 
-    def backup_database(self, *, instance, label: str, database: str | None = None) -> BackupResult:
+    def backup_database(
+        self, *, instance, label: str, database: str | None = None, archive: bool = False
+    ) -> BackupResult:
         """A ``pg_dump --format=custom`` of the instance's database (``database``, else the derived one), uploaded to
         ``s3://<backup_bucket>/<rds id>/<instance>/<database>/<label>.dump`` with SSE-KMS under the pool's key
         (``kms_key_id``; the account's S3 key when unset). The SHA-256, the database and the moment the dump holds

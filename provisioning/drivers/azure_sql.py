@@ -20,7 +20,11 @@ Pool config (no secrets):
   upgrade's rollback) waits for it before the step is retried;
 - ``long_term_retention``: ARM properties of the long-term retention policy applied on each backup,
   e.g. ``{"weeklyRetention": "P4W", "monthlyRetention": "P12M", "yearlyRetention": "P5Y", "weekOfYear": 1}``;
-- ``alerts`` (default ``DEFAULT_ALERTS``): the Azure Monitor metric alerts on the elastic pool, metric → percent.
+- ``alerts`` (default ``DEFAULT_ALERTS``): the Azure Monitor metric alerts on the elastic pool, metric → percent;
+- ``archive_account`` (the deep-storage account a decommission's final backup is exported to),
+  ``archive_resource_group`` (default ``resource_group``), ``archive_container`` (default ``<prefix>-archive``, the
+  container the Azure Files archives use too); ``export_wait_seconds`` (default 480): how long one attempt waits for
+  the export before the step is retried.
 
 The ARM side (server, elastic pool, databases, retention, point-in-time restore, firewall) goes through
 azure-mgmt-sql, the alerts through azure-mgmt-monitor. The instance's login is a *contained* database user
@@ -31,13 +35,22 @@ an Entra access token.
 Backups: Azure backs every database up by itself (full, differential and log backups every few minutes) and
 restores any second of the retention window into a new database (``createMode: PointInTimeRestore``). So an
 on-demand backup is a *restore point*: the moment, recorded against the database's own identity (its
-``databaseId``), which the restore checks before it uses it. A BACPAC export was considered and not taken: it is
+``databaseId``), which the restore checks before it uses it. A BACPAC export was considered for these and not taken: it is
 not transactionally consistent unless made from a copy, takes minutes to hours, and cannot be restored to a point
 in time. Retention is Azure's (the short-term policy set on every database); deleting an expired restore point
 deletes only the hub's record of it.
+
+The one exception is a decommission's final backup (``backup_database(archive=True)``): the next step drops the
+database, and Azure keeps a dropped database's backups at most 35 days, fewer than the hub keeps an archive. So it is
+a BACPAC export (``databases.begin_export``, the storage account key from ``listKeys``) to
+``<archive container>/<label>.bacpac`` in the ``archive_account``; compute is stopped by then, so nothing writes
+while it runs. Its ``checksum`` is the SHA-256 of the blob's bytes (read through azure-storage-blob), retention deletes
+the blob. Without ``archive_account`` the final backup is refused (``PermanentDriverError``) before anything is
+called, so the database is never dropped with only a restore point behind it.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlparse
@@ -53,11 +66,15 @@ from azure.mgmt.sql.models import (
     BackupShortTermRetentionPolicy,
     Database,
     ElasticPool,
+    ExportDatabaseDefinition,
     FirewallRule,
     LongTermRetentionPolicy,
     Server,
     Sku,
 )
+from azure.mgmt.storage import StorageManagementClient
+from azure.mgmt.storage.models import BlobContainer
+from azure.storage.blob import BlobClient
 from django.conf import settings
 from django.utils.dateparse import parse_datetime
 
@@ -75,6 +92,7 @@ from provisioning.drivers.base import (
     secret_from_environment,
 )
 from provisioning.drivers.cloud_retry import (
+    CloudConflictError,
     CloudNotFoundError,
     azure_client,
     cloud_call,
@@ -85,6 +103,8 @@ REQUIRED_CONFIG = ("subscription_id", "resource_group", "server", "elastic_pool"
 DEFAULT_SKU = {"name": "StandardPool", "tier": "Standard", "capacity": 100}
 SQL_PORT = 1433
 SQL_TOKEN_SCOPE = "https://database.windows.net/.default"
+# One attempt of a final backup waits this long for its BACPAC export, then the step is retried (it finds the blob).
+EXPORT_WAIT_SECONDS = 480.0
 # Azure SQL takes a log backup every 5-10 minutes: a point newer than this may not be restorable yet.
 RESTORE_LAG = timedelta(minutes=10)
 # The elastic pool's metrics (Microsoft.Sql/servers/elasticPools): alert above these percentages.
@@ -150,6 +170,7 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         self._credential, self._transport, self._polling_interval = credential, transport, polling_interval
         self._client: SqlManagementClient | None = None
         self._monitor: MonitorManagementClient | None = None
+        self._storage: StorageManagementClient | None = None
 
     # -- configuration --------------------------------------------------------------------
     @property
@@ -184,6 +205,20 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         if self._monitor is None:
             self._monitor = self._azure_client(MonitorManagementClient)
         return self._monitor
+
+    @property
+    def storage(self) -> StorageManagementClient:
+        if self._storage is None:
+            self._storage = self._azure_client(StorageManagementClient)
+        return self._storage
+
+    def _data_credential(self):
+        """The credential of blob data-plane calls: the injected one, else ``DefaultAzureCredential``."""
+        if self._credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            self._credential = DefaultAzureCredential()
+        return self._credential
 
     def _server_id(self) -> str:
         s = self.required
@@ -523,13 +558,20 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         return sorted(name for name in names if name.startswith(f"{resource_prefix()}_i"))
 
     # -- backups and restores -------------------------------------------------------------
-    def backup_database(self, *, instance, label: str, database: str | None = None) -> BackupResult:
+    def backup_database(
+        self, *, instance, label: str, database: str | None = None, archive: bool = False
+    ) -> BackupResult:
         """A restore point of the instance's current database: now, recorded against the database's identity
         (``databaseId``), after re-applying its restore window and (if configured) the long-term retention policy.
 
         ``checksum`` is that identity: a restore refuses a point whose database was replaced since. ``size_bytes``
         is 0: Azure keeps the backups and reports no size per point.
+
+        With ``archive`` (a decommission's final backup, which must outlive the database) a BACPAC export to the
+        archive account instead (``export_database``).
         """
+        if archive:
+            return self.export_database(instance=instance, label=label, database=database)
         s, database = self.required, self.switchable_database(instance, database)
         found = self._get_database(database)
         if not found.database_id:
@@ -559,8 +601,16 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
         )
 
     def delete_backup(self, *, location: str) -> None:
-        """A restore point holds nothing of its own (Azure's retention expires the backups behind it): nothing is
-        called; the location is checked to be one of this driver's. Raises ``PermanentDriverError`` otherwise."""
+        """A BACPAC export's blob is deleted (absent is fine). A restore point holds nothing of its own (Azure's
+        retention expires the backups behind it): nothing is called; the location is checked to be one of this
+        driver's. Raises ``PermanentDriverError`` otherwise."""
+        if _is_blob(location):
+            blob = self._archive_blob(location)
+            try:
+                cloud_call(f"delete BACPAC {blob.blob_name}", blob.delete_blob)
+            except CloudNotFoundError:
+                pass
+            return
         restore_point(location)
 
     def point_in_time_window(self, *, instance, database: str | None = None) -> tuple[datetime | None, datetime | None]:
@@ -575,13 +625,136 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
     def backup_checksum(self, *, location: str) -> str:
         """The ``databaseId`` of the database a restore point was recorded against, as Azure reports it now (what
         ``backup_database`` recorded as the checksum): a database dropped and created again under the same name has
-        another. Raises ``PermanentDriverError`` when the database is gone or the location is no restore point."""
+        another. Raises ``PermanentDriverError`` when the database is gone or the location is no restore point.
+
+        For a BACPAC export: the SHA-256 of the blob's bytes as stored now (``PermanentDriverError`` when it is gone).
+        """
+        if _is_blob(location):
+            blob = self._archive_blob(location)
+            try:
+                return self._blob_sha256(blob)
+            except CloudNotFoundError:
+                raise PermanentDriverError(f"the BACPAC export {location} no longer exists") from None
         source_id, _, _ = restore_point(location)
         try:
             found = self._get_database(source_id.rsplit("/", 1)[-1])
         except CloudNotFoundError:
             raise PermanentDriverError(f"the database of restore point {location} no longer exists") from None
         return found.database_id or ""
+
+    # -- BACPAC export (a decommission's final backup) ------------------------------------------
+    def archive_container(self) -> tuple[str, str, str]:
+        """(resource group, account, container) of the deep storage; ``PermanentDriverError`` when the pool has no
+        ``archive_account`` (a final backup is then refused: it must outlive the database)."""
+        account = self.config.get("archive_account")
+        if not account:
+            raise PermanentDriverError(
+                f"Azure SQL pool {self.pool}: config is missing archive_account, the storage account a final backup "
+                "is exported to (a restore point does not outlive the dropped database); nothing was dropped"
+            )
+        group = self.config.get("archive_resource_group") or self.required["resource_group"]
+        return group, account, self.config.get("archive_container") or f"{resource_prefix()}-archive"
+
+    def _archive_blob(self, location: str) -> BlobClient:
+        """The blob of one of this pool's exports; ``PermanentDriverError`` for a URL outside its archive container."""
+        _, account, container = self.archive_container()
+        parsed = urlparse(location)
+        container_path, _, blob_name = parsed.path.lstrip("/").partition("/")
+        if parsed.hostname != f"{account}.blob.core.windows.net" or container_path != container or not blob_name:
+            raise PermanentDriverError(f"{location} is not in this pool's archive container")
+        return BlobClient(
+            account_url=f"https://{account}.blob.core.windows.net", container_name=container, blob_name=blob_name,
+            credential=self._data_credential(), retry_total=0,
+            **({"transport": self._transport} if self._transport is not None else {}),
+        )
+
+    def _blob_sha256(self, blob: BlobClient) -> str:
+        def digest():
+            sha = _Sha256Writer()
+            blob.download_blob().readinto(sha)  # streamed: a BACPAC may be large
+            return sha.hexdigest()
+
+        return cloud_call(f"read BACPAC {blob.blob_name}", digest)
+
+    def _ensure_archive_container(self) -> str:
+        """Create the private archive container (or find it); returns its URL."""
+        group, account, container = self.archive_container()
+        try:
+            cloud_call(f"read archive container {container}",
+                       lambda: self.storage.blob_containers.get(group, account, container))
+        except CloudNotFoundError:
+            try:
+                cloud_call(
+                    f"create archive container {container} in {account}",
+                    lambda: self.storage.blob_containers.create(group, account, container,
+                                                                BlobContainer(public_access="None")),
+                )
+            except CloudConflictError:
+                pass
+        return f"https://{account}.blob.core.windows.net/{container}"
+
+    def export_database(self, *, instance, label: str, database: str | None = None) -> BackupResult:
+        """Export the database as a BACPAC to ``<archive container>/<label>.bacpac`` and wait for it.
+
+        Refused (``PermanentDriverError``) before any call without ``archive_account`` or the admin password (the
+        export signs in as the server admin). A blob already there under the label (an earlier attempt's export
+        that finished after it stopped waiting) is used as is; otherwise the export runs, at most
+        ``export_wait_seconds`` per attempt (then ``TransientDriverError``: the step is retried and finds the blob,
+        or Azure's answer that an export is still under way). An export that fails leaves no blob behind.
+        ``checksum`` is the SHA-256 of the blob's bytes; the admin password is in the request only, never in the
+        result."""
+        s, database = self.required, self.switchable_database(instance, database)
+        group, account, _ = self.archive_container()
+        password = self._admin_password()
+        container_url = self._ensure_archive_container()
+        location = f"{container_url}/{label}.bacpac"
+        blob = self._archive_blob(location)
+        try:
+            properties = cloud_call(f"read BACPAC {blob.blob_name}", blob.get_blob_properties)
+        except CloudNotFoundError:
+            properties = None
+        if properties is None:
+            keys = cloud_call(f"list the keys of storage account {account}",
+                              lambda: self.storage.storage_accounts.list_keys(group, account))
+            # ``keys`` is also a Mapping method on the SDK's models: read the field by its wire name.
+            key = next((k.get("value") for k in (keys.get("keys") or []) if k.get("value")), None)
+            if not key:
+                raise PermanentDriverError(f"storage account {account} answered no access key")
+            definition = ExportDatabaseDefinition(
+                storage_key_type="StorageAccessKey", storage_key=key, storage_uri=location,
+                administrator_login=self._admin_login(), administrator_login_password=password,
+                authentication_type="Sql",
+            )
+            try:
+                poller = cloud_call(
+                    f"export Azure SQL database {database} to {location}",
+                    lambda: self.client.databases.begin_export(s["resource_group"], s["server"], database, definition),
+                )
+            except CloudConflictError as error:
+                raise TransientDriverError(f"an export of {database} is still under way ({error})") from error
+            wait = float(self.config.get("export_wait_seconds", EXPORT_WAIT_SECONDS))
+            try:
+                cloud_call(f"wait for the export of {database}", lambda: poller.wait(timeout=wait))
+                if poller.done():
+                    cloud_call(f"read the export of {database}", poller.result)
+            except PermanentDriverError:
+                try:  # a failed export leaves nothing behind: a later attempt starts clean
+                    cloud_call(f"delete BACPAC {blob.blob_name}", blob.delete_blob)
+                except CloudNotFoundError:
+                    pass
+                raise
+            if not poller.done():
+                raise TransientDriverError(
+                    f"the export of {database} to {location} is still running after {wait:.0f}s; retry later"
+                )
+            properties = cloud_call(f"read BACPAC {blob.blob_name}", blob.get_blob_properties)
+        return BackupResult(
+            location=location,
+            size_bytes=int(properties.size or 0),
+            checksum=self._blob_sha256(blob),
+            encrypted_with="Azure Storage service-side encryption",
+            extra={"label": label, "format": "bacpac", "database": database, "archive_account": account},
+        )
 
     def restore_database(self, *, instance, point_in_time: datetime, new_database: str, source: str = "") -> str:
         """Restore the database ``source`` names (``?database=<name>``, or one of this driver's restore points; the
@@ -713,6 +886,25 @@ class AzureSqlDatabaseDriver(DatabaseDriver):
                          default=None)
             states[name] = (latest.properties.status or "no data") if latest else "no data"
         return states
+
+
+class _Sha256Writer:
+    """A write-only stream that keeps the SHA-256 of what is written to it."""
+
+    def __init__(self):
+        self._sha = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self._sha.update(data)
+        return len(data)
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def _is_blob(location: str) -> bool:
+    """A BACPAC export's location (a blob URL), as opposed to a restore point's (an ARM path)."""
+    return (urlparse(location).hostname or "").endswith(".blob.core.windows.net")
 
 
 def _iso(moment) -> str:

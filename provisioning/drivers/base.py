@@ -296,10 +296,15 @@ class DatabaseDriver(PoolDriver):
         """Names of the hub's databases in this pool (for the reconciler)."""
         raise NotImplementedError
 
-    def backup_database(self, *, instance: Instance, label: str, database: str | None = None) -> BackupResult:
+    def backup_database(
+        self, *, instance: Instance, label: str, database: str | None = None, archive: bool = False
+    ) -> BackupResult:
         """Back the instance's database up; the same ``label`` rewrites (or finds) the same backup.
 
-        ``database``: see the class. ``BackupResult.extra["taken_at"]`` (ISO 8601), when given, is the moment the
+        ``database``: see the class. ``archive`` (a decommission's final backup, as ``backup_share``'s): the backup
+        must outlive the database, which the next step drops; a driver whose backups are kept inside the database's
+        own service (Azure SQL's restore points) makes a copy outside it, or refuses. Dump files (PostgreSQL, RDS's S3
+        dumps, SQLite copies) outlive it already and ignore the flag. ``BackupResult.extra["taken_at"]`` (ISO 8601), when given, is the moment the
         content is from.
         """
         raise NotImplementedError

@@ -342,7 +342,9 @@ class PostgresDatabaseDriver(DatabaseDriver):
     def backup_path(self, label: str) -> Path:
         return var_path("backups", "database", f"pool{self.pool.pk}") / f"{label}.dump.enc"
 
-    def backup_database(self, *, instance, label: str, database: str | None = None) -> BackupResult:
+    def backup_database(
+        self, *, instance, label: str, database: str | None = None, archive: bool = False
+    ) -> BackupResult:
         """``pg_dump --format=custom`` of the database, encrypted, to ``backups/database/pool<id>/<label>.dump.enc``.
 
         The dump reads a snapshot exported by an admin transaction held open meanwhile; ``taken_at`` is

@@ -126,7 +126,9 @@ class SqliteDatabaseDriver(DatabaseDriver):
     def backup_path(self, label: str) -> Path:
         return var_path("backups", "database", f"pool{self.pool.pk}") / f"{label}.sqlite3.enc"
 
-    def backup_database(self, *, instance, label: str, database: str | None = None) -> BackupResult:
+    def backup_database(
+        self, *, instance, label: str, database: str | None = None, archive: bool = False
+    ) -> BackupResult:
         """Copy the database with SQLite's backup API (a consistent copy while others write) and store it encrypted.
 
         ``taken_at`` is when the copy finished: it holds nothing committed after that. The same label

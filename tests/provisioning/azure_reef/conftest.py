@@ -141,7 +141,8 @@ def kube(tmp_path):
 def reef(cloud, kube):
     reef = make_reef(make_region(cloud="azure", location="westus2"), ingress_address=INGRESS)
     sql = {"subscription_id": SUB, "resource_group": "rg-cells", "server": "sql-west-1", "elastic_pool": "ep-1",
-           "admin_password_env": "CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", "hub_address": HUB}
+           "admin_password_env": "CELLHUB_POOL_SECRET_TEST_SQL_ADMIN", "hub_address": HUB,
+           "archive_account": "cellsdeep"}
     files = {"subscription_id": SUB, "resource_group": "rg-cells", "account_name": "cellswest1",
              "hub_address": HUB, "archive_account": "cellsdeep"}
     database = make_pool(reef, PoolKind.DATABASE, provider=Provider.AZURE_SQL, capacity=5, config=sql)

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.django_db
 
 FILES = {"notes/": b"", "notes/today.txt": b"the customer's notes", "logo.png": bytes(range(256))}
 DEEP = f"/subscriptions/{SUB}/resourceGroups/rg-cells/providers/Microsoft.Storage/storageAccounts/cellsdeep"
+PASSWORD = "Admin-Passw0rd!"  # the server admin's (conftest's CELLHUB_POOL_SECRET_TEST_SQL_ADMIN)
 
 
 def _container() -> str:
@@ -69,7 +70,8 @@ def _assert_decommissioned(before, instance, share, operation, cloud, kube):
     assert archive.state == BackupState.SUCCEEDED
     blob_name = f"{share.name}/{archive.details.get('label') or archive.location.rsplit('/', 1)[-1][:-4]}.zip"
     assert archive.location == f"https://cellsdeep.blob.core.windows.net/{_container()}/{blob_name}"
-    blobs = {key: blob for key, blob in cloud.blobs.items() if key[:2] == ("cellsdeep", _container())}
+    blobs = {key: blob for key, blob in cloud.blobs.items()
+             if key[:2] == ("cellsdeep", _container()) and key[2].endswith(".zip")}
     assert list(blobs) == [("cellsdeep", _container(), blob_name)]  # one archive, however many attempts
     blob = blobs[("cellsdeep", _container(), blob_name)]
     assert blob["tier"] == "Archive"
@@ -79,6 +81,14 @@ def _assert_decommissioned(before, instance, share, operation, cloud, kube):
             path: data for path, data in FILES.items() if not path.endswith("/")}
     final = Backup.objects.get(instance=instance, reason=BackupReason.FINAL, kind=BackupKind.DATABASE)
     assert final.state == BackupState.SUCCEEDED
+    # The final backup: one BACPAC in the same container, its SHA-256 the hub's checksum.
+    bacpac = f"{resource_prefix()}-i{instance.pk}-database-b{final.pk}.bacpac"
+    assert final.location == f"https://cellsdeep.blob.core.windows.net/{_container()}/{bacpac}"
+    exports = {key: blob for key, blob in cloud.blobs.items() if key[2].endswith(".bacpac")}
+    assert list(exports) == [("cellsdeep", _container(), bacpac)]  # one export, however many attempts
+    data = exports[("cellsdeep", _container(), bacpac)]["data"]
+    assert data.startswith(f"BACPAC of {final.source} (".encode())
+    assert final.checksum == hashlib.sha256(data).hexdigest() and final.size_bytes == len(data)
     # Everything else is as before the signup: no database, no firewall rule, the account's rules as they were, the
     # share empty (made again), no DNS record.
     assert _without_the_archive(cloud.state()) == before
@@ -114,6 +124,18 @@ def test_decommission_archives_to_deep_storage_scrubs_and_returns_the_share(live
     assert reads == {f"/{share.name}/notes/today.txt", f"/{share.name}/logo.png"}
     (drop,) = cloud.calls("DELETE", r"/databases/")
     assert drop.path == f"{SERVER}/databases/{database}" and drop.query["api-version"] == [SQL_API]
+    # The final backup: a BACPAC export signed in as the server admin, the archive account's key from listKeys.
+    final = Backup.objects.get(reason=BackupReason.FINAL)
+    (keys,) = cloud.calls("POST", r"/listKeys$")
+    assert keys.path == f"{DEEP}/listKeys"
+    (export,) = cloud.calls("POST", r"/export$")
+    assert export.path == f"{SERVER}/databases/{database}/export" and export.query["api-version"] == [SQL_API]
+    assert export.body == {
+        "storageKeyType": "StorageAccessKey", "storageKey": "key-of-cellsdeep==", "storageUri": final.location,
+        "administratorLogin": "cellhubadmin", "administratorLoginPassword": PASSWORD, "authenticationType": "Sql",
+    }
+    recorded_text = f"{final.details} {final.error} {operation.params} {operation.error}"
+    assert PASSWORD not in recorded_text and "key-of-cellsdeep" not in recorded_text
     (unrule,) = cloud.calls("DELETE", r"/firewallRules/")
     assert unrule.path == f"{SERVER}/firewallRules/{rule}"
     (scrub,) = cloud.calls("DELETE", r"/shares/")
@@ -127,8 +149,8 @@ def test_decommission_archives_to_deep_storage_scrubs_and_returns_the_share(live
     deletes = [r["path"] for r in kube.requests if r["method"] == "DELETE"]
     assert deletes == [f"/api/v1/namespaces/{namespace(instance)}"]
     # Compute went first, the DNS record last (the share was archived while nothing wrote to it).
-    order = [call.path for call in cloud.requests if call.method in ("PUT", "DELETE")]
-    assert order.index(upload[0].path) < order.index(drop.path) < order.index(scrub.path)
+    order = [call.path for call in cloud.requests if call.method in ("PUT", "DELETE", "POST")]
+    assert order.index(upload[0].path) < order.index(export.path) < order.index(drop.path) < order.index(scrub.path)
     assert order[-1] == f"{ZONE}/CNAME/acme"
 
 
@@ -183,10 +205,10 @@ def test_a_decommission_failing_at_each_step_stops_there_and_a_retry_finishes_le
         assert instance.state == InstanceState.DECOMMISSIONING
     if "return_share" not in done:
         assert share.status in (ShareStatus.ASSIGNED, ShareStatus.ARCHIVING, ShareStatus.SCRUBBING)  # out of the pool
-    # Whatever was made so far is recorded: at most one archive blob, and it is the hub's archive backup.
+    # Whatever was made so far is recorded: at most one archive blob and one BACPAC, the hub's backups.
     archives = [key for key in cloud.blobs if key[:2] == ("cellsdeep", _container())]
-    recorded = set(Backup.objects.filter(reason=BackupReason.ARCHIVE, state=BackupState.SUCCEEDED)
-                   .values_list("location", flat=True))
+    recorded = set(Backup.objects.filter(reason__in=[BackupReason.ARCHIVE, BackupReason.FINAL],
+                                         state=BackupState.SUCCEEDED).values_list("location", flat=True))
     assert {f"https://cellsdeep.blob.core.windows.net/{c}/{b}" for _, c, b in archives} == recorded
     assert Operation.objects.filter(instance=instance, state__in=["queued", "running"]).count() == 0
 
@@ -219,13 +241,63 @@ def test_a_decommission_keeps_what_the_other_instances_still_need(signup, cloud,
     assert ip_rules(cloud) == [HUB]
 
 
-@pytest.mark.xfail(strict=True, reason="on Azure SQL the final backup is a restore point of the database the next step "
-                   "drops: Azure keeps a dropped database's backups (restorableDroppedDatabases, at most 35 days, less "
-                   "than ARCHIVE_RETENTION_DAYS) but the driver cannot restore from them; needs a BACPAC export to the "
-                   "archive account, or long-term retention and a restore from it")
 def test_the_final_database_backup_outlives_the_dropped_database(live, cloud, run):
     _, instance = live
     operation = run(instance_decommission, instance=instance, confirm_name="acme")
     assert operation.state == OperationState.SUCCEEDED, operation.error
     final = Backup.objects.get(instance=instance, reason=BackupReason.FINAL)
     assert drivers.for_pool(final.pool).backup_checksum(location=final.location) == final.checksum
+
+
+def _database_key(instance) -> str:
+    return f"{SERVER}/databases/{drivers.for_pool(instance.database_pool).database_name(instance)}".lower()
+
+
+def test_a_failed_export_stops_before_the_drop_leaves_no_blob_and_a_retry_finishes(live, cloud, kube, run):
+    before, instance = live
+    share = instance.share
+    cloud.fail_lro("POST", r"/databases/[^/]+/export$")  # accepted, then the export ends Failed
+    cloud.requests.clear()
+
+    operation = run(instance_decommission, instance=instance, confirm_name="acme")
+
+    assert operation.state == OperationState.FAILED
+    assert "stopped at final_backup" in operation.error
+    assert _database_key(instance) in cloud.resources  # not dropped
+    assert cloud.calls("DELETE", r"/databases/") == []
+    assert [key for key in cloud.blobs if key[2].endswith(".bacpac")] == []  # no stray export
+    final = Backup.objects.get(instance=instance, reason=BackupReason.FINAL)
+    assert final.state == BackupState.FAILED and final.location == ""
+    assert PASSWORD not in f"{final.error} {operation.error}"
+
+    retried = run(instance_decommission, instance=instance, confirm_name="acme")
+
+    assert retried.pk == operation.pk
+    assert len(cloud.calls("POST", r"/export$")) == 2
+    _assert_decommissioned(before, instance, Share.objects.get(pk=share.pk), retried, cloud, kube)
+
+
+def test_without_an_archive_account_the_final_backup_is_refused_before_anything_is_dropped(live, cloud, kube, run):
+    before, instance = live
+    share = instance.share
+    pool = instance.database_pool
+    pool.config = {key: value for key, value in pool.config.items() if key != "archive_account"}
+    pool.save(update_fields=["config"])
+    cloud.requests.clear()
+
+    operation = run(instance_decommission, instance=instance, confirm_name="acme")
+
+    assert operation.state == OperationState.FAILED
+    assert "stopped at final_backup" in operation.error
+    final = Backup.objects.get(instance=instance, reason=BackupReason.FINAL)
+    assert final.state == BackupState.FAILED and "archive_account" in final.error
+    assert _database_key(instance) in cloud.resources  # not dropped, and no restore point taken in its place
+    assert cloud.calls("DELETE", r"/databases/") == [] and cloud.calls("POST", r"/export$") == []
+    assert cloud.calls("PUT", r"/backupShortTermRetentionPolicies/") == []
+    assert [key for key in cloud.blobs if key[2].endswith(".bacpac")] == []
+
+    pool.config = {**pool.config, "archive_account": "cellsdeep"}  # staff configure it, then retry
+    pool.save(update_fields=["config"])
+    retried = run(instance_decommission, instance=instance, confirm_name="acme")
+    assert retried.pk == operation.pk
+    _assert_decommissioned(before, instance, Share.objects.get(pk=share.pk), retried, cloud, kube)

@@ -7,7 +7,9 @@ it, DELETE removes it (404 when absent), a GET of a collection lists its childre
 and an ``earliestRestoreDate``; a share PUT with ``$expand=snapshots`` makes a snapshot holding a copy of the
 share's files; ``listKeys`` answers a key; a metric alert has a ``status``; Azure DNS record sets
 (``dnsZones/<zone>/<A|AAAA|CNAME>/<name>``) carry their ``type`` and ``fqdn``, list under ``recordsets`` and
-answer a DELETE of an absent one with 204, as Azure DNS does. The data planes keep files per share (and per
+answer a DELETE of an absent one with 204, as Azure DNS does. A database's BACPAC export (POST
+``databases/<db>/export``) is a long-running operation whose success writes the blob at its ``storageUri`` (see
+``_export``). The data planes keep files per share (and per
 snapshot) and blobs per container.
 
 AKS: a managed cluster PUT is a long-running operation that ends ``Succeeded`` (the cluster gets an ``fqdn`` and
@@ -49,8 +51,14 @@ DNS_TYPES = {"A", "AAAA", "CNAME"}
 class _Stream:
     """A body stream as azure-core hands it out: iterable, and the storage SDKs hang attributes on it."""
 
-    def __init__(self, content: bytes):
+    def __init__(self, content: bytes, pipeline=None, response=None):
         self._chunks = iter([content] if content else [])
+        # What azure-core's StreamDownloadGenerator carries (the blob downloader reads them).
+        self.pipeline, self.response, self.content_length = pipeline, response, len(content)
+        self.request = getattr(response, "request", None)
+
+    def __len__(self):
+        return self.content_length
 
     def __iter__(self):
         return self
@@ -72,6 +80,7 @@ class AzureCloud(ArmTransport):
         self.cluster_servers: dict[str, str] = {}  # AKS cluster name → the API server its kubeconfig names
         self.new_cluster_servers: list[str] = []  # given to new AKS clusters in turn
         self.slept: list[float] = []
+        self._on_success: dict[str, object] = {}  # operation → what happens when it ends Succeeded
         self._clock = itertools.count(1)
 
     # -- test API ---------------------------------------------------------------------------
@@ -103,8 +112,11 @@ class AzureCloud(ArmTransport):
         if host.endswith(".file.core.windows.net") or host.endswith(".blob.core.windows.net"):
             return self._data_plane(request, parsed)
         if request.url.startswith(OPERATIONS_HOST):
-            states = self._operations[parsed.path.rsplit("/", 1)[-1]]
+            operation_id = parsed.path.rsplit("/", 1)[-1]
+            states = self._operations[operation_id]
             state = states.pop(0) if len(states) > 1 else states[0]
+            if state == "Succeeded" and operation_id in self._on_success:
+                self._on_success.pop(operation_id)()
             body = {"status": state}
             if state == "Failed":
                 body["error"] = {"code": "InternalServerError", "message": "the test cloud failed the operation"}
@@ -139,9 +151,11 @@ class AzureCloud(ArmTransport):
                 return True
         return False
 
-    def _lro(self, request, status, body, *, failed=False):
+    def _lro(self, request, status, body, *, failed=False, on_success=None):
         operation = f"op{next(self._ids)}"
         self._operations[operation] = ["InProgress", "Failed" if failed else "Succeeded"]
+        if on_success is not None and not failed:
+            self._on_success[operation] = on_success
         headers = {"Azure-AsyncOperation": f"{OPERATIONS_HOST}/{operation}", "Retry-After": "1"}
         return self._response(request, status, body, headers)
 
@@ -158,6 +172,8 @@ class AzureCloud(ArmTransport):
             account = segments[-2]
             return self._response(request, 200, {"keys": [
                 {"keyName": "key1", "value": f"key-of-{account}==", "permissions": "FULL"}]})
+        if method == "POST" and name == "export" and len(segments) > 2 and segments[-3] == "databases":
+            return self._export(request, path, key, body or {})
         if method == "POST" and name == "listClusterUserCredential":
             cluster = self.resources.get(key[: -len("/listClusterUserCredential")])
             if cluster is None:
@@ -258,6 +274,30 @@ class AzureCloud(ArmTransport):
             return self._response(request, 200, self._public(stored))
         return self._not_found(request, path)
 
+    def _export(self, request, path, key, body):
+        """A BACPAC export (``databases/<db>/export``): 202 + ``Azure-AsyncOperation``; it ends ``Succeeded`` and the
+        blob appears at ``storageUri`` when the database exists, the key is the account's (``listKeys``) and the
+        container exists, else ``Failed`` with no blob (as the Import/Export service does)."""
+        database = self.resources.get(key[: -len("/export")])
+        if database is None:
+            return self._not_found(request, path)
+        target = urlparse(body.get("storageUri", ""))
+        account = (target.hostname or "").split(".")[0]
+        container, _, blob = unquote(target.path).lstrip("/").partition("/")
+        container_suffix = f"/storageaccounts/{account}/blobservices/default/containers/{container}".lower()
+        valid = (
+            body.get("storageKeyType") == "StorageAccessKey" and body.get("storageKey") == f"key-of-{account}=="
+            and bool(blob) and any(k.endswith(container_suffix) for k in self.resources)
+            and body.get("administratorLogin") and body.get("administratorLoginPassword")
+        )
+        failed = self._lro_fails("POST", path) or not valid
+        content = f"BACPAC of {database['name']} ({database['properties']['databaseId']})".encode()
+
+        def write():
+            self.blobs[(account, container, blob)] = {"data": content, "metadata": {}, "tier": "Hot"}
+
+        return self._lro(request, 202, None, failed=failed, on_success=write)
+
     def _kubeconfig(self, cluster: dict) -> str:
         name = cluster["name"]
         server = self.cluster_servers.get(name) or f"https://{cluster['properties']['fqdn']}:443"
@@ -341,7 +381,8 @@ class AzureCloud(ArmTransport):
         response = HttpResponseImpl(
             request=request, internal_response=_Internal(), status_code=status, reason="OK" if status < 400 else "Err",
             content_type=all_headers.get("Content-Type"), headers=all_headers,
-            stream_download_generator=lambda *a, **k: _Stream(content),
+            stream_download_generator=lambda pipeline=None, response=None, *a, **k: _Stream(
+                content, pipeline, response),
         )
         response._content = content
         return response
