@@ -35,10 +35,10 @@ an Entra access token.
 Backups: Azure backs every database up by itself (full, differential and log backups every few minutes) and
 restores any second of the retention window into a new database (``createMode: PointInTimeRestore``). So an
 on-demand backup is a *restore point*: the moment, recorded against the database's own identity (its
-``databaseId``), which the restore checks before it uses it. A BACPAC export was considered for these and not taken: it is
-not transactionally consistent unless made from a copy, takes minutes to hours, and cannot be restored to a point
-in time. Retention is Azure's (the short-term policy set on every database); deleting an expired restore point
-deletes only the hub's record of it.
+``databaseId``), which the restore checks before it uses it. A BACPAC export was considered for these and not
+taken: it is not transactionally consistent unless made from a copy, takes minutes to hours, and cannot be restored
+to a point in time. Retention is Azure's (the short-term policy set on every database); deleting an expired restore
+point deletes only the hub's record of it.
 
 The one exception is a decommission's final backup (``backup_database(archive=True)``): the next step drops the
 database, and Azure keeps a dropped database's backups at most 35 days, fewer than the hub keeps an archive. So it is

@@ -304,8 +304,8 @@ class DatabaseDriver(PoolDriver):
         ``database``: see the class. ``archive`` (a decommission's final backup, as ``backup_share``'s): the backup
         must outlive the database, which the next step drops; a driver whose backups are kept inside the database's
         own service (Azure SQL's restore points) makes a copy outside it, or refuses. Dump files (PostgreSQL, RDS's S3
-        dumps, SQLite copies) outlive it already and ignore the flag. ``BackupResult.extra["taken_at"]`` (ISO 8601), when given, is the moment the
-        content is from.
+        dumps, SQLite copies) outlive it already and ignore the flag. ``BackupResult.extra["taken_at"]`` (ISO 8601),
+        when given, is the moment the content is from.
         """
         raise NotImplementedError
 

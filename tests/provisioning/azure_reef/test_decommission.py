@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import zipfile
 
 import pytest
@@ -16,7 +17,7 @@ from cells.choices import InstanceState, OperationState, ShareStatus
 from cells.models import Operation, Share
 from provisioning import drivers, faults
 from provisioning.backups import instance_decommission
-from provisioning.drivers.base import resource_prefix
+from provisioning.drivers.base import PermanentDriverError, TransientDriverError, resource_prefix
 from provisioning.models import Backup, BackupKind, BackupReason, BackupState
 from tests.provisioning.azure_reef.conftest import (
     DNS_API,
@@ -301,3 +302,43 @@ def test_without_an_archive_account_the_final_backup_is_refused_before_anything_
     retried = run(instance_decommission, instance=instance, confirm_name="acme")
     assert retried.pk == operation.pk
     _assert_decommissioned(before, instance, Share.objects.get(pk=share.pk), retried, cloud, kube)
+
+
+def test_an_export_that_outlasts_its_wait_is_retried_and_the_retry_finds_the_blob(live, cloud):
+    """Driver level: one attempt waits ``export_wait_seconds``, then is transient; the export goes on in Azure and the
+    next attempt uses its blob instead of exporting again. Retention deletes the blob."""
+    _, instance = live
+    pool = instance.database_pool
+    pool.config = {**pool.config, "export_wait_seconds": 0.05}
+    pool.save(update_fields=["config"])
+    driver = drivers.for_pool(pool)
+    cloud.hold_exports = True
+    cloud.requests.clear()
+
+    with pytest.raises(TransientDriverError, match="still running"):
+        driver.backup_database(instance=instance, label="last", archive=True)
+    assert [key for key in cloud.blobs if key[2].endswith(".bacpac")] == []
+
+    cloud.hold_exports = False  # Azure finishes the export meanwhile (the poller still watches it)
+    key = ("cellsdeep", _container(), "last.bacpac")
+    for _ in range(500):
+        if key in cloud.blobs:
+            break
+        time.sleep(0.01)
+    result = drivers.for_pool(pool).backup_database(instance=instance, label="last", archive=True)
+
+    assert len(cloud.calls("POST", r"/export$")) == 1  # found, not exported again
+    assert result.location == f"https://cellsdeep.blob.core.windows.net/{_container()}/last.bacpac"
+    assert result.checksum == hashlib.sha256(cloud.blobs[key]["data"]).hexdigest()
+    assert driver.backup_checksum(location=result.location) == result.checksum
+    # An ordinary backup is still a restore point (no export).
+    point = driver.backup_database(instance=instance, label="nightly")
+    assert point.location.startswith(f"{SERVER}/databases/") and len(cloud.calls("POST", r"/export$")) == 1
+
+    driver.delete_backup(location=result.location)
+    assert key not in cloud.blobs
+    driver.delete_backup(location=result.location)  # absent is fine
+    with pytest.raises(PermanentDriverError, match="no longer exists"):
+        driver.backup_checksum(location=result.location)
+    with pytest.raises(PermanentDriverError, match="archive container"):
+        driver.delete_backup(location="https://elsewhere.blob.core.windows.net/x/y.bacpac")

@@ -9,8 +9,8 @@ share's files; ``listKeys`` answers a key; a metric alert has a ``status``; Azur
 (``dnsZones/<zone>/<A|AAAA|CNAME>/<name>``) carry their ``type`` and ``fqdn``, list under ``recordsets`` and
 answer a DELETE of an absent one with 204, as Azure DNS does. A database's BACPAC export (POST
 ``databases/<db>/export``) is a long-running operation whose success writes the blob at its ``storageUri`` (see
-``_export``). The data planes keep files per share (and per
-snapshot) and blobs per container.
+``_export``; one made to fail leaves a partial blob behind; ``hold_exports`` keeps exports ``InProgress``). The data
+planes keep files per share (and per snapshot) and blobs per container.
 
 AKS: a managed cluster PUT is a long-running operation that ends ``Succeeded`` (the cluster gets an ``fqdn`` and
 ``provisioningState``), or ``Failed`` for a name in ``failing_clusters`` (the failed cluster stays, as Azure leaves
@@ -81,6 +81,8 @@ class AzureCloud(ArmTransport):
         self.new_cluster_servers: list[str] = []  # given to new AKS clusters in turn
         self.slept: list[float] = []
         self._on_success: dict[str, object] = {}  # operation → what happens when it ends Succeeded
+        self._exports: set[str] = set()  # the operations that are BACPAC exports
+        self.hold_exports = False  # while True, BACPAC exports stay InProgress (an export that takes long)
         self._clock = itertools.count(1)
 
     # -- test API ---------------------------------------------------------------------------
@@ -114,6 +116,8 @@ class AzureCloud(ArmTransport):
         if request.url.startswith(OPERATIONS_HOST):
             operation_id = parsed.path.rsplit("/", 1)[-1]
             states = self._operations[operation_id]
+            if self.hold_exports and operation_id in self._exports:
+                return self._response(request, 200, {"status": "InProgress"}, {"Retry-After": "1"})
             state = states.pop(0) if len(states) > 1 else states[0]
             if state == "Succeeded" and operation_id in self._on_success:
                 self._on_success.pop(operation_id)()
@@ -151,8 +155,10 @@ class AzureCloud(ArmTransport):
                 return True
         return False
 
-    def _lro(self, request, status, body, *, failed=False, on_success=None):
+    def _lro(self, request, status, body, *, failed=False, on_success=None, export=False):
         operation = f"op{next(self._ids)}"
+        if export:
+            self._exports.add(operation)
         self._operations[operation] = ["InProgress", "Failed" if failed else "Succeeded"]
         if on_success is not None and not failed:
             self._on_success[operation] = on_success
@@ -293,10 +299,12 @@ class AzureCloud(ArmTransport):
         failed = self._lro_fails("POST", path) or not valid
         content = f"BACPAC of {database['name']} ({database['properties']['databaseId']})".encode()
 
-        def write():
-            self.blobs[(account, container, blob)] = {"data": content, "metadata": {}, "tier": "Hot"}
+        def write(data=content):
+            self.blobs[(account, container, blob)] = {"data": data, "metadata": {}, "tier": "Hot"}
 
-        return self._lro(request, 202, None, failed=failed, on_success=write)
+        if failed and valid:  # a failed export can leave what it had written so far
+            write(content[:6])
+        return self._lro(request, 202, None, failed=failed, on_success=write, export=True)
 
     def _kubeconfig(self, cluster: dict) -> str:
         name = cluster["name"]
