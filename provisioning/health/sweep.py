@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -192,11 +192,19 @@ def _claim_chunk(chunk: list[Instance], now: datetime) -> dict[int, _Health]:
     """Claim the chunk's instances for this check (creating the health rows of those checked for the first time)
     and read their current health; instances another check holds are left out."""
     new = [instance.pk for instance in chunk if instance.health_id is None]
+    stale = now - timedelta(seconds=CHECK_CLAIM_SECONDS)
+    if connection.vendor != "postgresql":  # the embedded default (SQLite): the same claim in the ORM's terms
+        InstanceHealth.objects.bulk_create([InstanceHealth(instance_id=pk) for pk in new], ignore_conflicts=True)
+        pks = [instance.pk for instance in chunk]
+        InstanceHealth.objects.filter(Q(checking_since__isnull=True) | Q(checking_since__lt=stale),
+                                      instance_id__in=pks).update(checking_since=now)
+        rows = InstanceHealth.objects.filter(instance_id__in=pks, checking_since=now).values_list(
+            "instance_id", *HEALTH_FIELDS)
+        return {row[0]: _Health(*row[1:]) for row in rows}
     with connection.cursor() as cursor:
         if new:
             cursor.execute(_CREATE, [_ids(new), HealthStatus.UNKNOWN.value, HealthAction.NONE.value])
-        cursor.execute(_CLAIM, [now, _ids(instance.pk for instance in chunk),
-                                now - timedelta(seconds=CHECK_CLAIM_SECONDS)])
+        cursor.execute(_CLAIM, [now, _ids(instance.pk for instance in chunk), stale])
         return {row[0]: _Health(*row[1:]) for row in cursor.fetchall()}
 
 
@@ -271,15 +279,22 @@ def _chunk_finish(mine: list[Instance], claimed: dict[int, _Health], found: dict
             _count(counts, outcome.action)
         if outcome.status != HealthStatus.UNKNOWN:
             checked.append(instance)
+    postgres = connection.vendor == "postgresql"
     with transaction.atomic():
         for changes, ids in groups.items():
             InstanceHealth.objects.filter(
-                instance_id__in=RawSQL("SELECT unnest(%s::int[])", [_ids(ids)])
+                instance_id__in=RawSQL("SELECT unnest(%s::int[])", [_ids(ids)]) if postgres else ids
             ).update(**dict(changes))
-        if rows:
+        if rows and postgres:
             with connection.cursor() as cursor:
                 ids, statuses, actions, details, payloads = zip(*rows, strict=True)
                 cursor.execute(_HISTORY, [now, _ids(ids), list(statuses), list(actions), list(details), list(payloads)])
+        elif rows:  # the embedded default (SQLite)
+            HealthCheck.objects.bulk_create([
+                HealthCheck(instance_id=pk, checked_at=now, status=status, action=action, detail=detail,
+                            details=json.loads(payload))
+                for pk, status, action, detail, payload in rows
+            ])
     return checked
 
 

@@ -102,3 +102,39 @@ def test_the_embedded_sqlite_default_migrates_from_scratch_and_enforces_the_shar
     again = _manage("migrate", "--no-input", DATABASE_URL=f"sqlite:///{database}", DEBUG="1",
                     CELLHUB_VAR_DIR=str(tmp_path))
     assert again.returncode == 0, again.stderr
+
+
+HEALTH_PASS_ON_SQLITE = """
+from django.contrib.auth import get_user_model
+from cells.models import Instance, Pool, Region
+from provisioning.health import health_check_pass
+from provisioning.models import HealthCheck, InstanceHealth
+region = Region.objects.get(slug="local")
+compute = Pool.objects.filter(kind="compute").first()
+Pool.objects.filter(pk=compute.pk).update(provider="kubernetes", config={"kubeconfig": "/nonexistent/kubeconfig"})
+owner = get_user_model().objects.create_user(username="ada", email="ada@example.com", password="x")
+for name in ("alpha", "beta"):
+    Instance.objects.create(name=name, owner=owner, region=region, reef=compute.reef, compute_pool=compute,
+                            state="running", server_version="2026.4.1", hostname=name + ".cells.localhost")
+InstanceHealth.objects.create(instance=Instance.objects.get(name="alpha"), status="healthy")  # was healthy before
+first, second = health_check_pass(), health_check_pass()
+print("PASSES", first, second)
+print("ROWS", HealthCheck.objects.count(), sorted(InstanceHealth.objects.values_list("status", flat=True)),
+      InstanceHealth.objects.filter(checking_since__isnull=False).count())
+"""
+
+
+def test_the_health_pass_runs_on_the_embedded_sqlite_default(tmp_path):
+    """The scheduled health pass claims, writes and records history on SQLite too (its set-based SQL is
+    PostgreSQL's; the embedded default takes the ORM's path): a cluster that cannot be asked makes each instance
+    ``unknown`` (a health row made for the one never checked), the one that was healthy gets one history row for
+    the change, a second pass records nothing new, and every claim is released."""
+    database = f"sqlite:///{tmp_path / 'hub.sqlite3'}"
+    env = {"DATABASE_URL": database, "DEBUG": "1", "CELLHUB_VAR_DIR": str(tmp_path), "CELLHUB_BACKUP_KEY": BACKUP_KEY}
+    assert _manage("migrate", "--no-input", **env).returncode == 0
+    assert _manage("seed_demo", **env).returncode == 0
+    result = _manage("shell", "-c", HEALTH_PASS_ON_SQLITE, **env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    passes = next(line for line in result.stdout.splitlines() if line.startswith("PASSES"))
+    assert "'unknown': 2" in passes and "errors" not in passes, passes
+    assert "ROWS 1 ['unknown', 'unknown'] 0" in result.stdout, result.stdout
