@@ -32,6 +32,7 @@ from provisioning.drivers.aws_storage_gateway import NO_CLIENT
 from provisioning.drivers.base import resource_name
 from provisioning.lifecycle import instance_signup
 from tests.factories import make_pool, make_reef, make_region
+from tests.provisioning.aws_offline import offline_aws
 from tests.provisioning.drivers.test_kubernetes import COLLECTION, FakeKubeApi
 
 REGION = "us-east-1"
@@ -228,14 +229,7 @@ class Wire:
 
 @pytest.fixture
 def aws_wire(monkeypatch, tmp_path, settings):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "CELLHUB_POOL_SECRET_TEST_RDS": "unused-with-trust-auth",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    offline_aws(monkeypatch, tmp_path, REGION, CELLHUB_POOL_SECRET_TEST_RDS="unused-with-trust-auth")
     monkeypatch.delenv("CELLHUB_ROUTE53_ZONE_ID", raising=False)
     settings.CELLHUB = {**settings.CELLHUB, "CLOUD_BACKOFF": 0, "DNS_PROVIDER": "", "UPGRADE_HEALTH_WAIT_SECONDS": 0.3,
                         "HEALTH_HTTP": False}

@@ -14,6 +14,7 @@ from provisioning import drivers
 from provisioning.capacity import reef_top_up
 from provisioning.health import pool_alarm_states
 from tests.factories import make_pool, make_reef, make_region
+from tests.provisioning.aws_offline import offline_aws
 
 pytestmark = pytest.mark.django_db
 REGION = "us-east-1"
@@ -21,13 +22,7 @@ REGION = "us-east-1"
 
 @pytest.fixture(autouse=True)
 def aws(monkeypatch, tmp_path):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "CELLHUB_POOL_SECRET_TEST_RDS": "Master-Passw0rd",
-    }.items():
-        monkeypatch.setenv(name, value)
+    offline_aws(monkeypatch, tmp_path, REGION, CELLHUB_POOL_SECRET_TEST_RDS="Master-Passw0rd")
     with mock_aws():
         yield
 

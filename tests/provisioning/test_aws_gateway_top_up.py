@@ -30,6 +30,7 @@ from provisioning.drivers.aws_gateway_appliance import AMI_PARAMETER
 from provisioning.drivers.aws_storage_gateway import NO_CLIENT
 from provisioning.drivers.base import resource_name
 from tests.factories import make_cell, make_instance, make_pool
+from tests.provisioning.aws_offline import offline_aws
 
 pytestmark = pytest.mark.django_db
 REGION = "us-east-1"
@@ -43,13 +44,7 @@ AMI_TEST_PARAMETER = "/cellhub/test/storagegateway/ami"  # moto refuses writes u
 
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch, tmp_path):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    offline_aws(monkeypatch, tmp_path, REGION)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from provisioning.drivers.aws_rds import RdsDatabaseDriver
 from provisioning.models import Backup, BackupKind, BackupState, InstanceDatabase, Restore, RestoreState
 from tests.factories import make_pool, make_reef, make_region
 from tests.provisioning import test_backups as shared
+from tests.provisioning.aws_offline import offline_aws
 from tests.provisioning.test_backups import back_up, finished, postgres_connect, signup
 
 pytestmark = pytest.mark.django_db
@@ -37,14 +38,7 @@ run = shared.run
 
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch, tmp_path):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "CELLHUB_POOL_SECRET_TEST_RDS": "unused-with-trust-auth",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    offline_aws(monkeypatch, tmp_path, REGION, CELLHUB_POOL_SECRET_TEST_RDS="unused-with-trust-auth")
 
 
 @pytest.fixture

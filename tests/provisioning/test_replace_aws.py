@@ -13,6 +13,7 @@ from provisioning.capacity import pool_mark_failed, pool_replace
 from provisioning.drivers.aws_storage_gateway import NO_CLIENT, StorageGatewayDriver
 from provisioning.drivers.base import resource_name
 from tests.factories import make_cell, make_instance, make_pool, make_reef, make_region
+from tests.provisioning.aws_offline import offline_aws
 
 pytestmark = pytest.mark.django_db
 REGION = "us-east-1"
@@ -28,13 +29,7 @@ DESCRIBE_CACHE = {"CacheAllocatedInBytes": 2199023255552, "CacheDirtyPercentage"
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch, tmp_path):
     """Fake credentials, no shared config, no instance metadata: nothing can reach AWS."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    offline_aws(monkeypatch, tmp_path, REGION)
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from provisioning.capacity import reef_capacity, reef_top_up
 from provisioning.drivers import kubernetes_clusters, postgres_cluster
 from provisioning.drivers.kubernetes_clusters import EksCluster
 from tests.factories import POSTGRES_POOL_CONFIG, make_pool, make_reef, make_region
+from tests.provisioning.aws_offline import offline_aws
 from tests.provisioning.drivers.azure_cloud import AzureCloud
 from tests.provisioning.drivers.azure_transport import FakeCredential
 from tests.provisioning.drivers.test_kubernetes import FakeKubeApi
@@ -158,13 +159,7 @@ class EksWire:
 
 @pytest.fixture
 def aws_env(monkeypatch, tmp_path):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    offline_aws(monkeypatch, tmp_path, REGION)
 
 
 @pytest.fixture
