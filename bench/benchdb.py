@@ -4,8 +4,12 @@ Two people (or two helpers) may benchmark on one server: each benchmark takes it
 ``CELLHUB_BENCH_DATABASE`` (else its own default) and the prefix of the resources it makes (instance databases and
 roles, folders) from ``CELLHUB_BENCH_PREFIX`` (default ``bench``), and drops only what carries them.
 """
+import contextlib
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -56,3 +60,25 @@ def drop_database(database: str) -> None:
     connections.close_all()
     with psycopg.connect(ADMIN, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def qcluster(env: dict, workers: int = 1, settle_seconds: float = 3.0):
+    """A real ``manage.py qcluster`` with ``workers`` workers and ``env``, in its own session; waits
+    ``settle_seconds`` for its workers to start, and stops it (TERM, then KILL) on the way out."""
+    from django.db import connections
+
+    connections.close_all()
+    cluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT,
+                               env={**env, "Q_WORKERS": str(workers)}, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(settle_seconds)
+        yield cluster
+    finally:
+        os.killpg(cluster.pid, signal.SIGTERM)
+        try:
+            cluster.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait(timeout=10)

@@ -13,7 +13,6 @@ The database is ``$CELLHUB_BENCH_DATABASE`` (default ``cellhub_bench_broker``), 
 """
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,27 +48,17 @@ def enqueue(count: int) -> None:
 
 
 def measure(broker: str, count: int, env: dict) -> list[float]:
-    env = {**env, "Q_WORKERS": "1"}
+    env = dict(env)
     if broker == "redis":
         env["REDIS_URL"] = REDIS_URL
     else:
         env.pop("REDIS_URL", None)
-    cluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(3)  # the cluster's workers start
+    with benchdb.qcluster(env):
         child = subprocess.run([sys.executable, __file__, "--enqueue", str(count)], cwd=ROOT, env=env,
                                capture_output=True, text=True, timeout=600)
-        if child.returncode:
-            raise SystemExit(child.stderr)
-        return [float(line) for line in child.stdout.split()]
-    finally:
-        os.killpg(cluster.pid, signal.SIGTERM)
-        try:
-            cluster.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(cluster.pid, signal.SIGKILL)
-            cluster.wait(timeout=10)
+    if child.returncode:
+        raise SystemExit(child.stderr)
+    return [float(line) for line in child.stdout.split()]
 
 
 def main():

@@ -20,8 +20,6 @@ with its supervisor at the end.
 """
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -85,26 +83,14 @@ def remove_instances(names: list[str]) -> None:
 
 def with_workers(workers: int, region, owner, count: int, env: dict) -> float:
     """Seconds from the first signup to the last of ``count`` instances running, with ``workers`` workers."""
-    from django.db import connections
-
-    connections.close_all()
-    cluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT,
-                               env={**env, "Q_WORKERS": str(workers)}, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     names = [f"w{workers}-{n:03d}" for n in range(count)]
     try:
-        time.sleep(4)  # the cluster's workers start
-        started = time.perf_counter()
-        sign_up(region, owner, names)
-        wait_running(names, timeout=60 + 10 * count)
-        return time.perf_counter() - started
+        with benchdb.qcluster(env, workers=workers, settle_seconds=4):
+            started = time.perf_counter()
+            sign_up(region, owner, names)
+            wait_running(names, timeout=60 + 10 * count)
+            return time.perf_counter() - started
     finally:
-        os.killpg(cluster.pid, signal.SIGTERM)
-        try:
-            cluster.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(cluster.pid, signal.SIGKILL)
-            cluster.wait(timeout=10)
         remove_instances(names)
 
 
