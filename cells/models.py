@@ -93,9 +93,11 @@ class Reef(_DatabaseCounted):
     COUNTERS = ("placed_instances",)
 
     region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="reefs")
-    slug = models.SlugField(max_length=50)
+    # No single-column indexes on slug or status: a region holds few reefs (reef_slug_unique_in_region and
+    # reef_roomiest_active serve the look-ups), and every placement rewrites its reef's index entries.
+    slug = models.SlugField(max_length=50, db_index=False)
     status = models.CharField(
-        max_length=12, choices=choices.ReefStatus.choices, default=choices.ReefStatus.PROVISIONING, db_index=True
+        max_length=12, choices=choices.ReefStatus.choices, default=choices.ReefStatus.PROVISIONING
     )
     max_instances = models.PositiveIntegerField(default=500)
     rollout_ring = models.PositiveSmallIntegerField(default=1, help_text="0 is the canary ring, upgraded first.")
@@ -213,11 +215,13 @@ class Share(models.Model):
     An assigned share has exactly one instance, and only an assigned share has one.
     """
 
-    pool = models.ForeignKey(Pool, on_delete=models.PROTECT, related_name="shares")
+    # Shares are looked up by pool (share_slot_unique_in_pool leads with it) and taken from share_available_queue;
+    # no other index, since every placement rewrites its share's index entries.
+    pool = models.ForeignKey(Pool, on_delete=models.PROTECT, related_name="shares", db_index=False)
     slot = models.PositiveIntegerField()
     name = models.CharField(max_length=255, help_text="Bucket or file-share name.")
     endpoint = models.CharField(max_length=500, blank=True)
-    status = models.CharField(max_length=10, choices=ShareStatus.choices, default=ShareStatus.AVAILABLE, db_index=True)
+    status = models.CharField(max_length=10, choices=ShareStatus.choices, default=ShareStatus.AVAILABLE)
     instance = models.OneToOneField(
         "Instance", null=True, blank=True, on_delete=models.PROTECT, related_name="share"
     )
@@ -269,7 +273,7 @@ class Instance(models.Model):
         Pool, null=True, blank=True, on_delete=models.PROTECT, related_name="compute_instances", db_index=False
     )
     server_version = models.CharField(max_length=50)
-    state = models.CharField(max_length=16, choices=InstanceState.choices, default=InstanceState.PENDING, db_index=True)
+    state = models.CharField(max_length=16, choices=InstanceState.choices, default=InstanceState.PENDING)
     tier = models.CharField(max_length=10, choices=choices.Tier.choices, default=choices.Tier.SHARED)
     cpu_millicores = models.PositiveIntegerField(default=500)
     memory_mib = models.PositiveIntegerField(default=1024)
@@ -307,8 +311,10 @@ class Instance(models.Model):
             models.CheckConstraint(condition=Q(memory_mib__gte=128), name="instance_memory_minimum"),
         ]
         # Placement and capacity count slot-holding instances per reef and per pool; the admin's list walks the
-        # ordering's index.
+        # ordering's index; instance_state finds the few in a given state (a plain index: nothing matches states by
+        # prefix, so no LIKE twin to rewrite on every placement).
         indexes = [
+            models.Index(fields=["state"], name="instance_state"),
             models.Index(F("created_at").desc(), F("id").desc(), name="instance_newest_first"),
             models.Index(fields=["reef", "state"], name="instance_reef_state"),
             models.Index(fields=["database_pool", "state"], name="instance_database_pool_state"),
