@@ -18,13 +18,16 @@ pool 80% full, one succeeded provision operation per instance. Then it measures 
 - rollout planning over the whole fleet (``rollout_create``, with its statement count) against the same plan in bare
   SQL (rollout, waves and targets each one ``INSERT``, committed);
 and, once on the largest fleet, placement by 8 concurrent clients over 8 reefs against 1 client (and the same for
-the bare allocation). Each ratio is printed beside its baseline; goals in brackets.
+the bare allocation), with the CPU one placement costs (client process and PostgreSQL backend, read from /proc when
+the server runs on this machine) and the most that many cores allow: CPU, not locking, bounds the gain of more clients
+on a small machine. Each ratio is printed beside its baseline; goals in brackets.
 
 The database is ``$CELLHUB_BENCH_DATABASE`` (default ``cellhub_bench_fleet``), dropped at the end; resources are
 named with ``$CELLHUB_BENCH_PREFIX``. Nothing else on the server is touched.
 """
 import argparse
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -180,41 +183,72 @@ def placement_pair() -> tuple[float, float]:
     return statistics.median(hub) * 1000, statistics.median(bare) * 1000
 
 
+def _backend_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) the PostgreSQL backend ``pid`` has used, or None when the server is not on this
+    machine (its /proc entry is not readable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed_loop(backend_pid: int, barrier, loop) -> tuple[float, float, float | None]:
+    """(wall seconds, this process's CPU seconds, the backend's CPU seconds or None) of ``loop()``, started when every
+    client is ready."""
+    barrier.wait()
+    server = _backend_cpu_seconds(backend_pid)
+    client, started = time.process_time(), time.perf_counter()
+    loop()
+    wall, client = time.perf_counter() - started, time.process_time() - client
+    after = _backend_cpu_seconds(backend_pid)
+    return wall, client, (after - server) if server is not None and after is not None else None
+
+
 def _hub_client(args):
     ids, barrier = args
-    from django.db import connections, transaction
+    from django.db import connection, connections, transaction
 
     from cells.models import Instance
     from cells.placement import instance_place
 
     connections.close_all()
     instances = list(Instance.objects.select_related("region").filter(pk__in=ids))
-    barrier.wait()
-    started = time.perf_counter()
-    for instance in instances:
-        with transaction.atomic():
-            instance_place(instance=instance)
-    return time.perf_counter() - started
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+
+    def loop():
+        for instance in instances:
+            with transaction.atomic():
+                instance_place(instance=instance)
+
+    return _timed_loop(pid, barrier, loop)
 
 
 def _bare_client(args):
     count, barrier = args
     import psycopg
 
-    with psycopg.connect(_dsn()) as conn:
-        barrier.wait()
-        started = time.perf_counter()
-        for _ in range(count):
-            with conn.transaction():
-                conn.execute(
-                    "UPDATE bench_slots SET taken_by = 0 WHERE id = (SELECT id FROM bench_slots "
-                    "WHERE taken_by IS NULL ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING id"
-                ).fetchone()
-        return time.perf_counter() - started
+    with psycopg.connect(_dsn(), autocommit=True) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        conn.autocommit = False
+
+        def loop():
+            for _ in range(count):
+                with conn.transaction():
+                    conn.execute(
+                        "UPDATE bench_slots SET taken_by = 0 WHERE id = (SELECT id FROM bench_slots "
+                        "WHERE taken_by IS NULL ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING id"
+                    ).fetchone()
+
+        return _timed_loop(pid, barrier, loop)
 
 
-def _rate(client, jobs) -> float:
-    """Placements per second of ``len(jobs)`` processes running at once (wall time of the slowest)."""
+def _rate(client, jobs) -> tuple[float, float | None]:
+    """(placements per second of ``len(jobs)`` processes running at once — wall time of the slowest —, CPU
+    milliseconds per placement, client and server together, or None when the server's CPU cannot be read)."""
     from django.db import connections
 
     connections.close_all()
@@ -222,18 +256,28 @@ def _rate(client, jobs) -> float:
     with context.Manager() as manager:
         barrier = manager.Barrier(len(jobs))
         with context.Pool(len(jobs)) as pool:
-            seconds = pool.map(client, [(job, barrier) for job in jobs])
+            results = pool.map(client, [(job, barrier) for job in jobs])
     done = sum(len(job) if isinstance(job, list) else job for job in jobs)
-    return done / max(seconds)
+    walls, clients, servers = zip(*results, strict=True)
+    cpu = None if None in servers else (sum(clients) + sum(servers)) * 1000 / done
+    return done / max(walls), cpu
 
 
 def concurrency_rates() -> dict:
+    """Placements per second of 1 client and of CLIENTS clients over CLIENTS reefs, hub and bare, each with the CPU
+    one placement costs (client and server): on a machine with few cores the CPU, not the database's locks, bounds
+    what more clients can add, and ``ceiling`` is that bound — cores ÷ CPU per placement, over the 1-client rate."""
     ids = [instance.pk for instance in _new_instances(CLIENTS * PER_CLIENT + PER_CLIENT, "conc")]
-    single = _rate(_hub_client, [ids[:PER_CLIENT]])
-    many = _rate(_hub_client, [ids[PER_CLIENT * (n + 1):PER_CLIENT * (n + 2)] for n in range(CLIENTS)])
-    bare_single = _rate(_bare_client, [PER_CLIENT])
-    bare_many = _rate(_bare_client, [PER_CLIENT] * CLIENTS)
-    return {"single": single, "many": many, "bare_single": bare_single, "bare_many": bare_many}
+    rates = {}
+    rates["single"], rates["cpu"] = _rate(_hub_client, [ids[:PER_CLIENT]])
+    rates["many"], _ = _rate(_hub_client, [ids[PER_CLIENT * (n + 1):PER_CLIENT * (n + 2)] for n in range(CLIENTS)])
+    rates["bare_single"], rates["bare_cpu"] = _rate(_bare_client, [PER_CLIENT])
+    rates["bare_many"], _ = _rate(_bare_client, [PER_CLIENT] * CLIENTS)
+    cores = os.cpu_count() or 1
+    for name, single, cpu in (("ceiling", rates["single"], rates["cpu"]),
+                              ("bare_ceiling", rates["bare_single"], rates["bare_cpu"])):
+        rates[name] = min(cores * 1000 / cpu, CLIENTS * single) / single if cpu else None
+    return rates
 
 
 # ---- /metrics and the capacity page -------------------------------------------------------------------------
@@ -483,11 +527,14 @@ def main():
     print(f"\n{'fleet':>8}  {'figure':<14} {'hub ms':>9} {'bare ms':>9} {'ratio':>7} {'vs first':>9}  goal")
     for size, name, hub, bare, ratio, growth in rows:
         print(f"{size:>8,}  {name:<14} {hub:>9.2f} {bare:>9.2f} {ratio:>6.2f}× {growth:>8.2f}×  {goals[name]}")
-    print(f"\nplacement, {CLIENTS} clients over {CLIENTS} reefs vs 1 client (largest fleet):")
-    print(f"  hub  {conc['single']:8.0f}/s → {conc['many']:8.0f}/s  {conc['many'] / conc['single']:.2f}× (goal ≥ 4×)")
-    print(f"  bare {conc['bare_single']:8.0f}/s → {conc['bare_many']:8.0f}/s  "
-          f"{conc['bare_many'] / conc['bare_single']:.2f}×")
-
+    print(f"\nplacement, {CLIENTS} clients over {CLIENTS} reefs vs 1 client (largest fleet), {os.cpu_count()} cores:")
+    for label, key in (("hub ", ""), ("bare", "bare_")):
+        single, many, cpu, ceiling = (conc[f"{key}single"], conc[f"{key}many"], conc[f"{key}cpu"],
+                                      conc[f"{key}ceiling"])
+        bound = (f"; {cpu:.2f} ms CPU per placement (client + server): these cores allow at most {ceiling:.2f}×"
+                 if cpu else "")
+        print(f"  {label} {single:8.0f}/s → {many:8.0f}/s  {many / single:.2f}×{bound}")
+    print("  (goal ≥ 4×: reachable only where cores ÷ CPU per placement allow it)")
 
 if __name__ == "__main__":
     main()
