@@ -11,9 +11,10 @@ compared with the newest committed write; the report gives the median and the wo
 
     .venv/bin/python bench/restore.py [--megabytes 100] [--load-seconds 15]
 
-Environment: BENCH_DB (the hub's throwaway database, default ``cellhub_bench_restore``), CELLHUB_RESOURCE_PREFIX
-(default ``benchpitr``), CELLHUB_POSTGRES_PORTS (default 25000-25999). It removes only what it made: its
-database, its var directory under /tmp, the cluster and the Litestream processes it started.
+Environment: CELLHUB_BENCH_DATABASE (the hub's throwaway database, default ``cellhub_bench_restore``),
+CELLHUB_BENCH_PREFIX (its resources' prefix, default ``benchpitr``), CELLHUB_POSTGRES_PORTS (default 25000-25999).
+It removes only what it made: its database, its var directory under /tmp, the cluster and the Litestream processes
+it started.
 """
 import argparse
 import os
@@ -32,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import benchdb  # noqa: E402  (bench/ is on the path when a script runs)
 
-BENCH_DB = os.environ.get("BENCH_DB", "cellhub_bench_restore")
-PREFIX = os.environ.get("CELLHUB_RESOURCE_PREFIX", "benchpitr")
+BENCH_DB = benchdb.database_name("cellhub_bench_restore")
+PREFIX = os.environ.get("CELLHUB_BENCH_PREFIX", "benchpitr")
 
 
 def setup(var_dir: str) -> None:

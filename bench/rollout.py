@@ -6,7 +6,9 @@ done here — as upgrades finishing would). Every instance's window is open at t
 
     .venv/bin/python bench/rollout.py [--instances 10000] [--reefs 40] [--batch 50] [--ticks 5]
 
-It builds the fleet with bulk_create in its own database, ``cellhub_bench_rollout``, dropped at the end.
+It builds the fleet with bulk_create in its own database, ``$CELLHUB_BENCH_DATABASE``
+(default ``cellhub_bench_rollout``),
+dropped at the end; nothing else on the server is touched.
 """
 import argparse
 import tempfile
@@ -15,7 +17,7 @@ from datetime import UTC, datetime
 
 import benchdb
 
-BENCH_DB = "cellhub_bench_rollout"
+BENCH_DB = benchdb.database_name("cellhub_bench_rollout")
 SUNDAY_0230 = datetime(2026, 11, 22, 2, 30, tzinfo=UTC)  # the default maintenance window is open
 
 

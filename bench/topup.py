@@ -7,7 +7,9 @@ the number of reefs needing pools, not with the fleet).
 
     .venv/bin/python bench/topup.py [--reefs 1000]
 
-It builds the fleet with bulk_create in its own database, ``cellhub_bench_topup``, dropped at the end.
+It builds the fleet with bulk_create in its own database, ``$CELLHUB_BENCH_DATABASE``
+(default ``cellhub_bench_topup``),
+dropped at the end; nothing else on the server is touched.
 """
 import argparse
 import sys
@@ -23,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import benchdb  # noqa: E402  (bench/ is on the path when a script runs)
 
 ADMIN = benchdb.ADMIN
-BENCH_DB = "cellhub_bench_topup"
+BENCH_DB = benchdb.database_name("cellhub_bench_topup")
 SHARES_PER_POOL = 10
 INSTANCES_PER_REEF = 4
 REGIONS = 10
@@ -141,7 +143,7 @@ def main():
 
             connections.close_all()
             with psycopg.connect(ADMIN, autocommit=True) as admin:
-                admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+                admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
 
 
 if __name__ == "__main__":
