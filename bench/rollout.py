@@ -84,10 +84,14 @@ def main():
             waves = rollout.waves.count()
             print(f"plan: {targets} targets in {waves} waves: {seconds * 1000:.0f} ms, {queries} queries")
             rollout_start(rollout=rollout)
+            before = 0
             for tick in range(1, args.ticks + 1):
                 _, seconds, queries = measure(lambda: rollouts_tick(now=SUNDAY_0230))
                 started = Operation.objects.filter(kind="upgrade").count()
-                print(f"tick {tick}: {seconds * 1000:.0f} ms, {queries} queries, upgrades started so far: {started}")
+                per = f"{queries / (started - before):.2f} per upgrade started" if started > before else "none started"
+                print(f"tick {tick}: {seconds * 1000:.0f} ms, {queries} queries ({per}; goal ≤ 6), "
+                      f"upgrades started so far: {started}")
+                before = started
                 # Stand in for the workers: every queued upgrade finishes.
                 Operation.objects.filter(kind="upgrade", state=OperationState.QUEUED).update(
                     state=OperationState.SUCCEEDED

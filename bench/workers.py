@@ -10,9 +10,11 @@ SQLite database, a folder share, and a reference-server process run by its own `
 its port before the provision counts it running. The instances of one worker count are stopped (their processes
 and programs removed) before the next count runs, so each count starts from the same machine.
 
-Printed beside each figure: the same number of instances provisioned one after another in this process (the
-task body called inline: no broker, no worker) — the floor a single worker could reach — and the speed-up over
-one worker. On a machine with N cores the rate should rise with workers up to N and flatten after.
+First it counts what one provision costs as a worker runs it: its statements on every connection, and the
+connections it opens (the steps run under a time limit in a thread of their own). Printed beside each rate: the
+same number of instances provisioned one after another in this process (the task body called inline: no broker,
+no worker) — the floor a single worker could reach — and the speed-up over one worker. On a machine with N cores
+the rate should rise with workers up to N and flatten after.
 
 The database is ``$CELLHUB_BENCH_DATABASE`` (default ``cellhub_bench_workers``), dropped at the end; instance ports
 come from ``$CELLHUB_BENCH_PORTS`` (default ``23000-23999``); everything else lives in a temporary folder, removed
@@ -94,6 +96,46 @@ def with_workers(workers: int, region, owner, count: int, env: dict) -> float:
         remove_instances(names)
 
 
+class _Counted:
+    """Every statement sent on any connection of this process while installed, and every connection opened."""
+
+    def __init__(self):
+        self.statements, self.connections = 0, 0
+
+    def __call__(self, execute, sql, params, many, context):
+        self.statements += 1
+        return execute(sql, params, many, context)
+
+    def opened(self, sender, connection, **kwargs):
+        self.connections += 1
+        connection.execute_wrappers.append(self)
+
+
+def provision_cost(region, owner) -> tuple[int, int]:
+    """(statements, new connections) of one provision run by ``operation_run`` as a worker runs it, on every
+    connection the run uses; the instance is removed afterwards."""
+    from django.db import connection
+    from django.db.backends.signals import connection_created
+
+    from provisioning.lifecycle import instance_signup
+    from provisioning.operations import operation_run
+
+    operation = instance_signup(name="counted", region=region, owner=owner)  # queued: no worker runs here
+    connection.ensure_connection()
+    counted = _Counted()
+    connection_created.connect(counted.opened)
+    connection.execute_wrappers.append(counted)
+    try:
+        state = operation_run(operation.pk)
+    finally:
+        connection.execute_wrappers.remove(counted)
+        connection_created.disconnect(counted.opened)
+        remove_instances(["counted"])
+    if state != "succeeded":
+        raise SystemExit(f"the counted provision ended {state}")
+    return counted.statements, counted.connections
+
+
 def inline(region, owner, count: int) -> float:
     """The same provisions one after another in this process, the task body called inline."""
     from django_q.conf import Conf
@@ -120,12 +162,15 @@ def main():
     with tempfile.TemporaryDirectory(prefix="cellhub-bench-") as var_dir:
         benchdb.setup_django(BENCH_DB, var_dir)
         from provisioning.drivers.local_supervisor import Supervisor
+        from provisioning.plans.registry import plan_for
 
         supervisor = Supervisor.default()
         try:
             supervisor.ensure_running()
-            region, owner = build_topology(args.count * (len(counts) + 1))
+            region, owner = build_topology(args.count * (len(counts) + 1) + 1)
             env = {**os.environ, "LOG_LEVEL": "WARNING"}
+            statements, connections = provision_cost(region, owner)
+            steps = len(plan_for("provision").step_names)
             floor = inline(region, owner, args.count)
             seconds = {workers: with_workers(workers, region, owner, args.count, env) for workers in counts}
         finally:
@@ -133,6 +178,8 @@ def main():
             benchdb.drop_database(BENCH_DB)
     broker = "Redis" if os.environ.get("REDIS_URL") else "the ORM broker"
     print(f"\n{args.count} signups → running on the local drivers, {os.cpu_count()} cores, {broker}:")
+    print(f"  one provision: {statements} statements (goal ≤ 25), {connections} new connection(s) for its {steps} "
+          "steps (goal: none per step)")
     print(f"  inline (no broker, one after another) {args.count / floor:6.1f}/s")
     one = seconds[counts[0]]
     for workers, spent in seconds.items():
