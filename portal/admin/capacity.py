@@ -4,11 +4,16 @@ The chart is inline SVG drawn here: no script, nothing fetched from elsewhere.
 """
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied
-from django.template.response import TemplateResponse
-from django.utils.html import format_html, format_html_join
+from html import escape
 
-from cells.models import Region
+from django.core.exceptions import PermissionDenied
+from django.template.defaultfilters import floatformat
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.formats import localize
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
 from provisioning.capacity.overview import capacity_overview
 
 COLOURS = {"used": "#5b6770", "free": "#3a9d5d", "coming": "#4f8fd6"}
@@ -52,6 +57,51 @@ def capacity_chart(kinds: list[dict], *, width: int = 600, bar: int = 22) -> str
     )
 
 
+VERDICTS = {"order": "top-up due", "coming": "low, pool coming"}  # and "short"
+
+
+def reef_rows(reefs: list[dict]) -> str:
+    """The rows of a region's reef table: a row per reef, marked when it needs attention, the reef linked to its
+    change page; a cell per kind with used / free / coming slots, signups per day and headroom, the thresholds as
+    its title and the verdict when not ok.
+
+    Built here with plain string formatting, every text escaped (``html.escape``, as Django's ``escape``): the
+    template language would spend more on these few thousand values than the page spends on anything else."""
+    head, _, tail = reverse("admin:cells_reef_change", args=["0"]).rpartition("/0/")
+    # The title depends on the thresholds and the provider only, which reefs mostly share.
+    titles: dict[tuple[int, str], str] = {}
+    rows = []
+    for reef in reefs:
+        label = escape(reef["label"])
+        cells = []
+        for cell in reef["cells"]:
+            a = cell["assessment"]
+            facts, limits, verdict = a.facts, a.facts.thresholds, a.verdict
+            key = (id(limits), facts.provider)
+            if key not in titles:
+                titles[key] = escape(
+                    f"(floor {limits.floor}, lead {localize(limits.lead_time_hours)} h + margin "
+                    f"{localize(limits.margin_hours)} h); next pools: {facts.provider}, {limits.pool_size} slots"
+                )
+            note = ""
+            if verdict != "ok":
+                note = f'<br><span class="verdict">{VERDICTS.get(verdict, "short")}</span>'
+                if a.cannot_grow:
+                    note += f' <span class="muted">{escape(a.cannot_grow)}</span>'
+            kind, shown = escape(facts.kind), escape(verdict)
+            cells.append(
+                f'<td class="kind verdict-{shown}" data-kind="{kind}" data-verdict="{shown}" title="wanted '
+                f'{a.wanted} {titles[key]}">{facts.used} / {facts.free} / {facts.coming} · '
+                f'{floatformat(a.signups_per_day, 1)} · {escape(cell["headroom"])}{note}</td>'
+            )
+        rows.append(
+            f'<tr class="{"capacity-attention" if reef["attention"] else ""}" data-reef="{label}">'
+            f'<td><a href="{head}/{reef["id"]}/{tail}">{label}</a></td><td>{escape(reef["status"])}</td>'
+            f'<td>{reef["instances"]} / {reef["max_instances"]}</td>{"".join(cells)}</tr>'
+        )
+    return mark_safe("\n".join(rows))  # noqa: S308 (every text above is escaped)
+
+
 def capacity_view(request, admin_site):
     """The capacity page; staff who may view reefs only (the admin's login guards the rest)."""
     if not request.user.has_perm("cells.view_reef"):
@@ -63,12 +113,13 @@ def capacity_view(request, admin_site):
     overview = capacity_overview(region_slug=request.GET.get("region", ""), page=page)
     for region in overview["regions"]:
         region["chart"] = capacity_chart(region["kinds"])
+        region["reef_rows"] = reef_rows(region["reefs"])
     context = {
         **admin_site.each_context(request),
         **overview,
         "colours": COLOURS,
         "title": "Capacity",
         "region_slug": request.GET.get("region", ""),
-        "all_regions": Region.objects.order_by("slug").values_list("slug", flat=True),
+        "all_regions": overview["region_slugs"],
     }
     return TemplateResponse(request, "admin/capacity.html", context)

@@ -1,8 +1,8 @@
 """The capacity read model: per region and reef, free / used / coming slots of each kind, the signup rate, days
 of headroom, what the next top-up pass will order and what it cannot, and the pools needing attention.
 
-Read in a constant number of queries whatever the size of the fleet: the planner's facts (seven grouped
-queries), the regions, the pools needing attention and the refused signups, each one query.
+Read in a constant number of queries whatever the size of the fleet: the planner's facts (four), the regions with
+their refused signups, and the pools needing attention.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from cells import selectors
 from cells.choices import PoolKind, PoolStatus
-from cells.models import CapacityShortfall, Pool, Region
+from cells.models import Pool, Region
 from provisioning.capacity.facts import gather_facts
 from provisioning.capacity.planner import plan_top_ups
 from provisioning.capacity.thresholds import capacity_settings
@@ -41,51 +41,54 @@ def capacity_overview(*, region_slug: str = "", page: int = 1) -> dict:
     """Everything the capacity page shows, read in a constant number of queries.
 
     Per region: totals of every reef, then the reefs needing attention (at most ``REEFS_PER_PAGE``) and page ``page``
-    of the others (``REEFS_PER_PAGE`` each); ``reef_count``, ``pages`` and ``page`` tell what is left out."""
+    of the others (``REEFS_PER_PAGE`` each); ``reef_count``, ``pages`` and ``page`` tell what is left out.
+    ``region_slugs``: every region's, for a filter."""
     plan = plan_top_ups(gather_facts())
-    regions = {region.pk: region for region in Region.objects.order_by("slug")}
-    if region_slug:
-        regions = {pk: region for pk, region in regions.items() if region.slug == region_slug}
+    # The regions with their refused signups of the last days: one query (a region has few shortfalls a week).
     since = timezone.now() - timedelta(days=REFUSED_SIGNUPS_DAYS)
-    refused = dict(
-        CapacityShortfall.objects.filter(created_at__gte=since)
-        .order_by()
-        .values("region_id")
-        .annotate(count=Count("id"))
-        .values_list("region_id", "count")
-    )
+    all_regions = list(Region.objects.order_by("slug").annotate(
+        refused_signups=Count("shortfalls", filter=Q(shortfalls__created_at__gte=since))
+    ))
+    regions = {region.pk: region for region in all_regions if not region_slug or region.slug == region_slug}
 
     reefs: dict[int, dict] = {}
+    by_region: dict[int, list[dict]] = defaultdict(list)
     totals: dict[int, dict] = defaultdict(lambda: {kind: defaultdict(float) for kind in KINDS})
     for assessment in plan.assessments:
         facts = assessment.facts
         if facts.region_id not in regions:
             continue
-        row = reefs.setdefault(
-            facts.reef_id,
-            {"id": facts.reef_id, "label": facts.reef, "region_id": facts.region_id, "status": facts.reef_status,
-             "instances": facts.instance_count, "max_instances": facts.max_instances, "kinds": {}, "attention": False},
-        )
+        row = reefs.get(facts.reef_id)
+        if row is None:
+            row = reefs[facts.reef_id] = {
+                "id": facts.reef_id, "label": facts.reef, "region_id": facts.region_id, "status": facts.reef_status,
+                "instances": facts.instance_count, "max_instances": facts.max_instances, "kinds": {},
+                "attention": False,
+            }
+            by_region[facts.region_id].append(row)
         row["kinds"][facts.kind] = assessment
         row["attention"] |= assessment.verdict != "ok"
         total = totals[facts.region_id][facts.kind]
-        for name in ("free", "used", "coming", "signups"):
-            total[name] += getattr(facts, name)
+        total["free"] += facts.free
+        total["used"] += facts.used
+        total["coming"] += facts.coming
+        total["signups"] += facts.signups
         total["rate_per_hour"] += assessment.rate_per_hour
 
-    for row in reefs.values():
-        row["cells"] = [
-            {"assessment": row["kinds"][kind], "headroom": _headroom(row["kinds"][kind].headroom_hours)}
-            for kind in KINDS
-        ]
     region_rows = []
     for pk, region in regions.items():
-        region_reefs = [row for row in reefs.values() if row["region_id"] == pk]
+        region_reefs = by_region[pk]
         needing = [row for row in region_reefs if row["attention"]]
         others = [row for row in region_reefs if not row["attention"]]
         pages = max(1, -(-len(others) // REEFS_PER_PAGE))
         shown_page = min(max(page, 1), pages)
         start = (shown_page - 1) * REEFS_PER_PAGE
+        shown = needing[:REEFS_PER_PAGE] + others[start:start + REEFS_PER_PAGE]
+        for row in shown:  # the reefs shown only: the others are summed, never drawn
+            row["cells"] = [
+                {"assessment": row["kinds"][kind], "headroom": _headroom(row["kinds"][kind].headroom_hours)}
+                for kind in KINDS
+            ]
         kinds = []
         for kind in KINDS:
             total = totals[pk][kind]
@@ -95,12 +98,12 @@ def capacity_overview(*, region_slug: str = "", page: int = 1) -> dict:
                           "coming": int(total["coming"]), "per_day": rate * 24, "headroom": _headroom(headroom)})
         region_rows.append({
             "region": region,
-            "reefs": needing[:REEFS_PER_PAGE] + others[start:start + REEFS_PER_PAGE],
+            "reefs": shown,
             "reef_count": len(region_reefs),
             "page": shown_page,
             "pages": pages,
             "kinds": kinds,
-            "refused_signups": refused.get(pk, 0),
+            "refused_signups": region.refused_signups,
             "attention": len(needing),
         })
 
@@ -120,6 +123,7 @@ def capacity_overview(*, region_slug: str = "", page: int = 1) -> dict:
     orders = [{"reef": reefs[o.reef_id]["label"], "order": o} for o in plan.orders if o.reef_id in reefs]
     return {
         "regions": region_rows,
+        "region_slugs": [region.slug for region in all_regions],
         "kinds": KINDS,
         "attention_pools": list(attention_pools),
         "shortfalls": shortfalls,
