@@ -7,7 +7,6 @@ from __future__ import annotations
 from html import escape
 
 from django.core.exceptions import PermissionDenied
-from django.template.defaultfilters import floatformat
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.formats import localize
@@ -92,7 +91,7 @@ def reef_rows(reefs: list[dict]) -> str:
             cells.append(
                 f'<td class="kind verdict-{shown}" data-kind="{kind}" data-verdict="{shown}" title="wanted '
                 f'{a.wanted} {titles[key]}">{facts.used} / {facts.free} / {facts.coming} · '
-                f'{floatformat(a.signups_per_day, 1)} · {escape(cell["headroom"])}{note}</td>'
+                f'{a.signups_per_day:.1f} · {escape(cell["headroom"])}{note}</td>'
             )
         rows.append(
             f'<tr class="{"capacity-attention" if reef["attention"] else ""}" data-reef="{label}">'
