@@ -216,7 +216,10 @@ class EksCluster(_ClusterApi):
 
     def delete(self) -> None:
         """Delete the node group, wait until it is gone (EKS refuses to delete a cluster that has one), then the
-        cluster; absent is fine, and a cluster that is not this pool's is left alone."""
+        cluster, and wait until that is gone too: the pool is retired only once nothing of it is left in the cloud
+        (a cluster still deleting when the wait runs out is a ``TransientDriverError``: the step, repeated, waits
+        again; one that ends FAILED is a ``PermanentDriverError``). Absent is fine, and a cluster that is not this
+        pool's is left alone."""
         cluster = self.describe()
         if cluster is None:
             return
@@ -237,13 +240,14 @@ class EksCluster(_ClusterApi):
                     pass
             self._wait(self._status(self.describe_nodegroup), ready="", failed={"DELETE_FAILED"},
                        what=f"EKS node group {self.nodegroup} (deleting)", gone_is_ready=True)
-        if cluster.get("status") == "DELETING":
-            return
-        try:
-            cloud_call(f"delete EKS cluster {self.name}", lambda: self._client("eks").delete_cluster(name=self.name),
-                       not_found=EKS_NOT_FOUND)
-        except CloudNotFoundError:
-            pass
+        if cluster.get("status") != "DELETING":
+            try:
+                cloud_call(f"delete EKS cluster {self.name}",
+                           lambda: self._client("eks").delete_cluster(name=self.name), not_found=EKS_NOT_FOUND)
+            except CloudNotFoundError:
+                return
+        self._wait(self._status(self.describe), ready="", failed={"FAILED"},
+                   what=f"EKS cluster {self.name} (deleting)", gone_is_ready=True)
 
     def token(self) -> str:
         return eks_token(self._client("sts"), self.name)

@@ -149,6 +149,30 @@ def test_retiring_an_eks_pool_made_by_a_top_up_deletes_its_node_group_and_cluste
     assert aws_reef["given"].requests == []
 
 
+def test_an_eks_pool_is_retired_only_once_its_cluster_is_gone(
+        aws_reef, eks, kube_apis, sync_tasks, django_capture_on_commit_callbacks):
+    eks.servers.append(kube_apis())
+    made = top_up(aws_reef["reef"], django_capture_on_commit_callbacks)
+    assert made.state == OperationState.SUCCEEDED, made.error
+    pool = Pool.objects.get(pk=made.pool_id)
+    name = pool.config["eks_cluster"]
+    pool_drain(pool=pool)
+    # EKS takes minutes to delete a cluster: here it stays DELETING through every wait the hub makes.
+    eks.backend().clusters[name].status = "DELETING"
+
+    operation = retire(pool, django_capture_on_commit_callbacks)
+
+    assert operation.state != OperationState.SUCCEEDED
+    assert "still DELETING" in operation.error
+    assert status(pool) == PoolStatus.DRAINING  # not retired while its cluster exists
+    assert list(eks.backend().clusters) == [name]
+
+    del eks.backend().clusters[name]  # the cloud finishes; a retry finds it gone and retires the pool
+    operation = retire(pool, django_capture_on_commit_callbacks)
+    assert operation.state == OperationState.SUCCEEDED, operation.error
+    assert status(pool) == PoolStatus.RETIRED
+
+
 # -- AKS -----------------------------------------------------------------------------------------------------------
 
 
