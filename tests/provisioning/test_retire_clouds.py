@@ -120,15 +120,21 @@ def test_an_rds_retire_failing_after_the_alarms_keeps_the_pool_and_the_retry_del
 # -- EKS -----------------------------------------------------------------------------------------------------------
 
 
-def test_retiring_an_eks_pool_made_by_a_top_up_deletes_its_node_group_and_cluster_and_nothing_else(
-        aws_reef, eks, kube_apis, sync_tasks, django_capture_on_commit_callbacks):
+def eks_pool(aws_reef, eks, kube_apis, capture):
+    """A compute pool an AWS top-up made (its own EKS cluster and node group), drained: (the pool, its cluster)."""
     eks.servers.append(kube_apis())
-    made = top_up(aws_reef["reef"], django_capture_on_commit_callbacks)
+    made = top_up(aws_reef["reef"], capture)
     assert made.state == OperationState.SUCCEEDED, made.error
     pool = Pool.objects.get(pk=made.pool_id)
     name = pool.config["eks_cluster"]
     assert list(eks.backend().clusters) == [name] and list(eks.backend().clusters[name].nodegroups) == [f"{name}-nodes"]
     pool_drain(pool=pool)
+    return pool, name
+
+
+def test_retiring_an_eks_pool_made_by_a_top_up_deletes_its_node_group_and_cluster_and_nothing_else(
+        aws_reef, eks, kube_apis, sync_tasks, django_capture_on_commit_callbacks):
+    pool, name = eks_pool(aws_reef, eks, kube_apis, django_capture_on_commit_callbacks)
 
     operation = retire(pool, django_capture_on_commit_callbacks)
 
@@ -151,12 +157,7 @@ def test_retiring_an_eks_pool_made_by_a_top_up_deletes_its_node_group_and_cluste
 
 def test_an_eks_pool_is_retired_only_once_its_cluster_is_gone(
         aws_reef, eks, kube_apis, sync_tasks, django_capture_on_commit_callbacks):
-    eks.servers.append(kube_apis())
-    made = top_up(aws_reef["reef"], django_capture_on_commit_callbacks)
-    assert made.state == OperationState.SUCCEEDED, made.error
-    pool = Pool.objects.get(pk=made.pool_id)
-    name = pool.config["eks_cluster"]
-    pool_drain(pool=pool)
+    pool, name = eks_pool(aws_reef, eks, kube_apis, django_capture_on_commit_callbacks)
     # EKS takes minutes to delete a cluster: here it stays DELETING through every wait the hub makes.
     eks.backend().clusters[name].status = "DELETING"
 
