@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import timedelta
 
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from cells import selectors
 from cells.choices import PoolKind, PoolStatus
-from cells.models import Pool, Region
+from cells.models import CapacityShortfall, Pool, Region
 from provisioning.capacity.facts import gather_facts
 from provisioning.capacity.planner import plan_top_ups
 from provisioning.capacity.thresholds import capacity_settings
@@ -44,10 +45,13 @@ def capacity_overview(*, region_slug: str = "", page: int = 1) -> dict:
     of the others (``REEFS_PER_PAGE`` each); ``reef_count``, ``pages`` and ``page`` tell what is left out.
     ``region_slugs``: every region's, for a filter."""
     plan = plan_top_ups(gather_facts())
-    # The regions with their refused signups of the last days: one query (a region has few shortfalls a week).
+    # The regions with their refused signups of the last days, one query: each region's count reads only its recent
+    # shortfalls (a join would read every shortfall ever recorded, and they are kept).
     since = timezone.now() - timedelta(days=REFUSED_SIGNUPS_DAYS)
+    recent = (CapacityShortfall.objects.filter(region=OuterRef("pk"), created_at__gte=since).order_by()
+              .values("region").annotate(n=Count("id")).values("n"))
     all_regions = list(Region.objects.order_by("slug").annotate(
-        refused_signups=Count("shortfalls", filter=Q(shortfalls__created_at__gte=since))
+        refused_signups=Coalesce(Subquery(recent), 0)
     ))
     regions = {region.pk: region for region in all_regions if not region_slug or region.slug == region_slug}
 

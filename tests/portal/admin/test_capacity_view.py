@@ -2,14 +2,16 @@
 whatever the fleet, reefs near exhaustion highlighted; actions call the services and name states on refusal."""
 import json
 import re
+from datetime import timedelta
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.messages import get_messages
 from django.urls import reverse
+from django.utils import timezone
 
 from cells.choices import InstanceState, OperationKind, PoolKind, PoolStatus, ReefStatus, ShareStatus
-from cells.models import Operation, Pool, Reef, Share
+from cells.models import CapacityShortfall, Operation, Pool, Reef, Share
 from tests.factories import make_cell, make_instance, make_reef, make_region, make_user
 
 pytestmark = pytest.mark.django_db
@@ -103,6 +105,17 @@ def _action(client, model, action, objects, **extra):
 
 def _messages(response):
     return [str(m) for m in get_messages(response.wsgi_request)]
+
+
+def test_each_region_counts_its_signups_refused_in_the_last_seven_days(staff_client):
+    busy, quiet = make_region(slug="busy", name="Busy"), make_region(slug="quiet", name="Quiet")
+    fleet(1, busy), fleet(1, quiet)
+    for name in ("a", "b", "old"):
+        CapacityShortfall.objects.create(region=busy, instance_name=name, reason="no reef has room")
+    CapacityShortfall.objects.filter(instance_name="old").update(created_at=timezone.now() - timedelta(days=8))
+    page = staff_client.get(CAPACITY).content.decode()
+    assert "2 signups refused for want of capacity" in page  # the one 8 days old is not counted
+    assert page.count("No signup refused") == 1  # the quiet region
 
 
 def test_reef_actions_top_up_now_and_drain(staff_client):
